@@ -1,0 +1,23 @@
+"""segnode configuration: one YAML file, validated by pydantic, passed to every stage."""
+
+from config.loader import ConfigError, load_config, parse_config
+from config.schema import (
+    Destination,
+    NodeSettings,
+    Peer,
+    Route,
+    RouteMatch,
+    SegnodeConfig,
+)
+
+__all__ = [
+    "ConfigError",
+    "Destination",
+    "NodeSettings",
+    "Peer",
+    "Route",
+    "RouteMatch",
+    "SegnodeConfig",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,117 @@
+"""The configuration schema.
+
+Every field is validated when the file is read, so a mistake is reported with
+its path (``peers[1].ae_title: more than 16 characters``) before the node
+starts or before a hot reload replaces a working configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def _check_ae_title(value: str) -> str:
+    """Validate an Application Entity title (PS3.5 table 6.2-1, VR AE).
+
+    At most 16 characters of the default repertoire, no backslash and no
+    control characters; leading and trailing spaces are not significant and
+    are removed, which leaves at least one character.
+    """
+    if len(value) > 16:
+        raise PydanticCustomError("ae_title", "more than 16 characters")
+    if "\\" in value:
+        raise PydanticCustomError("ae_title", "contains a backslash")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise PydanticCustomError("ae_title", "contains a control character")
+    if not value.isascii():
+        raise PydanticCustomError("ae_title", "contains a character outside ASCII")
+    stripped = value.strip(" ")
+    if not stripped:
+        raise PydanticCustomError("ae_title", "is empty")
+    return stripped
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a misspelt key must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(_Strict):
+    """The node's own identity, listening address, storage and timings."""
+
+    ae_title: AETitle = "SEGNODE"
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    storage_dir: Path = Path("./var/segnode")
+    series_stable_seconds: float = Field(10.0, gt=0)
+    metrics_port: Port = 9102
+    max_associations: int = Field(10, ge=1)
+    # pynetdicom's default; 0 would mean unlimited, which lets a peer choose
+    # PDUs of any size.
+    max_pdu_size: int = Field(16382, ge=4096)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(30.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+
+
+class Peer(_Strict):
+    """A calling AE that may send to this node, optionally only from one host."""
+
+    ae_title: AETitle
+    host: str | None = None
+
+
+class Destination(_Strict):
+    """A C-STORE SCP that results are sent to."""
+
+    ae_title: AETitle
+    host: str
+    port: Port
+
+
+class RouteMatch(_Strict):
+    """What a completed series must look like for a route to apply."""
+
+    modality: str | None = None
+
+
+class Route(_Strict):
+    """Which pipeline a matching series goes through and where results go."""
+
+    name: str = Field(min_length=1)
+    match: RouteMatch = RouteMatch()
+    pipeline: str = Field(min_length=1)
+    send_to: list[str] = Field(min_length=1)
+
+
+class SegnodeConfig(_Strict):
+    """The whole configuration file."""
+
+    node: NodeSettings = NodeSettings()
+    peers: list[Peer] = []
+    destinations: dict[str, Destination] = {}
+    routes: list[Route] = []
+
+    @model_validator(mode="after")
+    def _check_references(self) -> SegnodeConfig:
+        errors = []
+        for index, route in enumerate(self.routes):
+            for name in route.send_to:
+                if name not in self.destinations:
+                    errors.append(f"routes[{index}].send_to: unknown destination {name!r}")
+        titles = [peer.ae_title for peer in self.peers]
+        for index, title in enumerate(titles):
+            if title in titles[:index]:
+                errors.append(f"peers[{index}].ae_title: {title!r} is listed twice")
+        if errors:
+            raise PydanticCustomError("references", "; ".join(errors))
+        return self

@@ -1,0 +1,1 @@
+"""Reading DICOM series into volumes and writing SEG, SR and CSV results."""

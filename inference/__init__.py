@@ -1,0 +1,1 @@
+"""Segmentation models, pre- and post-processing, and quantification."""

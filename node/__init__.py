@@ -1,0 +1,1 @@
+"""The DICOM node: receive, store, assemble series (and, later, queue, work, send)."""

@@ -1,0 +1,71 @@
+"""Prometheus metrics of the node, in a registry of its own.
+
+The registry is passed in rather than taken from prometheus-client's global
+one, so that several nodes (tests, benchmarks) can live in one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class NodeMetrics:
+    """The counters the receiving side updates; names follow Prometheus conventions."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.associations_accepted = Counter(
+            "segnode_associations_accepted_total",
+            "Associations accepted, by calling AE title.",
+            ["calling_ae"],
+            registry=r,
+        )
+        self.associations_rejected = Counter(
+            "segnode_associations_rejected_total",
+            "Associations rejected, by DICOM reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.active_associations = Gauge(
+            "segnode_active_associations", "Associations in progress.", registry=r
+        )
+        self.instances_received = Counter(
+            "segnode_instances_received_total",
+            "Instances stored and acknowledged, by modality.",
+            ["modality"],
+            registry=r,
+        )
+        self.received_bytes = Counter(
+            "segnode_received_bytes_total", "Bytes of instances stored.", registry=r
+        )
+        self.store_failures = Counter(
+            "segnode_store_failures_total",
+            "C-STORE requests answered with a failure status, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.series_completed = Counter(
+            "segnode_series_completed_total", "Series that became complete.", registry=r
+        )
+        self.series_reopened = Counter(
+            "segnode_series_reopened_total",
+            "Completed series reopened by a late instance.",
+            registry=r,
+        )
+        self.series_receive_duration = Histogram(
+            "segnode_series_receive_duration_seconds",
+            "Time from a series' first to its last instance.",
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "segnode_config_reloads_total",
+            "Configuration reloads, by result.",
+            ["result"],
+            registry=r,
+        )
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose ``/metrics`` over HTTP on a daemon thread."""
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,42 @@
+"""The states of a series and the one table of allowed transitions.
+
+Every state change goes through :func:`next_state`, so the life of a series
+can be read here and nowhere else (later stages add queued, processing, done
+and failed).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SeriesState(StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+
+
+class SeriesEvent(StrEnum):
+    INSTANCE_RECEIVED = "instance-received"
+    STABLE_PERIOD_ELAPSED = "stable-period-elapsed"
+
+
+class InvalidTransition(Exception):
+    """An event that the series' current state does not allow."""
+
+
+# (current state, event) -> next state; None is a series not seen before.
+TRANSITIONS: dict[tuple[SeriesState | None, SeriesEvent], SeriesState] = {
+    (None, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
+    (SeriesState.RECEIVING, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
+    # A late instance reopens a completed series.
+    (SeriesState.COMPLETE, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
+    (SeriesState.RECEIVING, SeriesEvent.STABLE_PERIOD_ELAPSED): SeriesState.COMPLETE,
+}
+
+
+def next_state(current: SeriesState | None, event: SeriesEvent) -> SeriesState:
+    """Return the state that ``event`` leads to from ``current``."""
+    try:
+        return TRANSITIONS[(current, event)]
+    except KeyError:
+        raise InvalidTransition(f"{event} is not allowed in state {current}") from None

@@ -1,0 +1,132 @@
+"""Durable storage of received instances, exactly as they arrived.
+
+An instance is acknowledged only once it would survive a crash: its bytes are
+written to a temporary name in the series folder, fsync'ed, renamed into place
+and the folder fsync'ed, so a reader (or a restart) sees either the whole
+file or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.validation import InstanceIdentity
+
+LOG = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class StorageError(Exception):
+    """An instance could not be written; nothing of it is left on disk."""
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """A received instance that is durably on disk and ready to be indexed."""
+
+    identity: InstanceIdentity
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+    calling_ae: str
+    received_at: float
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceStore:
+    """Files under ``root/instances/<study>/<series>/<sop instance>.dcm``.
+
+    The path components are UIDs that :mod:`node.validation` has checked to
+    be digits and dots only, so they cannot leave the storage folder.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.instances_dir = self.root / "instances"
+        self.instances_dir.mkdir(parents=True, exist_ok=True)
+        self._known_dirs: set[Path] = set()
+        self._dirs_lock = threading.Lock()
+
+    def path_for(self, identity: InstanceIdentity) -> Path:
+        """Where an instance lives; refuses anything that would leave the store."""
+        path = (
+            self.instances_dir
+            / identity.study_instance_uid
+            / identity.series_instance_uid
+            / f"{identity.sop_instance_uid}.dcm"
+        )
+        if path.resolve().parent.parent.parent != self.instances_dir:
+            raise StorageError(f"refusing a path outside the store: {path}")
+        return path
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create ``directory`` durably: each new folder's parent is fsync'ed."""
+        with self._dirs_lock:
+            if directory in self._known_dirs:
+                return
+            missing = []
+            current = directory
+            while not current.exists():
+                missing.append(current)
+                current = current.parent
+            for folder in reversed(missing):
+                try:
+                    folder.mkdir()
+                except FileExistsError:
+                    pass
+                _fsync_dir(folder.parent)
+            self._known_dirs.add(directory)
+
+    def write(self, identity: InstanceIdentity, data: bytes) -> Path:
+        """Write ``data`` durably at the instance's path, replacing an earlier copy.
+
+        Raises :class:`StorageError` (with the OS reason) when the disk is
+        full or not writable; the temporary file is removed in that case.
+        """
+        path = self.path_for(identity)
+        partial = path.with_name(
+            f".{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}"
+        )
+        try:
+            self._ensure_dir(path.parent)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(partial, path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return path
+
+    def remove(self, path: Path) -> None:
+        """Delete a stored file (used when its index row could not be written)."""
+        path.unlink(missing_ok=True)
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files left by a crash; they were never acknowledged."""
+        count = 0
+        for partial in self.instances_dir.rglob(f"*{PARTIAL_SUFFIX}"):
+            partial.unlink(missing_ok=True)
+            count += 1
+        if count:
+            LOG.info("removed %d partial files left by an earlier run", count)
+        return count

@@ -1,0 +1,108 @@
+"""Checks an incoming dataset must pass before anything is written.
+
+The UIDs checked here become directory and file names in storage, so a value
+that is not a syntactically valid UID (PS3.5 section 9.1: at most 64
+characters, digits and dots, no empty components, no leading zeros) must never
+get further than this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+# C-STORE failure statuses (PS3.4 table B.2-1).
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+class InvalidDataset(Exception):
+    """A dataset refused on arrival; carries the DIMSE status and a short reason."""
+
+    def __init__(self, status: int, reason: str, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """The identifying attributes of a received instance, all validated."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+
+
+_REQUIRED_UIDS = (
+    ("SOPClassUID", "sop_class_uid"),
+    ("SOPInstanceUID", "sop_instance_uid"),
+    ("StudyInstanceUID", "study_instance_uid"),
+    ("SeriesInstanceUID", "series_instance_uid"),
+)
+
+
+def _valid_uid(value: object) -> bool:
+    return isinstance(value, str) and UID(value).is_valid
+
+
+def identify(dataset: Dataset, context_sop_class: str, command_sop_instance: str) -> InstanceIdentity:
+    """Return the validated identity of ``dataset`` or raise :class:`InvalidDataset`.
+
+    Parameters
+    ----------
+    dataset : pydicom.dataset.Dataset
+        The decoded C-STORE dataset.
+    context_sop_class : str
+        The abstract syntax of the presentation context it arrived on; the
+        dataset's SOP Class UID must equal it (PS3.4 B.2.3).
+    command_sop_instance : str
+        The Affected SOP Instance UID of the C-STORE request, which must equal
+        the dataset's SOP Instance UID.
+    """
+    values: dict[str, str] = {}
+    for keyword, field in _REQUIRED_UIDS:
+        try:
+            raw = dataset.get(keyword)
+        except Exception as exc:  # a value pydicom cannot decode
+            raise InvalidDataset(
+                STATUS_CANNOT_UNDERSTAND, "cannot-understand", f"{keyword} cannot be decoded: {exc}"
+            ) from exc
+        if raw is None or raw == "":
+            raise InvalidDataset(
+                STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, "missing-uid", f"{keyword} is missing"
+            )
+        if not _valid_uid(raw):
+            raise InvalidDataset(
+                STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "invalid-uid",
+                f"{keyword} is not a valid UID: {str(raw)[:80]!r}",
+            )
+        values[field] = str(raw)
+    if values["sop_class_uid"] != context_sop_class:
+        raise InvalidDataset(
+            STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "sop-class-mismatch",
+            f"SOPClassUID {values['sop_class_uid']} differs from the presentation context's "
+            f"{context_sop_class}",
+        )
+    if values["sop_instance_uid"] != command_sop_instance:
+        raise InvalidDataset(
+            STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "sop-instance-mismatch",
+            f"SOPInstanceUID {values['sop_instance_uid']} differs from the request's "
+            f"Affected SOP Instance UID {command_sop_instance}",
+        )
+    try:
+        modality = str(dataset.get("Modality", "") or "")
+    except Exception as exc:
+        raise InvalidDataset(
+            STATUS_CANNOT_UNDERSTAND, "cannot-understand", f"Modality cannot be decoded: {exc}"
+        ) from exc
+    return InstanceIdentity(modality=modality.strip(), **values)
