@@ -89,15 +89,15 @@ def identify(dataset: Dataset, context_sop_class: str, command_sop_instance: str
         raise InvalidDataset(
             STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "sop-class-mismatch",
-            f"SOPClassUID {values['sop_class_uid']} differs from the presentation context's "
-            f"{context_sop_class}",
+            f"SOP Class differs from the presentation context's: "
+            f"{values['sop_class_uid']} is not {context_sop_class}",
         )
     if values["sop_instance_uid"] != command_sop_instance:
         raise InvalidDataset(
             STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "sop-instance-mismatch",
-            f"SOPInstanceUID {values['sop_instance_uid']} differs from the request's "
-            f"Affected SOP Instance UID {command_sop_instance}",
+            f"SOP Instance differs from the request's Affected SOP Instance: "
+            f"{values['sop_instance_uid']} is not {command_sop_instance}",
         )
     try:
         modality = str(dataset.get("Modality", "") or "")

@@ -1,0 +1,184 @@
+"""Shared test machinery: a real ``segnode serve`` subprocess and real peers.
+
+dcmtk's tools are called by absolute path: pynetdicom installs console
+scripts of the same names (``storescu``...) that would shadow them on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from pynetdicom import AE
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+DCMTK_BIN = Path("/usr/bin")
+
+
+def dcmtk(tool: str) -> str:
+    """Path of a dcmtk tool; .ci/run installs dcmtk, so its absence is an error."""
+    path = DCMTK_BIN / tool
+    if not path.exists():
+        pytest.fail(f"dcmtk's {tool} is not installed at {path}: run ./install.sh --test")
+    return str(path)
+
+
+def dcmtk_env() -> dict[str, str]:
+    # dcmtk 3.6.7 leaves Nagle's algorithm on unless told otherwise (~50x slower).
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class NodeProcess:
+    """A ``segnode serve`` subprocess with its config file and storage folder."""
+
+    def __init__(self, workdir: Path, **node_settings):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "segnode.yaml"
+        self.log_path = workdir / "segnode.log"
+        self.storage_dir = workdir / "store"
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.config = {
+            "node": {
+                "ae_title": "SEGNODE",
+                "host": "127.0.0.1",
+                "port": self.port,
+                "storage_dir": str(self.storage_dir),
+                "series_stable_seconds": 1.5,
+                "metrics_port": self.metrics_port,
+                **node_settings,
+            },
+            "peers": [
+                {"ae_title": "STORESCU"},
+                {"ae_title": "ECHOSCU"},
+                {"ae_title": "TESTSCU", "host": "127.0.0.1"},
+            ],
+        }
+        self.write_config()
+        self.proc: subprocess.Popen | None = None
+
+    def write_config(self, config: dict | None = None) -> None:
+        text = yaml.safe_dump(config if config is not None else self.config)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.config_path)
+
+    def start(self, preexec_fn=None) -> NodeProcess:
+        already_logged = len(self.log())
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            preexec_fn=preexec_fn,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"segnode exited at start:\n{self.log()}")
+            if "segnode ready" in self.log()[already_logged:]:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"segnode did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def status(self) -> list[dict]:
+        out = subprocess.run(
+            [sys.executable, "-m", "node.cli", "status", "--config", str(self.config_path), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=self.workdir,
+        )
+        return json.loads(out.stdout)["series"]
+
+    def wait_for_series(self, series_uid: str, state: str, instances: int, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        seen: dict = {}
+        while time.monotonic() < deadline:
+            for series in self.status():
+                if series["series_instance_uid"] == series_uid:
+                    seen = series
+                    if series["state"] == state and series["instances"] == instances:
+                        return series
+            time.sleep(0.2)
+        raise AssertionError(f"series {series_uid} never became {state} with {instances}: {seen}")
+
+    def metrics(self) -> dict[str, float]:
+        """Sample name with labels -> value, from the Prometheus endpoint."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("segnode_"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def stored_files(self) -> list[Path]:
+        return sorted((self.storage_dir / "instances").rglob("*.dcm"))
+
+    def partial_files(self) -> list[Path]:
+        return sorted((self.storage_dir / "instances").rglob("*.partial"))
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator:
+    nodes: list[NodeProcess] = []
+
+    def make(**node_settings) -> NodeProcess:
+        node = NodeProcess(tmp_path / f"node{len(nodes)}", **node_settings)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.kill()
+
+
+@pytest.fixture
+def node(node_factory) -> NodeProcess:
+    return node_factory().start()
+
+
+def scu(ae_title: str = "TESTSCU") -> AE:
+    """A pynetdicom SCU proposing CT storage and verification in explicit and implicit VR."""
+    from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+
+    ae = AE(ae_title=ae_title)
+    for sop_class in (CTImageStorage, MRImageStorage, Verification):
+        ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    return ae

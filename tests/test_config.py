@@ -1,0 +1,77 @@
+"""``segnode check-config``: every error with its path, or a summary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, parse_config
+from tests.conftest import REPO
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_example_config_is_valid_and_summarised():
+    result = check_config(REPO / "config" / "segnode.example.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+    assert "SEGNODE on 127.0.0.1:11112" in result.stdout
+    assert "ct-organs" in result.stdout
+
+
+def test_every_error_is_reported_with_its_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "node: {ae_title: SEGNODE, port: 70000, series_stable_seconds: -1}\n"
+        "peers:\n"
+        "  - {ae_title: SCANNER1}\n"
+        "  - {ae_title: ABCDEFGHIJKLMNOPQ}\n"
+        "  - {ae_title: 'BAD\\\\AE'}\n"
+        "  - {ae_title: \"TAB\\tAE\"}\n"
+        "destinations: {PACS: {ae_title: ORTHANC, host: 127.0.0.1}}\n"
+    )
+    result = check_config(bad)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "peers[1].ae_title: more than 16 characters" in lines
+    assert "peers[2].ae_title: contains a backslash" in lines
+    assert "peers[3].ae_title: contains a control character" in lines
+    assert any(line.startswith("node.port:") for line in lines)
+    assert any(line.startswith("node.series_stable_seconds:") for line in lines)
+    assert any(line.startswith("destinations.PACS.port:") for line in lines)
+
+
+def test_unknown_keys_and_dangling_routes_are_errors():
+    with pytest.raises(ConfigError) as caught:
+        parse_config("node: {ae_titel: X}\n")
+    assert caught.value.errors == ["node.ae_titel: Extra inputs are not permitted"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "destinations: {PACS: {ae_title: ORTHANC, host: h, port: 4242}}\n"
+            "routes: [{name: r, match: {modality: CT}, pipeline: organs, send_to: [PACS, NOPE]}]\n"
+        )
+    assert caught.value.errors == ["routes[0].send_to: unknown destination 'NOPE'"]
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("node: {ae_title: [\n")
+    result = check_config(broken)
+    assert result.returncode == 1 and "not valid YAML" in result.stderr
+    result = check_config(tmp_path / "absent.yaml")
+    assert result.returncode == 1 and "cannot read" in result.stderr
+
+
+def test_ae_titles_are_stripped_of_padding():
+    config = parse_config("node: {ae_title: ' SEGNODE  '}\npeers: [{ae_title: 'A '}]\n")
+    assert config.node.ae_title == "SEGNODE"
+    assert config.peers[0].ae_title == "A"
