@@ -1,0 +1,155 @@
+"""Ingest benchmark: dcmtk storescu into dcmtk storescp and into segnode, in one run.
+
+One synthetic CT series (512x512, 16-bit, explicit VR little endian) is sent
+over loopback by dcmtk's storescu, first into dcmtk's storescp (writing files,
+no fsync) and then into ``segnode serve`` (fsync'ed files and SQLite index
+before each success status). Each is sent ``--repeat`` times, alternating;
+the best and median wall times of the storescu runs give MB/s and the ratio
+segnode / storescp (higher is better; 1.0 means as fast as storescp).
+
+Both peers run with TCP_NODELAY=1: Debian's dcmtk 3.6.7 leaves Nagle's
+algorithm on otherwise and is ~50x slower, so this compares against dcmtk at
+its best.
+
+    python bench/ingest.py --slices 600 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.synthetic import write_ct_series  # noqa: E402
+
+DCMTK = Path("/usr/bin")
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_echo(port: int, called_ae: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        echo = subprocess.run(
+            [DCMTK / "echoscu", "-aet", "STORESCU", "-aec", called_ae, "127.0.0.1", str(port)],
+            capture_output=True,
+            env=ENV,
+        )
+        if echo.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answers C-ECHO on port {port}")
+
+
+def send(files: list[Path], port: int, called_ae: str) -> float:
+    """Wall time of one storescu run sending every file on one association."""
+    start = time.perf_counter()
+    result = subprocess.run(
+        [DCMTK / "storescu", "-aet", "STORESCU", "-aec", called_ae, "127.0.0.1", str(port)]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu failed: {result.stderr}")
+    return elapsed
+
+
+def start_storescp(workdir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    out = workdir / "storescp"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [DCMTK / "storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_echo(port, "STORESCP")
+    return proc, port
+
+
+def start_segnode(workdir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = {
+        "node": {
+            "ae_title": "SEGNODE",
+            "host": "127.0.0.1",
+            "port": port,
+            "storage_dir": str(workdir / "segnode"),
+            "metrics_port": free_port(),
+        },
+        "peers": [{"ae_title": "STORESCU"}],
+    }
+    config_path = workdir / "segnode.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "serve", "--config", str(config_path)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "segnode.log").open("w"),
+    )
+    wait_for_echo(port, "SEGNODE")
+    return proc, port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, help="keep files here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="segnode-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = write_ct_series(
+        workdir / "series", "1.2.840.10008.1.2.1", slices=args.slices, rows=512, columns=512
+    )
+    megabytes = sum(f.stat().st_size for f in files) / 1e6
+    print(f"series: {len(files)} slices of 512x512, {megabytes:.1f} MB, sent by dcmtk storescu")
+
+    storescp, storescp_port = start_storescp(workdir)
+    segnode, segnode_port = start_segnode(workdir)
+    times: dict[str, list[float]] = {"dcmtk storescp": [], "segnode (fsync)": []}
+    try:
+        for _ in range(args.repeat):
+            times["dcmtk storescp"].append(send(files, storescp_port, "STORESCP"))
+            times["segnode (fsync)"].append(send(files, segnode_port, "SEGNODE"))
+    finally:
+        for proc in (storescp, segnode):
+            proc.terminate()
+            proc.wait(30)
+
+    print(f"{'receiver':<18} {'best s':>8} {'median s':>9} {'best MB/s':>10} {'median MB/s':>12}")
+    for name, runs in times.items():
+        best, median = min(runs), statistics.median(runs)
+        print(f"{name:<18} {best:>8.3f} {median:>9.3f} {megabytes / best:>10.1f} {megabytes / median:>12.1f}")
+    ratio_best = min(times["dcmtk storescp"]) / min(times["segnode (fsync)"])
+    ratio_median = statistics.median(times["dcmtk storescp"]) / statistics.median(times["segnode (fsync)"])
+    print(f"segnode / storescp throughput ratio: best {ratio_best:.2f}, median {ratio_median:.2f}")
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
