@@ -29,7 +29,7 @@ class Sender:
 
     def _run(self) -> None:
         ae = scu()
-        ae.dimse_timeout = 20
+        ae.dimse_timeout = 5
         assoc = ae.associate("127.0.0.1", self.node.port, ae_title="SEGNODE")
         if not assoc.is_established:
             return
@@ -107,11 +107,11 @@ def test_sigterm_finishes_in_flight_stores_and_exits_zero(node_factory, tmp_path
     sender.thread.join(60)
     acknowledged = sender.acknowledged()
     assert 10 <= len(acknowledged) < len(files)
-    # Success for what is stored; "out of resources" for what came during
-    # shutdown, or no answer at all for the one request the abort cut off.
+    # Success for what is stored; then "out of resources" for what came during
+    # shutdown, or no answer once the association was aborted.
     statuses = list(sender.statuses.values())
-    assert all(status in (0x0000, 0xA700, None) for status in statuses)
-    assert statuses.count(None) <= 1 and None not in statuses[:-1]
+    first_failure = statuses.index(next(s for s in statuses if s != 0x0000))
+    assert all(status in (0xA700, None) for status in statuses[first_failure:])
     assert node.partial_files() == []
     assert_on_disk_and_indexed(node, acknowledged)
     assert len(node.stored_files()) == len(acknowledged)
