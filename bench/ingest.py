@@ -58,8 +58,16 @@ def wait_for_echo(port: int, called_ae: str) -> None:
     raise RuntimeError(f"nothing answers C-ECHO on port {port}")
 
 
-def send(files: list[Path], port: int, called_ae: str) -> float:
-    """Wall time of one storescu run sending every file on one association."""
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def send(files: list[Path], port: int, called_ae: str, receiver_pid: int) -> tuple[float, float]:
+    """Wall time of one storescu run sending every file on one association,
+    and the CPU time the receiver used meanwhile."""
+    cpu_before = cpu_seconds(receiver_pid)
     start = time.perf_counter()
     result = subprocess.run(
         [DCMTK / "storescu", "-aet", "STORESCU", "-aec", called_ae, "127.0.0.1", str(port)]
@@ -71,7 +79,7 @@ def send(files: list[Path], port: int, called_ae: str) -> float:
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"storescu failed: {result.stderr}")
-    return elapsed
+    return elapsed, cpu_seconds(receiver_pid) - cpu_before
 
 
 def start_storescp(workdir: Path) -> tuple[subprocess.Popen, int]:
@@ -130,19 +138,33 @@ def main() -> int:
     storescp, storescp_port = start_storescp(workdir)
     segnode, segnode_port = start_segnode(workdir)
     times: dict[str, list[float]] = {"dcmtk storescp": [], "segnode (fsync)": []}
+    cpu: dict[str, list[float]] = {"dcmtk storescp": [], "segnode (fsync)": []}
+    receivers = {
+        "dcmtk storescp": (storescp_port, "STORESCP", storescp.pid),
+        "segnode (fsync)": (segnode_port, "SEGNODE", segnode.pid),
+    }
     try:
         for _ in range(args.repeat):
-            times["dcmtk storescp"].append(send(files, storescp_port, "STORESCP"))
-            times["segnode (fsync)"].append(send(files, segnode_port, "SEGNODE"))
+            for name, (port, called_ae, pid) in receivers.items():
+                wall, used = send(files, port, called_ae, pid)
+                times[name].append(wall)
+                cpu[name].append(used)
     finally:
         for proc in (storescp, segnode):
             proc.terminate()
             proc.wait(30)
 
-    print(f"{'receiver':<18} {'best s':>8} {'median s':>9} {'best MB/s':>10} {'median MB/s':>12}")
+    print(
+        f"{'receiver':<18} {'best s':>8} {'median s':>9} {'best MB/s':>10} {'median MB/s':>12}"
+        f" {'CPU ms/slice':>13}"
+    )
     for name, runs in times.items():
         best, median = min(runs), statistics.median(runs)
-        print(f"{name:<18} {best:>8.3f} {median:>9.3f} {megabytes / best:>10.1f} {megabytes / median:>12.1f}")
+        cpu_per_slice = statistics.median(cpu[name]) / len(files) * 1000
+        print(
+            f"{name:<18} {best:>8.3f} {median:>9.3f} {megabytes / best:>10.1f}"
+            f" {megabytes / median:>12.1f} {cpu_per_slice:>13.2f}"
+        )
     ratio_best = min(times["dcmtk storescp"]) / min(times["segnode (fsync)"])
     ratio_median = statistics.median(times["dcmtk storescp"]) / statistics.median(times["segnode (fsync)"])
     print(f"segnode / storescp throughput ratio: best {ratio_best:.2f}, median {ratio_median:.2f}")

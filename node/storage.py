@@ -60,16 +60,20 @@ class InstanceStore:
         self._dirs_lock = threading.Lock()
 
     def path_for(self, identity: InstanceIdentity) -> Path:
-        """Where an instance lives; refuses anything that would leave the store."""
-        path = (
-            self.instances_dir
-            / identity.study_instance_uid
-            / identity.series_instance_uid
-            / f"{identity.sop_instance_uid}.dcm"
+        """Where an instance lives; refuses anything that would leave the store.
+
+        The UIDs were validated already; this second check is a plain string
+        test because resolving the path costs a system call per component.
+        """
+        names = (
+            identity.study_instance_uid,
+            identity.series_instance_uid,
+            identity.sop_instance_uid,
         )
-        if path.resolve().parent.parent.parent != self.instances_dir:
-            raise StorageError(f"refusing a path outside the store: {path}")
-        return path
+        for name in names:
+            if name in ("", ".", "..") or "/" in name or "\0" in name:
+                raise StorageError(f"refusing a path outside the store: {name!r}")
+        return self.instances_dir / names[0] / names[1] / f"{names[2]}.dcm"
 
     def _ensure_dir(self, directory: Path) -> None:
         """Create ``directory`` durably: each new folder's parent is fsync'ed."""
