@@ -19,15 +19,15 @@ def test_a_name_that_could_leave_the_store_is_refused(tmp_path, bad):
     store = InstanceStore(tmp_path / "store")
     for fields in ({"study": bad}, {"series": bad}, {"sop": bad}):
         with pytest.raises(StorageError):
-            store.write(identity(**fields), [b"x"])
+            store.write(identity(**fields), b"x")
     assert not any((tmp_path / "store").rglob("*.dcm"))
 
 
 def test_write_replaces_and_leaves_no_temporary_file(tmp_path):
     store = InstanceStore(tmp_path / "store")
-    path = store.write(identity(), [b"first", b"-part"])
+    path = store.write(identity(), b"first-part")
     assert path.read_bytes() == b"first-part"
-    assert store.write(identity(), [b"second"]) == path
+    assert store.write(identity(), b"second") == path
     assert path.read_bytes() == b"second"
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
@@ -38,14 +38,14 @@ def test_unwritable_folder_is_a_storage_error(tmp_path):
     store.instances_dir.chmod(0o500)
     try:
         with pytest.raises(StorageError, match="cannot write"):
-            store.write(identity(), [b"x"])
+            store.write(identity(), b"x")
     finally:
         store.instances_dir.chmod(0o700)
 
 
 def test_partial_files_from_a_crash_are_removed(tmp_path):
     store = InstanceStore(tmp_path / "store")
-    leftover = store.write(identity(), [b"x"]).with_name(".1.2.3.4.5.dcm.99.1.partial")
+    leftover = store.write(identity(), b"x").with_name(".1.2.3.4.5.dcm.99.1.partial")
     leftover.write_bytes(b"half")
     assert store.remove_partial_files() == 1
     assert not leftover.exists()
