@@ -45,7 +45,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -78,7 +78,6 @@ __all__ = [
     "LOSSY_TRANSFER_SYNTAXES",
     "ENCAPSULATED_TRANSFER_SYNTAXES",
     "EIGHT_BIT_TRANSFER_SYNTAXES",
-    "ENCODERS",
     "STORESCU_FLAGS",
     "STORESCP_FLAGS",
     "DCMTK_CONFIG",
@@ -88,7 +87,6 @@ __all__ = [
     "storescp_flags",
     "phantom_hu",
     "write_ct_series",
-    "write_all_series",
     "dataset_bytes",
     "file_meta_length",
 ]
@@ -146,25 +144,6 @@ MAX_LOSSY_ERROR: Final[dict[str, int]] = {
 
 #: HTJ2K syntaxes (written with BitsStored 16, see ``write_ct_series``).
 _HTJ2K_SYNTAXES: Final[frozenset[str]] = frozenset({HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K})
-
-#: Which library produces each syntax's bitstream (for reports and skips).
-ENCODERS: Final[dict[str, str]] = {
-    ImplicitVRLittleEndian: "pydicom",
-    ExplicitVRLittleEndian: "pydicom",
-    ExplicitVRBigEndian: "pydicom",
-    DeflatedExplicitVRLittleEndian: "pydicom",
-    JPEGBaseline8Bit: "pillow",
-    JPEGLossless: "imagecodecs",
-    JPEGLosslessSV1: "imagecodecs",
-    JPEGLSLossless: "pyjpegls",
-    JPEGLSNearLossless: "pyjpegls",
-    JPEG2000Lossless: "pylibjpeg-openjpeg",
-    JPEG2000: "pylibjpeg-openjpeg",
-    HTJ2KLossless: "imagecodecs",
-    HTJ2KLosslessRPCL: "imagecodecs",
-    HTJ2K: "imagecodecs",
-    RLELossless: "pydicom",
-}
 
 # ---------------------------------------------------------------------------
 # How dcmtk 3.6.7 sends / receives each syntax (measured, see module notes)
@@ -758,25 +737,3 @@ def _transfer_syntax_of(data: bytes) -> str:
         raise ValueError("no (0002,0010) Transfer Syntax UID in file meta")
     (length,) = struct.unpack("<H", data[i + 6 : i + 8])
     return data[i + 8 : i + 8 + length].rstrip(b"\x00 ").decode("ascii")
-
-
-def write_all_series(
-    directory: str | os.PathLike[str], syntaxes: Sequence[str] = TRANSFER_SYNTAXES, **kwargs: object
-) -> dict[str, list[Path]]:
-    """Write one series per syntax under ``directory/<uid>/``.
-
-    Parameters
-    ----------
-    directory : str or os.PathLike
-        Parent folder; each syntax gets a subfolder named after its UID.
-    syntaxes : sequence of str
-        Which syntaxes to write (default: all of :data:`TRANSFER_SYNTAXES`).
-    **kwargs
-        Passed on to :func:`write_ct_series`.
-
-    Returns
-    -------
-    dict
-        Transfer syntax UID -> written files.
-    """
-    return {ts: write_ct_series(Path(directory) / ts, ts, **kwargs) for ts in syntaxes}  # type: ignore[arg-type]

@@ -33,7 +33,9 @@ def test_wrong_called_ae_is_rejected_with_its_reason_code(node):
 
 def test_peer_bound_to_a_host_is_rejected_from_another_address(node):
     # TESTSCU is configured with host 127.0.0.1; 127.0.0.2 is another loopback address.
-    assoc = scu("TESTSCU").associate("127.0.0.1", node.port, ae_title="SEGNODE", bind_address=("127.0.0.2", 0))
+    assoc = scu("TESTSCU").associate(
+        "127.0.0.1", node.port, ae_title="SEGNODE", bind_address=("127.0.0.2", 0)
+    )
     assert assoc.is_rejected
     assert (assoc.acceptor.primitive.result_source, assoc.acceptor.primitive.diagnostic) == (1, 3)
     assoc = scu("TESTSCU").associate("127.0.0.1", node.port, ae_title="SEGNODE")
