@@ -9,7 +9,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from config import ConfigError, load_config
+from config import ConfigError, SegnodeConfig, load_config
 from node.index import INDEX_FILENAME, InstanceIndex
 
 
@@ -17,13 +17,20 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _load_or_report(path: Path) -> SegnodeConfig | None:
+    """The configuration, or None after printing each of its errors to stderr."""
     try:
-        config = load_config(args.file)
+        return load_config(path)
     except ConfigError as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
         print(f"{exc.source}: {len(exc.errors)} error(s)", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.file)
+    if config is None:
         return 1
     node = config.node
     print(f"{args.file}: valid")
@@ -37,11 +44,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
+    config = _load_or_report(args.config)
+    if config is None:
         return 1
     storage_dir = config.node.storage_dir
     if not (storage_dir / INDEX_FILENAME).exists():
