@@ -15,6 +15,12 @@ from tests.test_receive import storescu
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
+# These tests write invalid UIDs on purpose; pydicom warns when they are set.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI"),
+    pytest.mark.filterwarnings("ignore:The value length .* exceeds the maximum length of 64"),
+]
+
 
 @pytest.fixture
 def ct_files(tmp_path) -> list[Path]:
