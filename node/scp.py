@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -126,6 +127,7 @@ class StorageSCP:
         self._stopping = False
         self._in_flight_changed = threading.Condition()
         self._dimse_timeout = config.node.dimse_timeout
+        self._established: weakref.WeakSet = weakref.WeakSet()
         self.apply(config)
 
     def apply(self, config: SegnodeConfig) -> None:
@@ -226,9 +228,13 @@ class StorageSCP:
     def _on_established(self, event: Event) -> None:
         self._metrics.associations_accepted.labels(event.assoc.requestor.ae_title).inc()
         self._metrics.active_associations.inc()
+        self._established.add(event.assoc)
 
     def _on_ended(self, event: Event) -> None:
-        self._metrics.active_associations.dec()
+        # Aborts also end associations that were never established.
+        if event.assoc in self._established:
+            self._established.discard(event.assoc)
+            self._metrics.active_associations.dec()
 
     # C-STORE ---------------------------------------------------------------
 

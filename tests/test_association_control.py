@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -48,6 +49,11 @@ def test_rejection_does_not_stop_the_node_serving_others(node):
     for _ in range(5):
         assert echoscu(node, "INTRUDER").returncode != 0
     assert echoscu(node, "ECHOSCU").returncode == 0
+    # Rejected associations never counted as active; the released one no longer is.
+    deadline = time.monotonic() + 5
+    while node.metrics()["segnode_active_associations"] != 0:
+        assert time.monotonic() < deadline, node.metrics()["segnode_active_associations"]
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("limit", [2])
