@@ -126,7 +126,6 @@ class StorageSCP:
         self._in_flight = 0
         self._stopping = False
         self._in_flight_changed = threading.Condition()
-        self._dimse_timeout = config.node.dimse_timeout
         self._established: weakref.WeakSet = weakref.WeakSet()
         self.apply(config)
 
@@ -139,13 +138,12 @@ class StorageSCP:
         self._ae.acse_timeout = node.acse_timeout
         self._ae.dimse_timeout = node.dimse_timeout
         self._ae.network_timeout = node.network_timeout
-        self._dimse_timeout = node.dimse_timeout
         if self._server is not None:
             self._server.ae_title = node.ae_title
 
     @property
     def port(self) -> int:
-        """The port actually listened on (useful when configured as 0)."""
+        """The port listened on."""
         assert self._server is not None
         return self._server.server_address[1]
 
@@ -181,7 +179,7 @@ class StorageSCP:
         with self._in_flight_changed:
             self._stopping = True
             if not self._in_flight_changed.wait_for(
-                lambda: self._in_flight == 0, timeout=self._dimse_timeout
+                lambda: self._in_flight == 0, timeout=self._ae.dimse_timeout
             ):
                 LOG.warning("%d C-STOREs still in flight at shutdown", self._in_flight)
         for assoc in server.active_associations:
