@@ -1,0 +1,101 @@
+"""The ``Volume``: voxels on a grid placed exactly in DICOM patient space.
+
+Everything segnode measures and sends back is computed on this grid, so it
+carries its geometry as an affine rather than as separate spacing and
+direction fields that can disagree. The convention follows highdicom's
+``Volume``: the array is indexed ``[slice, row, column]`` and the affine maps
+``(slice, row, column, 1)`` to patient coordinates ``(x, y, z, 1)`` in mm, in
+the DICOM patient coordinate system (LPS: +x to the patient's left, +y to
+the posterior, +z to the head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """The image (and, for multi-frame images, the frame) a slice came from."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame_number: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3-D image with its geometry and the instances it was read from.
+
+    Attributes
+    ----------
+    array : numpy.ndarray
+        Voxel values indexed ``[slice, row, column]``: Hounsfield units for
+        CT, rescaled values (e.g. Bq/ml) for PET.
+    affine : numpy.ndarray
+        4x4 matrix from ``(slice, row, column, 1)`` to LPS patient
+        coordinates in mm.
+    frame_of_reference_uid : str
+        The FrameOfReferenceUID shared by all source images.
+    study_instance_uid, series_instance_uid, modality : str
+        Identity of the source series.
+    sources : tuple of SourceFrame
+        One entry per slice, in array order.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    frame_of_reference_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    sources: tuple[SourceFrame, ...]
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ValueError(f"a Volume needs a 3-D array, got shape {self.array.shape}")
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"a Volume needs a 4x4 affine, got shape {self.affine.shape}")
+        if len(self.sources) != self.array.shape[0]:
+            raise ValueError(
+                f"{len(self.sources)} source frames for {self.array.shape[0]} slices"
+            )
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Distance in mm between neighbouring (slices, rows, columns)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in ml (the absolute determinant, mm^3 / 1000)."""
+        return abs(float(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    def to_sitk(self) -> sitk.Image:
+        """The same voxels and geometry as a SimpleITK image.
+
+        SimpleITK indexes ``(x=column, y=row, z=slice)`` and its physical
+        space is LPS too, so only the axis order changes.
+        """
+        image = sitk.GetImageFromArray(self.array)
+        spacing = self.spacing
+        directions = self.affine[:3, :3] / np.array(spacing)
+        # Columns of the affine in SimpleITK's (column, row, slice) order.
+        direction = directions[:, [2, 1, 0]]
+        image.SetOrigin(tuple(float(v) for v in self.affine[:3, 3]))
+        image.SetSpacing((spacing[2], spacing[1], spacing[0]))
+        image.SetDirection(tuple(float(v) for v in direction.flatten()))
+        return image
+
+    @staticmethod
+    def affine_from_sitk(image: sitk.Image) -> np.ndarray:
+        """The ``[slice, row, column]`` affine of a SimpleITK image's grid."""
+        direction = np.array(image.GetDirection()).reshape(3, 3)
+        spacing = np.array(image.GetSpacing())
+        affine = np.eye(4)
+        affine[:3, :3] = (direction * spacing)[:, [2, 1, 0]]
+        affine[:3, 3] = image.GetOrigin()
+        return affine
