@@ -1,4 +1,4 @@
-"""The ``segnode`` command line: serve, check-config, status."""
+"""The ``segnode`` command line: serve, check-config, status, pet-suv."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
 from config import ConfigError, SegnodeConfig, load_config
+from dicomio.suv import SuvError, SuvFactors, earliest_acquisition, suv_factors
 from node.index import INDEX_FILENAME, InstanceIndex
 
 
@@ -83,6 +88,80 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _per_frame(factors: SuvFactors, field: str) -> float | list[float | None] | None:
+    """One value when every frame has the same factor, else one per frame."""
+    values = [getattr(frame, field) for frame in factors.frames]
+    return values[0] if len(set(values)) == 1 else values
+
+
+def _pet_suv_rows(paths: list[Path]) -> list[dict]:
+    rows: list[dict] = [{"file": str(path)} for path in paths]
+    datasets: list[Dataset | None] = []
+    for row, path in zip(rows, paths, strict=True):
+        try:
+            datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
+            row["error"] = f"cannot read DICOM: {exc}"
+            datasets.append(None)
+    # QIBA's last fallback for a moved Series Time is the earliest
+    # acquisition of the whole series, so files are grouped by series.
+    series: dict[str, list[Dataset]] = {}
+    for dataset in datasets:
+        if dataset is not None:
+            series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(dataset)
+    earliest = {uid: earliest_acquisition(members) for uid, members in series.items()}
+    for row, dataset in zip(rows, datasets, strict=True):
+        if dataset is None:
+            continue
+        try:
+            factors = suv_factors(
+                dataset, series_earliest=earliest[str(dataset.get("SeriesInstanceUID", ""))]
+            )
+        except SuvError as exc:
+            row["error"] = str(exc)
+            continue
+        row.update(
+            sop_instance_uid=factors.sop_instance_uid,
+            units=factors.units,
+            decay_correction=factors.decay_correction.value,
+            suv_bw_factor=_per_frame(factors, "suv_bw"),
+            sul_factor=_per_frame(factors, "sul"),
+            suv_bsa_factor=_per_frame(factors, "suv_bsa"),
+            warnings=list(factors.warnings),
+        )
+    return rows
+
+
+def _factor_text(value: float | list | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return f"{len(value)} frames"
+    return f"{value:.6g}"
+
+
+def _pet_suv(args: argparse.Namespace) -> int:
+    rows = _pet_suv_rows(args.files)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(f"{'units':<5} {'decay':<5} {'SUVbw':>12} {'SUL':>12} {'SUVbsa':>12}  file")
+        for row in rows:
+            if "error" in row:
+                print(f"{'error':<5} {'':<5} {'':>38}  {row['file']}: {row['error']}")
+                continue
+            print(
+                f"{row['units']:<5} {row['decay_correction']:<5} "
+                f"{_factor_text(row['suv_bw_factor']):>12} {_factor_text(row['sul_factor']):>12} "
+                f"{_factor_text(row['suv_bsa_factor']):>12}  {row['file']}"
+            )
+            for warning in row["warnings"]:
+                print(f"      warning: {warning}")
+        print(f"SUVbw and SUL in {SuvFactors.SUV_BW_UNITS}, SUVbsa in {SuvFactors.SUV_BSA_UNITS}")
+    return 1 if any("error" in row for row in rows) else 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from node.service import serve
 
@@ -108,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", type=Path, required=True, help="YAML configuration file")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(run=_status)
+
+    pet_suv = commands.add_parser(
+        "pet-suv", help="SUV factors (SUVbw, SUL, SUVbsa) of PET image files"
+    )
+    pet_suv.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    pet_suv.add_argument("--json", action="store_true", help="print one JSON object per file")
+    pet_suv.set_defaults(run=_pet_suv)
     return parser
 
 

@@ -45,7 +45,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -72,6 +72,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+from pydicom.valuerep import format_number_as_ds
 
 __all__ = [
     "TRANSFER_SYNTAXES",
@@ -86,7 +87,11 @@ __all__ = [
     "write_dcmtk_config",
     "storescp_flags",
     "phantom_hu",
+    "AXIAL",
+    "SAGITTAL",
+    "CORONAL",
     "write_ct_series",
+    "write_enhanced_ct",
     "dataset_bytes",
     "file_meta_length",
 ]
@@ -317,6 +322,12 @@ _SOFT_TISSUE_HU: Final = 40
 _DISC_HU: Final = 300
 _INTERCEPT: Final = -1024.0
 
+#: ImageOrientationPatient of the standard planes (row cosines, column
+#: cosines), for ``write_ct_series(orientation=...)``.
+AXIAL: Final[tuple[float, ...]] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+SAGITTAL: Final[tuple[float, ...]] = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+CORONAL: Final[tuple[float, ...]] = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+
 
 def phantom_hu(
     slices: int = 5, rows: int = 64, columns: int = 64, *, seed: int = 0
@@ -364,16 +375,63 @@ def phantom_hu(
     return vol
 
 
-def _stored_values(hu: np.ndarray, eight_bit: bool) -> tuple[np.ndarray, float]:
-    """Map HU to stored values; return ``(stored, rescale_slope)``.
+def _slice_scaling(
+    slices: int, eight_bit: bool, signed: bool, rescale: Sequence[tuple[float, float]] | None
+) -> list[tuple[float, float]]:
+    """Per-slice ``(RescaleSlope, RescaleIntercept)``.
 
-    16-bit syntaxes store ``HU + 1024`` in 12 bits (slope 1); the 8-bit one
-    stores ``(HU + 1024) / 8`` (slope 8), both with intercept -1024.
+    By default 16-bit syntaxes store ``HU + 1024`` (slope 1, intercept
+    -1024), signed series store HU itself (intercept 0), and the 8-bit one
+    stores ``(HU + 1024) / 8`` (slope 8).
     """
-    if eight_bit:
-        stored = np.clip(np.rint((hu.astype(np.float64) - _INTERCEPT) / 8.0), 0, 255)
-        return stored.astype(np.uint8), 8.0
-    return np.clip(hu.astype(np.int32) - int(_INTERCEPT), 0, 4095).astype(np.uint16), 1.0
+    if rescale is not None:
+        return [(float(slope), float(intercept)) for slope, intercept in rescale]
+    if signed:
+        return [(1.0, 0.0)] * slices
+    return [(8.0 if eight_bit else 1.0, _INTERCEPT)] * slices
+
+
+def _scaled_values(
+    hu: np.ndarray, scaling: Sequence[tuple[float, float]], bits_stored: int, signed: bool
+) -> np.ndarray:
+    """Stored values ``rint((HU - intercept) / slope)`` for each slice.
+
+    Raises ``ValueError`` rather than clipping, so a fixture never silently
+    writes values other than the phantom's.
+    """
+    low, high = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
+    slope = np.array([s for s, _ in scaling])[:, None, None]
+    intercept = np.array([i for _, i in scaling])[:, None, None]
+    stored = np.rint((hu.astype(np.float64) - intercept) / slope)
+    if stored.min() < low or stored.max() > high:
+        raise ValueError(f"rescaled values {stored.min():g}..{stored.max():g} do not fit {bits_stored} bits")
+    if bits_stored == 8:
+        return stored.astype(np.uint8)
+    return stored.astype(np.int16 if signed else np.uint16)
+
+
+def _orientation_axes(orientation: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row cosines, column cosines and slice normal (row x column)."""
+    cosines = np.asarray(orientation, dtype=np.float64)
+    if cosines.shape != (6,):
+        raise ValueError(f"orientation needs 6 direction cosines, got {orientation!r}")
+    row, column = cosines[:3], cosines[3:]
+    if not np.allclose([row @ row, column @ column, row @ column], [1.0, 1.0, 0.0], atol=1e-9):
+        raise ValueError(f"orientation {orientation!r} is not two orthonormal vectors")
+    return row, column, np.cross(row, column)
+
+
+def _ds(value: float) -> str:
+    """A Decimal String for `value`: short when exact, else 16 characters.
+
+    ``:g`` keeps the files of the default axial series as they always were;
+    oblique cosines and positions need more digits than ``:g`` gives.
+    """
+    value = float(value) + 0.0  # no "-0"
+    short = f"{value:g}"
+    if abs(float(short) - value) <= 1e-9 * max(1.0, abs(value)):
+        return short
+    return format_number_as_ds(value)
 
 
 # ---------------------------------------------------------------------------
@@ -455,6 +513,11 @@ _FRAME_ENCODERS: Final[dict[str, Callable[[np.ndarray], bytes]]] = {
     HTJ2K: _htj2k(reversible=False, tlm=False),
 }
 
+#: Syntaxes ``write_ct_series(signed=True)`` refuses: JPEG Baseline holds
+#: 8-bit unsigned samples only and imagecodecs' lossless JPEG encoder
+#: rejects int16 input.
+_UNSIGNED_ONLY: Final[frozenset[str]] = frozenset({JPEGBaseline8Bit, JPEGLossless, JPEGLosslessSV1})
+
 #: Keyword arguments for ``Dataset.compress`` per pydicom-encodable syntax.
 _COMPRESS_KWARGS: Final[dict[str, dict[str, Any]]] = {
     RLELossless: {},
@@ -498,6 +561,10 @@ def write_ct_series(
     slice_thickness: float = 2.5,
     study_date: str = "20240115",
     filename_prefix: str = "CT",
+    orientation: Sequence[float] = AXIAL,
+    slice_step: float | None = None,
+    signed: bool = False,
+    rescale: Sequence[tuple[float, float]] | None = None,
 ) -> list[Path]:
     """Write a synthetic single-frame CT series as Part-10 files.
 
@@ -528,14 +595,37 @@ def write_ct_series(
     pixel_spacing : tuple of float
         Row and column spacing in mm.
     slice_thickness : float
-        Slice thickness and spacing between slice centres, in mm.
+        Slice thickness, and spacing between slice centres unless
+        `slice_step` is given, in mm.
     filename_prefix : str
         Files are named ``{prefix}{index:04d}.dcm``.
+    orientation : sequence of 6 float
+        ImageOrientationPatient: the row then column direction cosines
+        (:data:`AXIAL`, :data:`SAGITTAL`, :data:`CORONAL` or any oblique
+        pair of orthonormal vectors). Slice ``i`` lies at ``i * slice_step``
+        along the normal (row x column), and every image is centred on that
+        normal, so a reader can check positions independently.
+    slice_step : float, optional
+        Signed distance in mm from one slice to the next along the normal;
+        `slice_thickness` by default. A negative step writes the slices in
+        decreasing position (InstanceNumber 1 is the highest slice), as many
+        scanners do, without changing the phantom: slice ``i`` of
+        :func:`phantom_hu` is still InstanceNumber ``i + 1``.
+    signed : bool
+        Store HU as signed values (PixelRepresentation 1, intercept 0) instead
+        of unsigned ``HU + 1024``. Refused (``ValueError``) for the syntaxes
+        whose encoders here take unsigned samples only (``_UNSIGNED_ONLY``).
+    rescale : sequence of (slope, intercept), optional
+        One RescaleSlope/RescaleIntercept pair per slice, to write series whose
+        slices are scaled differently (some scanners do this per slice).
+        Stored values are ``rint((HU - intercept) / slope)``; a pair that
+        would not fit the stored bits raises ``ValueError``.
 
     Returns
     -------
     list of pathlib.Path
-        The written files in slice order (InstanceNumber 1..slices, +z).
+        The written files in slice order (InstanceNumber 1..slices, stepping
+        `slice_step` along the normal).
 
     Notes
     -----
@@ -554,17 +644,29 @@ def write_ct_series(
     out.mkdir(parents=True, exist_ok=True)
 
     eight_bit = ts in EIGHT_BIT_TRANSFER_SYNTAXES
+    if signed and ts in _UNSIGNED_ONLY:
+        raise ValueError(f"signed series cannot be written in {ts.keyword} here (see _UNSIGNED_ONLY)")
+    if rescale is not None and len(rescale) != slices:
+        raise ValueError(f"rescale needs one (slope, intercept) per slice, got {len(rescale)}")
     lossy = ts in LOSSY_TRANSFER_SYNTAXES
     hu = phantom_hu(slices, rows, columns, seed=seed)
-    stored, slope = _stored_values(hu, eight_bit)
+    bits_stored = 8 if eight_bit else (16 if ts in _HTJ2K_SYNTAXES else 12)
+    scaling = _slice_scaling(slices, eight_bit, signed, rescale)
+    stored = _scaled_values(hu, scaling, bits_stored, signed)
+    row_cosines, column_cosines, normal = _orientation_axes(orientation)
+    step = slice_thickness if slice_step is None else slice_step
 
     key = (seed, str(ts), slices, rows, columns, patient_id)
     study_uid = UID(study_instance_uid) if study_instance_uid else _uid("study", *key)
     series_uid = UID(series_instance_uid) if series_instance_uid else _uid("series", *key)
     for_uid = _uid("frame-of-reference", series_uid)
 
-    origin_x = -(columns - 1) * pixel_spacing[1] / 2.0
-    origin_y = -(rows - 1) * pixel_spacing[0] / 2.0
+    # The first pixel sits so that the image centre lies on the normal
+    # through the patient origin (for axial: x and y centred, as before).
+    corner = -(
+        (columns - 1) * pixel_spacing[1] / 2.0 * row_cosines
+        + (rows - 1) * pixel_spacing[0] / 2.0 * column_cosines
+    )
 
     paths: list[Path] = []
     for index in range(slices):
@@ -597,25 +699,26 @@ def write_ct_series(
         ds.SeriesNumber = 1
         ds.AcquisitionNumber = 1
         ds.InstanceNumber = index + 1
-        z = index * slice_thickness
-        ds.ImagePositionPatient = [f"{origin_x:g}", f"{origin_y:g}", f"{z:g}"]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        along_normal = index * step
+        ds.ImagePositionPatient = [_ds(v) for v in corner + along_normal * normal]
+        ds.ImageOrientationPatient = [_ds(v) for v in orientation]
         ds.FrameOfReferenceUID = for_uid
         ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = f"{z:g}"
+        ds.SliceLocation = _ds(along_normal)
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows = rows
         ds.Columns = columns
         ds.PixelSpacing = [f"{pixel_spacing[0]:g}", f"{pixel_spacing[1]:g}"]
         ds.BitsAllocated = 8 if eight_bit else 16
-        ds.BitsStored = 8 if eight_bit else (16 if ts in _HTJ2K_SYNTAXES else 12)
+        ds.BitsStored = bits_stored
         ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
+        ds.PixelRepresentation = 1 if signed else 0
         ds.WindowCenter = "40"
         ds.WindowWidth = "400"
-        ds.RescaleIntercept = f"{_INTERCEPT:g}"
-        ds.RescaleSlope = f"{slope:g}"
+        slope, intercept = scaling[index]
+        ds.RescaleIntercept = _ds(intercept)
+        ds.RescaleSlope = _ds(slope)
         ds.RescaleType = "HU"
 
         raw_size = frame.nbytes
@@ -650,6 +753,68 @@ def write_ct_series(
         paths.append(path)
     return paths
 
+
+
+def write_enhanced_ct(
+    directory: str | os.PathLike[str],
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    slices: int = 5,
+    rows: int = 64,
+    columns: int = 64,
+    *,
+    filename: str = "enhanced.dcm",
+    **series_options: Any,
+) -> Path:
+    """Write the :func:`write_ct_series` phantom as one multi-frame instance.
+
+    The single-frame series is written to a temporary folder and converted
+    by highdicom into a *Legacy Converted Enhanced CT Image* (PS3.3 A.70):
+    one instance whose frames are placed by the Shared and Per-frame
+    Functional Groups (Plane Position, Plane Orientation, Pixel Measures,
+    Pixel Value Transformation), the layout of Enhanced CT and PET too.
+    Frames keep the source's encoding, so any :data:`TRANSFER_SYNTAXES`
+    member works.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Output folder, created if missing.
+    transfer_syntax : str
+        Transfer syntax of the frames (and the file).
+    slices, rows, columns : int
+        As for :func:`write_ct_series`.
+    filename : str
+        Name of the file written in `directory`.
+    **series_options
+        Any other keyword argument of :func:`write_ct_series` (orientation,
+        slice_step, rescale, seed...). Frame ``i`` is the phantom's slice
+        ``i`` in every case: highdicom is asked not to re-sort the frames.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pydicom import dcmread
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="segnode-enhanced-") as tmp:
+        paths = write_ct_series(tmp, transfer_syntax, slices, rows, columns, **series_options)
+        sources = [dcmread(path) for path in paths]
+    first = sources[0]
+    image = LegacyConvertedEnhancedCTImage(
+        sources,
+        series_instance_uid=_uid("enhanced-series", first.SeriesInstanceUID),
+        series_number=2,
+        sop_instance_uid=_uid("enhanced-instance", first.SeriesInstanceUID),
+        instance_number=1,
+        include_dimension_index=False,
+    )
+    path = out / filename
+    image.save_as(path, enforce_file_format=True)
+    return path
 
 
 def _encapsulated_size(value: bytes) -> int:

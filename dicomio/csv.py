@@ -1,0 +1,103 @@
+"""The measurements of a segmentation as a CSV file, one row per structure.
+
+The SR carries the same numbers for DICOM readers; the CSV is for people and
+scripts (spreadsheets, pandas, research exports). Values are written with
+Python's shortest round-trip float format, so reading a cell back with
+``float()`` gives the measured value exactly. A value that was not measured
+(None: no PET, no reference segmentation) is an empty cell.
+
+Another stage may pick the file up as soon as it appears, so it is written to
+a temporary name in the same folder, fsync'ed and renamed over the target:
+a reader sees the previous file or the complete new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from dicomio.measurements import StructureMeasurements
+
+#: Header row, in column order.
+COLUMNS: tuple[str, ...] = (
+    "segment_number",
+    "structure",
+    "volume_ml",
+    "voxel_count",
+    "hu_mean",
+    "hu_std",
+    "hu_min",
+    "hu_max",
+    "suv_mean",
+    "suv_max",
+    "suv_peak",
+    "dice",
+)
+
+
+def _row(m: StructureMeasurements) -> tuple[object, ...]:
+    """Cells of one structure in :data:`COLUMNS` order (None becomes empty)."""
+    return (
+        m.segment_number,
+        m.name,
+        m.volume_ml,
+        m.voxel_count,
+        m.hu_mean,
+        m.hu_std,
+        m.hu_min,
+        m.hu_max,
+        m.suv_mean,
+        m.suv_max,
+        m.suv_peak,
+        m.dice,
+    )
+
+
+def write_measurements_csv(
+    measurements: Sequence[StructureMeasurements], path: str | os.PathLike[str]
+) -> Path:
+    """Write `measurements` to `path` atomically, one row per structure.
+
+    Parameters
+    ----------
+    measurements : sequence of StructureMeasurements
+        Rows in the order given (normally by segment number).
+    path : str or os.PathLike
+        Target file; its folder must exist. An existing file is replaced.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+
+    Raises
+    ------
+    OSError
+        If the folder is missing or not writable; no temporary file is left.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        # newline="" lets the csv module write its own \r\n line ends (RFC 4180).
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            # The permissions of stored instances (node/storage.py), not mkstemp's 0600.
+            os.fchmod(handle.fileno(), 0o640)
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            writer.writerows(_row(m) for m in measurements)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename is durable only once the folder is on disk too.
+    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return target

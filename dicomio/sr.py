@@ -1,0 +1,328 @@
+"""The measurements of a segmentation as a DICOM TID 1500 Measurement Report.
+
+A Comprehensive 3D SR document (PS3.3 A.35.13) whose content tree is TID 1500
+"Measurement Report" (PS3.16): one TID 1411 "Volumetric ROI Measurements and
+Qualitative Evaluations" group per structure, each pointing at its segment of
+the DICOM-SEG that segnode sends with it. This is how dcmqi (3D Slicer),
+highdicom and the Imaging Data Commons exchange measurements of segmented
+regions, so their readers understand it without segnode-specific code.
+
+This module only assembles highdicom templates (``highdicom.sr``), which
+check each template's constraints as they are built. The coded concepts of
+the measurements, and why they are those, are in dicomio/codes.py
+(:class:`~dicomio.codes.MeasurementConcept`); the structure's own codes are
+read from the SEG it references.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from dicomio.codes import (
+    CT_PROCEDURE,
+    DICE,
+    HU_MAX,
+    HU_MEAN,
+    HU_MIN,
+    HU_STD,
+    LEFT,
+    PET_PROCEDURE,
+    PRIVATE_SCHEME,
+    RIGHT,
+    SUV_MAX,
+    SUV_MEAN,
+    SUV_PEAK,
+    VOLUME,
+    Concept,
+)
+from dicomio.measurements import StructureMeasurements
+from dicomio.seg import MANUFACTURER, MODEL_NAME, AlgorithmIdentity
+
+#: TID 1500 Procedure Reported (CID 100) for each modality of the source images.
+_PROCEDURES: dict[str, Concept] = {"CT": CT_PROCEDURE, "PT": PET_PROCEDURE}
+
+#: The modifiers dicomio/codes.py gives a SEG segment; as lateralities (CID
+#: 244) they are what a Finding Site can carry.
+_LATERALITIES = (LEFT.coded(), RIGHT.coded())
+
+
+class MeasurementReportError(ValueError):
+    """The measurements, segmentation and source images do not fit together."""
+
+
+def write_measurement_report(
+    measurements: Sequence[StructureMeasurements],
+    segmentation: Dataset,
+    source_images: Sequence[Dataset],
+    algorithm: AlgorithmIdentity,
+    *,
+    device_uid: str,
+    series_number: int,
+    series_description: str,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the SR document reporting `measurements` of `segmentation`.
+
+    Each structure becomes one TID 1411 measurement group that references its
+    segment (SEG SOP Instance UID and Segment Number) and the series the SEG
+    was derived from. What the structure is comes from the SEG itself (whose
+    codes dicomio/codes.py gave), so the SR cannot disagree with it: the
+    segment's Segmented Property Category and Type become the group's Finding
+    Category and Finding, and its Anatomic Region (when the SEG gives one) or
+    else its Segmented Property Type (an organ is its own location), with its
+    laterality, becomes the Finding Site.
+
+    Parameters
+    ----------
+    measurements : sequence of StructureMeasurements
+        One entry per structure, each naming a segment of `segmentation`.
+        Optional values that are None are left out of the report.
+    segmentation : pydicom.dataset.Dataset
+        The DICOM-SEG instance the measurements were computed on.
+    source_images : sequence of pydicom.dataset.Dataset
+        Every image the measurements come from: the segmented series, plus
+        the PET series when SUVs are given. Headers are enough (read with
+        ``stop_before_pixels``). They are listed as evidence (Current
+        Requested Procedure Evidence Sequence) and give the patient and study.
+    algorithm : dicomio.seg.AlgorithmIdentity
+        The model, as in the SEG; written on each measurement (TID 4019
+        Algorithm Identification) so that results of different model versions
+        can be told apart.
+    device_uid : str
+        Device Observer UID (TID 1004): identifies this segnode installation
+        as the observer (as the SEG's Device Serial Number does), so it should
+        stay the same across reports.
+    series_number : int
+        Series Number of the SR.
+    series_description : str
+        Series Description of the SR.
+    series_instance_uid, sop_instance_uid : str, optional
+        UIDs of the SR; new ones by default. Give them to rebuild an
+        identical document.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        The SR instance (a pydicom Dataset), ready to save or send.
+
+    Raises
+    ------
+    MeasurementReportError
+        If there are no measurements, two measure the same segment, a
+        segment is not in the SEG or has a modifier other than one
+        laterality, a value is not finite, the SEG does not reference
+        exactly one series among `source_images`, SUVs are given without PET
+        images, or a source image has a modality without a procedure code.
+    """
+    seg_uid = segmentation.SOPInstanceUID
+    if not measurements:
+        raise MeasurementReportError(f"no measurements to report for SEG {seg_uid}")
+    numbers = [m.segment_number for m in measurements]
+    if len(set(numbers)) != len(numbers):
+        raise MeasurementReportError(f"segment numbers measured more than once for SEG {seg_uid}: {numbers}")
+    segments = {item.SegmentNumber: item for item in segmentation.get("SegmentSequence", [])}
+    source_series = _source_series(segmentation, source_images)
+    procedures = _procedures(source_images, measurements, seg_uid)
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=algorithm.name, version=algorithm.version, family=algorithm.family.coded()
+    )
+
+    groups = []
+    for structure in measurements:
+        segment = segments.get(structure.segment_number)
+        if segment is None:
+            raise MeasurementReportError(
+                f"{structure.name!r} refers to segment {structure.segment_number}, which SEG "
+                f"{seg_uid} does not have (it has {sorted(segments)})"
+            )
+        groups.append(_measurement_group(structure, segmentation, segment, source_series, algorithm_id))
+
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid, name=MODEL_NAME, manufacturer_name=MANUFACTURER, model_name=MODEL_NAME
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=procedures,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*source_images, segmentation],
+        content=report[0],
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        series_description=series_description,
+        # Complete (every structure is in it) but neither verified nor final:
+        # no person has reviewed the automatic result (SR Document General
+        # Module, PS3.3 C.17.2).
+        is_complete=True,
+        coding_schemes=_private_schemes(measurements),
+    )
+
+
+def _measurement_group(
+    structure: StructureMeasurements,
+    segmentation: Dataset,
+    segment: Dataset,
+    source_series: str,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 group for one structure, referencing its segment."""
+    number = structure.segment_number
+    # A segment's Tracking UID (0062,0021) identifies it across instances, as
+    # the group's TID 4108 Tracking Unique Identifier does: reuse it. Without
+    # one, derive it from the segment so that a rebuilt report keeps it.
+    tracking_uid = segment.get("TrackingUID") or generate_uid(
+        entropy_srcs=[segmentation.SOPInstanceUID, str(number)]
+    )
+    values = [
+        (VOLUME, structure.volume_ml),
+        (HU_MEAN, structure.hu_mean),
+        (HU_STD, structure.hu_std),
+        (HU_MIN, structure.hu_min),
+        (HU_MAX, structure.hu_max),
+        (SUV_MEAN, structure.suv_mean),
+        (SUV_MAX, structure.suv_max),
+        (SUV_PEAK, structure.suv_peak),
+        (DICE, structure.dice),
+    ]
+    numeric = []
+    for concept, value in values:
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise MeasurementReportError(
+                f"{concept.label} of {structure.name!r} (segment {number}) is {value}; "
+                "SR numeric values must be finite"
+            )
+        numeric.append(
+            hd.sr.Measurement(
+                name=concept.name.coded(),
+                value=float(value),
+                unit=concept.unit.coded(),
+                derivation=None if concept.derivation is None else concept.derivation.coded(),
+                algorithm_id=algorithm_id,
+            )
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=structure.name),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=segmentation.SOPClassUID,
+            sop_instance_uid=segmentation.SOPInstanceUID,
+            segment_number=number,
+            # One series reference instead of every source image in every
+            # group: a CT series has hundreds of slices (TID 1411 allows either).
+            source_series=hd.sr.SourceSeriesForSegmentation(source_series),
+        ),
+        finding_category=_code(segment.SegmentedPropertyCategoryCodeSequence[0]),
+        finding_type=_code(segment.SegmentedPropertyTypeCodeSequence[0]),
+        finding_sites=[_finding_site(segment, segmentation.SOPInstanceUID)],
+        measurements=numeric,
+    )
+
+
+def _finding_site(segment: Dataset, seg_uid: str) -> hd.sr.FindingSite:
+    """Where the segment lies, with its laterality, as the SEG codes it.
+
+    A segment whose property type is a finding (a cyst, fat) names its
+    location in the Anatomic Region Sequence; one whose property type is the
+    anatomy itself (a kidney) is its own location. Either way laterality is a
+    modifier nested in that item (PS3.3 Segment Description Macro), which
+    becomes the Finding Site's Laterality (CID 244).
+    """
+    if "AnatomicRegionSequence" in segment:
+        location = segment.AnatomicRegionSequence[0]
+        modifiers = location.get("AnatomicRegionModifierSequence", [])
+    else:
+        location = segment.SegmentedPropertyTypeCodeSequence[0]
+        modifiers = location.get("SegmentedPropertyTypeModifierCodeSequence", [])
+    coded = [_code(m) for m in modifiers]
+    if len(coded) > 1 or any(m not in _LATERALITIES for m in coded):
+        raise MeasurementReportError(
+            f"segment {segment.SegmentNumber} of SEG {seg_uid} has the modifiers "
+            f"{[m.meaning for m in coded]}; a Finding Site takes one laterality, Left or Right"
+        )
+    return hd.sr.FindingSite(
+        anatomic_location=_code(location),
+        laterality=coded[0] if coded else None,
+    )
+
+
+def _source_series(segmentation: Dataset, source_images: Sequence[Dataset]) -> str:
+    """The one series the SEG was derived from, which must be in the evidence."""
+    referenced = [item.SeriesInstanceUID for item in segmentation.get("ReferencedSeriesSequence", [])]
+    if len(referenced) != 1:
+        raise MeasurementReportError(
+            f"SEG {segmentation.SOPInstanceUID} references {len(referenced)} source series, "
+            "expected exactly one"
+        )
+    if referenced[0] not in {image.SeriesInstanceUID for image in source_images}:
+        raise MeasurementReportError(
+            f"SEG {segmentation.SOPInstanceUID} was derived from series {referenced[0]}, "
+            "which is not among the source images"
+        )
+    return referenced[0]
+
+
+def _procedures(
+    source_images: Sequence[Dataset], measurements: Sequence[StructureMeasurements], seg_uid: str
+) -> list[hd.sr.CodedConcept]:
+    """Procedure Reported codes for the modalities of the source images."""
+    modalities = sorted({image.Modality for image in source_images})
+    unknown = [m for m in modalities if m not in _PROCEDURES]
+    if unknown:
+        raise MeasurementReportError(
+            f"source images of SEG {seg_uid} have modality {unknown}, which has no "
+            f"procedure code (known: {sorted(_PROCEDURES)})"
+        )
+    has_suv = any(v is not None for m in measurements for v in (m.suv_mean, m.suv_max, m.suv_peak))
+    if has_suv and "PT" not in modalities:
+        raise MeasurementReportError(
+            f"SUVs are reported for SEG {seg_uid} but no PET image is among the source images"
+        )
+    return [_PROCEDURES[m].coded() for m in modalities]
+
+
+def _private_schemes(
+    measurements: Sequence[StructureMeasurements],
+) -> list[CodingSchemeIdentificationItem] | None:
+    """Declare ``PRIVATE_SCHEME`` when the report uses it (only for Dice).
+
+    The Coding Scheme Identification Sequence (PS3.3 C.12.1) is where a
+    private scheme is identified; declaring it in reports that do not use it
+    only earns a validator warning (dciodvfy does not know "99" designators).
+    """
+    if all(m.dice is None for m in measurements):
+        return None
+    return [
+        CodingSchemeIdentificationItem(
+            designator=PRIVATE_SCHEME,
+            name="segnode measurement concepts",
+            responsible_organization=MANUFACTURER,
+        )
+    ]
+
+
+def _code(item: Dataset) -> hd.sr.CodedConcept:
+    """The code of a SEG code item, without the modifiers nested in it.
+
+    A SEG nests laterality inside its property type and anatomic region items;
+    copied along into an SR content item, those would be attributes the SR
+    IOD does not have.
+    """
+    code = hd.sr.CodedConcept.from_dataset(item)
+    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning, code.scheme_version)
