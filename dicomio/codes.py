@@ -31,7 +31,7 @@ Where the codes come from
 
 Laterality is a modifier (CID 244 "Laterality": SCT 7771000 Left,
 SCT 24028007 Right) rather than a pre-coordinated "left kidney" concept, as
-in TotalSegmentator's mapping and DICOM's own examples. It modifies the
+in TotalSegmentator's mapping and 3D Slicer's terminologies. It modifies the
 Segmented Property Type when the type is itself the anatomy (a left
 kidney), and the Anatomic Region when the type is a finding located in that
 region (a cyst of the left kidney); see :class:`StructureCode`.

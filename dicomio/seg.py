@@ -15,15 +15,16 @@ ordered, and even where its positions jitter within what the series loader
 accepts (a ``highdicom.Volume`` input would place frames by the affine and
 reference sources only if every plane matched within 1 micrometre).
 
-Measured with bench/seg_io.py (117 segments, 512x512x600, about 9,300
-frames): the cost is about 1 ms per frame to build and save, whatever the
-number of voxels; memory peaks at about 1 GB above the inputs, mostly the
-packed frames, held twice while highdicom joins them into Pixel Data.
-``workers`` only helps encapsulated transfer syntaxes, and JPEG 2000
-Lossless (allowed for BINARY) took twice as long to write, with 2 workers,
-for a 45 times smaller file; no dimension organization type applies (3D
-needs a single segment, TILED_FULL a tiled slide image; highdicom refuses
-both here).
+Measured with bench/seg_io.py (117 segments, 512x512x600, 9,271 frames,
+2 cores): 13 to 18 s to build and save, 1.5 to 2 ms per frame whatever the
+number of voxels (a quarter in highdicom's per-segment, per-slice mask loop,
+half in pydicom building and writing the per-frame functional groups);
+memory peaks about 1 GB above the inputs, mostly the packed frames, held
+twice while highdicom joins them into Pixel Data. ``workers`` only helps
+encapsulated transfer syntaxes, and JPEG 2000 Lossless (allowed for
+BINARY) took twice as long to write, with 2 workers, for a 45 times smaller
+file; no dimension organization type applies (3D needs a single segment,
+TILED_FULL a tiled slide image; highdicom refuses both here).
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ class EmptySegmentationError(SegInputError):
 
 @dataclass(frozen=True)
 class AlgorithmIdentity:
-    """The model that produced the labels (Segmentation Algorithm
-    Identification Sequence, PS3.3 Table 10-19).
+    """The model that produced the labels: the Segmentation Algorithm
+    Identification Sequence (0062,0007) of every segment.
 
     ``family`` comes from CID 7162; a trained network is "Artificial
     Intelligence" (DCM 123110).
@@ -222,8 +223,8 @@ def write_seg(
     _check_text(series_description, "series description", series_uid)
     images, further, frame_index = _arrange_sources(volume, source_images)
     _check_geometry(volume, images, frame_index)
-    expected_shape = ((labels.shape[0],) if fractional else ()) + volume.array.shape
-    if labels.shape != expected_shape or (fractional and labels.ndim != 4):
+    expected_shape = (labels.shape[:1] if fractional else ()) + volume.array.shape
+    if labels.shape != expected_shape:
         raise SegInputError(
             series_uid, f"labels of shape {labels.shape} do not fit the volume's {volume.array.shape}"
         )
@@ -260,8 +261,8 @@ def write_seg(
     )
     seg.SeriesDescription = series_description
     # Content Creator's Name is Type 2 in the Content Identification Macro
-    # (PS3.3 Table 10-12): present, empty for an automatic segmentation.
-    # highdicom omits it, and DCMTK-based readers (dcmqi) warn.
+    # of the Segmentation Image Module: present, empty for an automatic
+    # segmentation. highdicom omits it, and DCMTK-based readers (dcmqi) warn.
     seg.ContentCreatorName = ""
     return seg
 
@@ -323,7 +324,7 @@ def _present_in_probabilities(
             raise SegInputError(
                 series_uid, f"{item.code.name}: probabilities from {low} to {high}, expected 0 to 1"
             )
-        # What rounds to a stored 0 is not written (PS3.3 C.8.20.2.3).
+        # A map that rounds to a stored 0 everywhere would have no frame.
         if round(high * _MAX_FRACTIONAL_VALUE) > 0:
             present.add(item.value)
     return present
@@ -358,7 +359,8 @@ def _arrange_sources(
     missing = [uid for uid in used if uid not in by_uid]
     if missing:
         raise SegInputError(series_uid, f"{len(missing)} slices' source images not given, e.g. {missing[0]}")
-    further = [image for uid, image in by_uid.items() if uid not in set(used)]
+    used_set = set(used)
+    further = [image for uid, image in by_uid.items() if uid not in used_set]
     if volume.sources[0].frame_number is None:
         return [by_uid[uid] for uid in used], further, None
     if len(used) != 1:
@@ -445,8 +447,13 @@ def _segment_number_map(labels: np.ndarray, segments: Sequence[Segment]) -> np.n
 
 
 def _stacked_probabilities(labels: np.ndarray, segments: Sequence[Segment]) -> np.ndarray:
-    """The present structures' maps as [slice, row, column, segment]."""
-    return np.moveaxis(labels[[segment.value for segment in segments]], 0, -1)
+    """The present structures' maps as float32 [slice, row, column, segment].
+
+    highdicom takes float32 or float64; float32 halves the copy, and a
+    probability stored in 8 bits needs no more.
+    """
+    chosen = labels[[segment.value for segment in segments]].astype(np.float32, copy=False)
+    return np.moveaxis(chosen, 0, -1)
 
 
 def _describe(segment: Segment, algorithm: AlgorithmIdentity) -> hd.seg.SegmentDescription:
@@ -464,8 +471,8 @@ def _describe(segment: Segment, algorithm: AlgorithmIdentity) -> hd.seg.SegmentD
         anatomic_regions=None if region is None else [region],
     )
     # highdicom has no arguments for the modifiers; both are nested in the
-    # item they modify (PS3.3 Table 10-25 and the General Anatomy Optional
-    # Macro, Table 10-5).
+    # item they modify (Segment Description Macro and General Anatomy
+    # Optional Macro of PS3.3), where dcmqi and 3D Slicer read them.
     type_modifier = code.segmented_property_type_modifier
     if type_modifier is not None:
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [

@@ -230,6 +230,22 @@ def test_round_trip_multi_frame_enhanced_ct(tmp_path: Path) -> None:
     assert referenced <= {(s.sop_instance_uid, s.frame_number) for s in volume.sources}
 
 
+def test_real_totalsegmentator_result(tmp_path: Path) -> None:
+    """TotalSegmentator's own 117-class output for a real Siemens series (JPEG 2000)."""
+    case = SHARED_DATA / "ct-abdomen-siemens"
+    if not case.exists():
+        pytest.skip(f"{case} (shared reference data) is absent")
+    paths = sorted((case / "dicom").iterdir())
+    volume = load_series(paths).volume
+    # The NIfTI is RAS; SimpleITK reads it into LPS, so resampling onto the
+    # series' grid (a row flip here) puts every label on its DICOM voxel.
+    nifti = sitk.ReadImage(str(case / "reference_totalseg_v2.nii.gz"))
+    labels = on_grid(sitk.GetArrayFromImage(nifti), Volume.affine_from_sitk(nifti), volume)
+    structures = totalseg(*range(1, 118))
+    seg = assert_round_trip(volume, labels, structures, headers(paths), tmp_path)
+    assert len(seg.SegmentSequence) == len(np.unique(labels)) - 1
+
+
 def test_seg_identity_references_and_codes(tmp_path: Path) -> None:
     paths = write_ct_series(tmp_path / "ct", slices=5, rows=16, columns=16)
     sources = headers(paths)
