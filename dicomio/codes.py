@@ -418,8 +418,7 @@ def structure_code(name: str) -> StructureCode:
 
 
 # ===========================================================================
-# Measurement concepts of the SR (dicomio/sr.py). Added as a separate section
-# by the SR writer; nothing above depends on it.
+# Measurement concepts of the SR (dicomio/sr.py); nothing above depends on them.
 #
 # Each value of a StructureMeasurements is a TID 300 Measurement: a quantity
 # (the NUM content item's concept name), a UCUM unit and, for a statistic over
