@@ -1,0 +1,62 @@
+"""The segmenter interface: everything downstream depends on this alone.
+
+A segmenter takes a CT ``Volume`` (HU, exact geometry) and returns a
+``Segmentation``: a label map on the same grid, the structures it can contain
+(label value and the codes the SEG needs) and the identity of the algorithm.
+The SEG writer, the SR and quantification use only this, so the built-in
+segmenter and nnU-Net models are interchangeable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from dicomio.seg import AlgorithmIdentity, LabelledStructure
+from dicomio.volume import Volume
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    """A label map on its volume's grid.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        Integer label values indexed ``[slice, row, column]``, the shape of
+        ``volume.array``; 0 is background.
+    volume : Volume
+        The image that was segmented (its grid, geometry and sources).
+    structures : tuple of LabelledStructure
+        Every structure the algorithm can produce, present or not.
+    algorithm : AlgorithmIdentity
+        Name and version written into the SEG and SR.
+    """
+
+    labels: np.ndarray
+    volume: Volume
+    structures: tuple[LabelledStructure, ...]
+    algorithm: AlgorithmIdentity
+
+    def __post_init__(self) -> None:
+        if self.labels.shape != self.volume.array.shape:
+            raise ValueError(
+                f"label map of shape {self.labels.shape} for a volume of shape "
+                f"{self.volume.array.shape}"
+            )
+        if not np.issubdtype(self.labels.dtype, np.integer):
+            raise ValueError(f"label map must be integer, not {self.labels.dtype}")
+
+
+class Segmenter(Protocol):
+    """What a model offers to the rest of segnode."""
+
+    @property
+    def algorithm(self) -> AlgorithmIdentity: ...
+
+    @property
+    def structures(self) -> tuple[LabelledStructure, ...]: ...
+
+    def segment(self, volume: Volume) -> Segmentation: ...
