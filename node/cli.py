@@ -1,13 +1,16 @@
-"""The ``segnode`` command line: serve, check-config, status, pet-suv."""
+"""The ``segnode`` command line: serve, check-config, status, pet-suv, models, segment."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -16,6 +19,11 @@ from pydicom.errors import InvalidDicomError
 from config import ConfigError, SegnodeConfig, load_config
 from dicomio.suv import SuvError, SuvFactors, earliest_acquisition, suv_factors
 from node.index import INDEX_FILENAME, InstanceIndex
+
+if TYPE_CHECKING:
+    from dicomio.volume import Volume
+    from inference.model_store import ModelStore
+    from inference.segmenter import Segmentation
 
 
 def _iso(timestamp: float) -> str:
@@ -162,6 +170,205 @@ def _pet_suv(args: argparse.Namespace) -> int:
     return 1 if any("error" in row for row in rows) else 0
 
 
+def _store(args: argparse.Namespace) -> ModelStore:
+    # Imported here, not at the top: highdicom (via the code table) and the
+    # inference engine take seconds to import, which serve and status need not pay.
+    from inference.model_store import ModelStore, default_store_dir
+
+    return ModelStore(args.store if args.store is not None else default_store_dir())
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from inference.model_store import BUILTIN, ModelStoreError, open_segmenter
+
+    store = _store(args)
+    try:
+        installed = store.models()
+    except ModelStoreError as exc:
+        print(f"segnode models list: {exc}", file=sys.stderr)
+        return 1
+    builtin = open_segmenter(BUILTIN, store, "cpu")
+    rows = [
+        {
+            "name": BUILTIN,
+            "kind": "built-in",
+            "structures": {str(s.value): s.code.name for s in builtin.structures},
+        }
+    ]
+    for model in installed:
+        rows.append(
+            {
+                "name": model.name,
+                "kind": "nnU-Net",
+                "path": str(model.path),
+                "installed_at": model.installed_at,
+                "parts": [
+                    {
+                        "dataset": part.dataset,
+                        "source": part.source,
+                        "sha256": part.sha256,
+                        "configurations": [c.folder for c in part.configurations],
+                        "folds": sorted({fold for c in part.configurations for fold in c.folds}),
+                    }
+                    for part in model.parts
+                ],
+                "structures": {str(label.value): label.structure for label in model.structures},
+            }
+        )
+    if args.json:
+        print(json.dumps({"store": str(store.root), "models": rows}, indent=2))
+        return 0
+    print(f"model store: {store.root}")
+    for row in rows:
+        print(f"{row['name']} ({row['kind']}, {len(row['structures'])} structures)")
+        for part in row.get("parts", []):
+            print(
+                f"  {part['dataset']}: {', '.join(part['configurations'])}, "
+                f"folds {', '.join(part['folds'])}, from {part['source']}"
+            )
+        names = ", ".join(row["structures"].values())
+        print(textwrap.fill(names, width=100, initial_indent="    ", subsequent_indent="    "))
+    return 0
+
+
+def _models_install(args: argparse.Namespace) -> int:
+    from inference.download import DownloadError
+    from inference.model_store import ModelStoreError
+
+    store = _store(args)
+    try:
+        model = store.install(args.sources, name=args.name, sha256=args.sha256)
+    except (ModelStoreError, DownloadError) as exc:
+        print(f"segnode models install: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"installed {model.name} in {model.path}: {len(model.parts)} part(s), "
+        f"{len(model.structures)} structures"
+    )
+    return 0
+
+
+class _InputError(Exception):
+    """A ``segment`` input that cannot be read into a volume."""
+
+
+def _read_volume(path: Path) -> Volume:
+    """The CT volume in a DICOM series folder or an image file SimpleITK reads (NIfTI)."""
+    import SimpleITK as sitk
+
+    from dicomio.series import SeriesError, load_series
+    from dicomio.volume import SourceFrame, Volume
+
+    if path.is_dir():
+        # DICOMDIR indexes media; it is no image of the series.
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"
+        )
+        try:
+            loaded = load_series(files)
+        except SeriesError as exc:
+            raise _InputError(str(exc)) from exc
+        for warning in loaded.warnings:
+            logging.getLogger("segnode.segment").warning(
+                "%s: %d image(s) left out: %s", warning.reason.value, len(warning.sources), warning.detail
+            )
+        return loaded.volume
+    if not path.is_file():
+        raise _InputError("no such file or folder")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise _InputError(f"not a DICOM folder nor an image SimpleITK reads ({exc})") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise _InputError(
+            f"a {image.GetDimension()}-D image with {image.GetNumberOfComponentsPerPixel()} "
+            "component(s) per voxel; a 3-D scalar CT volume is needed"
+        )
+    array = sitk.GetArrayFromImage(image)
+    # A NIfTI file carries no DICOM identity; the UIDs stay empty.
+    return Volume(
+        array=array,
+        affine=Volume.affine_from_sitk(image),
+        frame_of_reference_uid="",
+        study_instance_uid="",
+        series_instance_uid="",
+        modality="CT",
+        sources=tuple(SourceFrame("", "") for _ in range(array.shape[0])),
+    )
+
+
+def _nifti_suffix(path: Path) -> str | None:
+    """``.nii.gz`` or ``.nii``, whichever `path` ends in; None for another name."""
+    for suffix in (".nii.gz", ".nii"):
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            return suffix
+    return None
+
+
+def _write_labels(segmentation: Segmentation, out: Path, suffix: str) -> Path:
+    """Write the label map and its ``.json`` legend, each through a temporary name.
+
+    Returns the legend's path.
+    """
+    import dataclasses
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    largest = max((s.value for s in segmentation.structures), default=0)
+    labels = segmentation.labels.astype(np.uint8 if largest <= np.iinfo(np.uint8).max else np.uint16)
+    # The label map on the volume's grid is a Volume of labels: to_sitk()
+    # then gives it exactly the input's origin, spacing and direction.
+    image = dataclasses.replace(segmentation.volume, array=labels).to_sitk()
+    legend = out.with_name(out.name[: -len(suffix)] + ".json")
+    mapping = {str(s.value): s.code.name for s in sorted(segmentation.structures, key=lambda s: s.value)}
+    # The temporary name keeps the suffix: SimpleITK picks writer and compression by it.
+    partial = out.with_name(f".{out.name[: -len(suffix)]}.{os.getpid()}.partial{suffix}")
+    partial_legend = legend.with_name(f".{legend.name}.{os.getpid()}.partial")
+    try:
+        sitk.WriteImage(image, str(partial), useCompression=suffix == ".nii.gz")
+        partial_legend.write_text(json.dumps(mapping, indent=2) + "\n")
+        partial.replace(out)
+        partial_legend.replace(legend)
+    finally:
+        partial.unlink(missing_ok=True)
+        partial_legend.unlink(missing_ok=True)
+    return legend
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from inference.model_store import ModelStoreError, open_segmenter
+
+    suffix = _nifti_suffix(args.out)
+    if suffix is None:
+        print(f"segnode segment: --out {args.out}: the name must end in .nii.gz or .nii", file=sys.stderr)
+        return 1
+    if not args.out.parent.is_dir():
+        print(f"segnode segment: --out {args.out}: no folder {args.out.parent}", file=sys.stderr)
+        return 1
+    try:
+        segmenter = open_segmenter(args.model, _store(args), args.device)
+    except ModelStoreError as exc:
+        print(f"segnode segment: {exc}", file=sys.stderr)
+        return 1
+    try:
+        volume = _read_volume(args.input)
+    except (_InputError, ValueError) as exc:
+        print(f"segnode segment: cannot read {args.input}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        segmentation = segmenter.segment(volume)
+    except ValueError as exc:  # a volume the model cannot take (the built-in one needs CT)
+        print(f"segnode segment: cannot segment {args.input}: {exc}", file=sys.stderr)
+        return 1
+    legend = _write_labels(segmentation, args.out, suffix)
+    print(
+        f"{args.out}: {len(segmentation.structures)} structures of "
+        f"{segmentation.algorithm.name} {segmentation.algorithm.version}, legend in {legend}"
+    )
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from node.service import serve
 
@@ -194,6 +401,39 @@ def build_parser() -> argparse.ArgumentParser:
     pet_suv.add_argument("files", type=Path, nargs="+", metavar="FILE")
     pet_suv.add_argument("--json", action="store_true", help="print one JSON object per file")
     pet_suv.set_defaults(run=_pet_suv)
+
+    store_help = "model store folder (default: $SEGNODE_MODELS, else ~/.local/share/segnode/models)"
+    models = commands.add_parser("models", help="list or install segmentation models")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_list = models_commands.add_parser("list", help="the built-in and installed models")
+    models_list.add_argument("--store", type=Path, help=store_help)
+    models_list.add_argument("--json", action="store_true", help="print JSON")
+    models_list.set_defaults(run=_models_list)
+    install = models_commands.add_parser(
+        "install",
+        help="install an nnU-Net model from https URLs, zips or folders (several make one multi-part model)",
+    )
+    install.add_argument("sources", nargs="+", metavar="SOURCE")
+    install.add_argument("--name", help="model name (required for several parts)")
+    install.add_argument(
+        "--sha256", action="append", default=[], metavar="HEX",
+        help="expected SHA-256 of an archive; once per SOURCE, in the same order",
+    )
+    install.add_argument("--store", type=Path, help=store_help)
+    install.set_defaults(run=_models_install)
+
+    segment = commands.add_parser("segment", help="segment a CT series folder or NIfTI file")
+    segment.add_argument("input", type=Path, metavar="INPUT", help="DICOM series folder or NIfTI file")
+    segment.add_argument(
+        "--out", type=Path, required=True, metavar="LABELS.nii.gz",
+        help="label map to write; LABELS.json beside it maps label values to structures",
+    )
+    segment.add_argument("--model", default="builtin", help="model name (default: builtin)")
+    segment.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)"
+    )
+    segment.add_argument("--store", type=Path, help=store_help)
+    segment.set_defaults(run=_segment)
     return parser
 
 

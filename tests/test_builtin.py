@@ -1,0 +1,505 @@
+"""The built-in segmenter and the shared post-processing.
+
+Three kinds of test:
+
+* a synthetic CT phantom with known truth (``ct_phantom``; also used by
+  bench/builtin_dice.py): a trunk with skin, subcutaneous fat, a muscle
+  wall, organs and visceral fat, a spine whose vertebral body is trabecular
+  inside a cortex, humeri with fatty marrow in the arms, two lungs with
+  vessels, a trachea dividing into two bronchi, a gas-filled bowel loop, an
+  aorta full of arterial contrast, and a table under the patient; built in
+  the DICOM axial orientation and in two others (NIfTI-like, transposed) to
+  prove that left and right come from the affine;
+* the real CT of ../shared/data against TotalSegmentator's reference
+  (skipped, with the reason, where that data is absent);
+* unit tests of inference/postprocess.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dicomio.codes import BUILTIN_STRUCTURES, structure_code
+from dicomio.volume import SourceFrame, Volume
+from inference.builtin import ALGORITHM, BuiltinSegmenter
+from inference.postprocess import (
+    HoleFilling,
+    PostprocessConfig,
+    StructureRule,
+    fill_holes,
+    keep_largest_component,
+    postprocess_labels,
+    remove_small_components,
+)
+from inference.segmenter import Segmenter
+from tests.conftest import SHARED_DATA
+
+VALUE = {name: value for value, name in enumerate(BUILTIN_STRUCTURES, start=1)}
+
+# ---------------------------------------------------------------------------
+# The phantom
+# ---------------------------------------------------------------------------
+
+#: Phantom HU (noise added on top).
+AIR, LUNG, FAT, MUSCLE, ORGAN, SKIN = -1000, -850, -100, 50, 40, 30
+CORTEX, TRABECULAR, CSF, MARROW_FAT, CONTRAST, TABLE = 700, 150, 15, -80, 350, 300
+
+
+@dataclass(frozen=True, eq=False)
+class Phantom:
+    """A synthetic CT and the truth of each structure, on the volume's grid."""
+
+    volume: Volume
+    truth: dict[str, np.ndarray]
+
+
+def ct_phantom(
+    shape: tuple[int, int, int] = (120, 240, 240),
+    spacing: tuple[float, float, float] = (2.5, 2.0, 2.0),
+    orientation: str = "axial",
+    seed: int = 0,
+) -> Phantom:
+    """A torso phantom: pelvis-abdomen (lower 45%), chest, neck (top 15%).
+
+    Parameters
+    ----------
+    shape, spacing : tuple
+        Canonical grid (slices to the head, rows to the back, columns to the
+        patient's left) and its spacing in mm. The field of view should be
+        at least 460 mm wide for the arms.
+    orientation : {"axial", "nifti", "transposed"}
+        "axial": the DICOM axial order (the canonical one); "nifti": rows to
+        the front and columns to the patient's right, as a NIfTI image read
+        by SimpleITK; "transposed": rows and columns swapped.
+    seed : int
+        Noise seed (Gaussian noise, 15 HU).
+    """
+    nz, ny, nx = shape
+    dz, dy, dx = spacing
+    height = nz * dz
+    y = (np.arange(ny) - (ny - 1) / 2) * dy  # mm, posterior positive
+    x = (np.arange(nx) - (nx - 1) / 2) * dx  # mm, patient's left positive
+    z = (np.arange(nz) + 0.5) * dz  # mm, head positive
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+
+    def ellipse(cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+        return ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0
+
+    def disk(cx: float, cy: float, r: float) -> np.ndarray:
+        return ellipse(cx, cy, r, r)
+
+    # Trunk layers: 2 mm skin, 20 mm fat, 12 mm muscle wall.
+    trunk = ellipse(0, 0, 150, 110)
+    fascia = ellipse(0, 0, 128, 88)
+    cavity = ellipse(0, 0, 116, 76)
+    table = (np.abs(yy - 124) <= 1.5) & (np.abs(xx) <= 210)
+    arms = [disk(side * 195, 0, 35) for side in (-1, 1)]
+    humeri = [disk(side * 195, 0, 12) for side in (-1, 1)]
+    marrow = [disk(side * 195, 0, 7) for side in (-1, 1)]
+    vertebral_body = disk(0, 52, 16)
+    vertebral_inside = disk(0, 52, 14)
+    # Neural arch and a spinous process: solid cortical bone 5-6 mm thick.
+    arch = (disk(0, 80, 13) & ~disk(0, 80, 8)) | ((np.abs(xx) <= 3) & (yy > 80) & (yy <= 100))
+    canal = disk(0, 80, 8)
+    aorta = disk(22, 20, 12)
+    # Abdominal fat deeper than the wall band, around the organs.
+    visceral_region = ellipse(0, -20, 70, 30)
+    organ_in_fat = disk(-20, -25, 15)
+
+    z_diaphragm, z_neck, z_carina = 0.45 * height, 0.85 * height, 0.70 * height
+    hu = np.full(shape, AIR, dtype=np.float32)
+    truth = {name: np.zeros(shape, dtype=bool) for name in BUILTIN_STRUCTURES}
+    truth["table"] = np.zeros(shape, dtype=bool)
+    truth["bowel_gas"] = np.zeros(shape, dtype=bool)
+    truth["aorta"] = np.zeros(shape, dtype=bool)
+    truth["canal"] = np.zeros(shape, dtype=bool)
+    truth["marrow"] = np.zeros(shape, dtype=bool)
+    for k in range(nz):
+        s = hu[k]
+        s[table] = TABLE
+        s[trunk] = SKIN
+        s[ellipse(0, 0, 148, 108)] = FAT
+        s[fascia] = MUSCLE
+        s[cavity] = ORGAN
+        chest = z_diaphragm <= z[k] < z_neck
+        if z[k] < z_diaphragm:
+            s[visceral_region & ~organ_in_fat] = FAT
+            truth["visceral_fat"][k] = visceral_region & ~organ_in_fat & ~aorta
+            gas = ((xx + 45) / 25) ** 2 + ((yy + 45) / 20) ** 2 + ((z[k] - 0.2 * height) / 30) ** 2 <= 1
+            s[gas] = AIR
+            truth["bowel_gas"][k] = gas
+        if chest:
+            for side in (-1, 1):
+                semi = 0.2 * height
+                lung = (
+                    ((xx - side * 75) / 50) ** 2 + ((yy - 5) / 65) ** 2 + ((z[k] - 0.65 * height) / semi) ** 2
+                    <= 1
+                )
+                s[lung] = LUNG
+                vessels = (disk(side * 70, -10, 3) | disk(side * 90, 20, 3)) & lung
+                s[vessels] = ORGAN
+                truth["lung_left" if side > 0 else "lung_right"][k] = lung
+            for side in (-1, 1):
+                s[arms[side > 0]] = MUSCLE
+                s[arms[side > 0] & ~disk(side * 195, 0, 30)] = FAT
+                s[humeri[side > 0]] = 1200
+                s[marrow[side > 0]] = MARROW_FAT
+                truth["skeleton"][k] |= humeri[side > 0]
+                truth["marrow"][k] |= marrow[side > 0]
+        if z[k] < 0.8 * height:
+            s[aorta] = CONTRAST
+            truth["aorta"][k] = aorta
+        s[vertebral_body] = CORTEX
+        s[vertebral_inside] = TRABECULAR
+        s[arch] = CORTEX
+        s[canal] = CSF
+        truth["skeleton"][k] |= vertebral_body | arch
+        truth["marrow"][k] |= vertebral_inside
+        truth["canal"][k] = canal
+        airway = _airway_section(xx, yy, z[k], z_carina, height)
+        s[airway] = AIR
+        truth["airway"][k] = airway
+        truth["body"][k] = trunk | (arms[0] | arms[1] if chest else False)
+        truth["subcutaneous_fat"][k] = ellipse(0, 0, 148, 108) & ~fascia
+        truth["skeletal_muscle"][k] = fascia & ~cavity
+        truth["table"][k] = table
+    for side in ("lung_left", "lung_right"):
+        truth[side] &= ~truth["airway"]
+    hu += np.random.default_rng(seed).normal(0, 15, shape).astype(np.float32)
+    array = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+    affine = np.array(
+        [[0, 0, dx, x[0]], [0, dy, 0, y[0]], [dz, 0, 0, z[0]], [0, 0, 0, 1]], dtype=float
+    )
+    array, affine, truth = _reorient(array, affine, truth, orientation)
+    volume = Volume(
+        array=array,
+        affine=affine,
+        frame_of_reference_uid="1.2.826.0.1.3680043.8.498.1",
+        study_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.3",
+        modality="CT",
+        sources=tuple(SourceFrame("1.2.840.10008.5.1.4.1.1.2", f"1.2.3.{k}") for k in range(array.shape[0])),
+    )
+    return Phantom(volume, truth)
+
+
+def _airway_section(xx: np.ndarray, yy: np.ndarray, z: float, z_carina: float, height: float) -> np.ndarray:
+    """Trachea (radius 9 mm, 20 mm anterior) down to the carina, then two bronchi
+    (radius 6 mm) running 45 degrees sideways for 45 mm, into the lungs."""
+    if z >= z_carina:
+        return (xx**2 + (yy + 20) ** 2) <= 9**2
+    drop = z_carina - z
+    if drop > 45:
+        return np.zeros(xx.shape, dtype=bool)
+    section = np.zeros(xx.shape, dtype=bool)
+    for side in (-1, 1):
+        # A tube at 45 degrees cut by an axial plane: an ellipse 1.41x longer across.
+        section |= ((xx - side * drop) / (6 * 1.41)) ** 2 + ((yy + 20) / 6) ** 2 <= 1
+    return section
+
+
+def _reorient(
+    array: np.ndarray, affine: np.ndarray, truth: dict[str, np.ndarray], orientation: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The same image in another array order, with the affine that keeps it in place."""
+    if orientation == "axial":
+        return array, affine, truth
+    if orientation == "nifti":
+        flip = (slice(None), slice(None, None, -1), slice(None, None, -1))
+        shape = np.array(array.shape)
+        new = affine.copy()
+        new[:3, 1] = -affine[:3, 1]
+        new[:3, 2] = -affine[:3, 2]
+        new[:3, 3] = affine[:3, :3] @ np.array([0, shape[1] - 1, shape[2] - 1]) + affine[:3, 3]
+        return array[flip], new, {k: v[flip] for k, v in truth.items()}
+    if orientation == "transposed":
+        new = affine.copy()
+        new[:3, 1], new[:3, 2] = affine[:3, 2], affine[:3, 1].copy()
+        order = (0, 2, 1)
+        return array.transpose(order).copy(), new, {k: v.transpose(order) for k, v in truth.items()}
+    raise ValueError(orientation)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice similarity coefficient of two masks (1.0 when both are empty)."""
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
+
+
+# ---------------------------------------------------------------------------
+# Phantom tests
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return ct_phantom()
+
+
+@pytest.fixture(scope="module")
+def labels(phantom: Phantom) -> np.ndarray:
+    return BuiltinSegmenter().segment(phantom.volume).labels
+
+
+def test_segmenter_protocol_and_codes(phantom: Phantom, labels: np.ndarray) -> None:
+    segmenter: Segmenter = BuiltinSegmenter()
+    assert segmenter.algorithm == ALGORITHM
+    assert ALGORITHM.name == "segnode-builtin"
+    assert (ALGORITHM.family.scheme, ALGORITHM.family.value) == ("DCM", "123104")
+    assert [(s.value, s.code) for s in segmenter.structures] == [
+        (value, structure_code(name)) for name, value in VALUE.items()
+    ]
+    assert labels.shape == phantom.volume.array.shape
+    assert set(np.unique(labels)) <= set(range(9))
+
+
+def test_refuses_non_ct(phantom: Phantom) -> None:
+    pet = Volume(
+        array=phantom.volume.array,
+        affine=phantom.volume.affine,
+        frame_of_reference_uid="1.2",
+        study_instance_uid="1.2",
+        series_instance_uid="1.2.3",
+        modality="PT",
+        sources=phantom.volume.sources,
+    )
+    with pytest.raises(ValueError, match="1.2.3"):
+        BuiltinSegmenter().segment(pet)
+
+
+def test_body_excludes_table_andoutside_air(phantom: Phantom, labels: np.ndarray) -> None:
+    body = labels > 0
+    assert dice(body, phantom.truth["body"]) >= 0.98
+    assert not (body & phantom.truth["table"]).any()
+    assert not (body & (phantom.volume.array < -500) & ~phantom.truth["body"]).any()
+
+
+def test_lungs_left_right_and_not_bowel_gas(phantom: Phantom, labels: np.ndarray) -> None:
+    assert dice(labels == VALUE["lung_left"], phantom.truth["lung_left"]) >= 0.95
+    assert dice(labels == VALUE["lung_right"], phantom.truth["lung_right"]) >= 0.95
+    gas = phantom.truth["bowel_gas"]
+    assert not np.isin(labels[gas], [VALUE["lung_left"], VALUE["lung_right"], VALUE["airway"]]).any()
+
+
+def test_airway_is_trachea_and_main_bronchi(phantom: Phantom, labels: np.ndarray) -> None:
+    assert dice(labels == VALUE["airway"], phantom.truth["airway"]) >= 0.85
+
+
+def test_skeleton_includes_marrow_not_contrast_or_canal(phantom: Phantom, labels: np.ndarray) -> None:
+    skeleton = labels == VALUE["skeleton"]
+    truth = phantom.truth["skeleton"] | phantom.truth["marrow"]
+    assert dice(skeleton, truth) >= 0.9
+    assert np.mean(skeleton[phantom.truth["marrow"]]) >= 0.95
+    assert np.mean(skeleton[phantom.truth["aorta"]]) <= 0.02
+    assert np.mean(skeleton[phantom.truth["canal"]]) <= 0.02
+
+
+def test_body_composition_compartments(phantom: Phantom, labels: np.ndarray) -> None:
+    truth = phantom.truth
+    trunk_sat = truth["subcutaneous_fat"] & (phantom.volume.array < -30)
+    assert np.mean(labels[trunk_sat] == VALUE["subcutaneous_fat"]) >= 0.9
+    assert np.mean(labels[truth["visceral_fat"]] == VALUE["visceral_fat"]) >= 0.85
+    assert np.mean(labels[truth["skeletal_muscle"]] == VALUE["skeletal_muscle"]) >= 0.9
+    # Nothing subcutaneous is called visceral and vice versa.
+    assert not (labels[truth["visceral_fat"]] == VALUE["subcutaneous_fat"]).any()
+    assert np.mean(labels[trunk_sat] == VALUE["visceral_fat"]) <= 0.01
+
+
+@pytest.mark.parametrize("orientation", ["nifti", "transposed"])
+def test_same_labels_in_any_array_order(orientation: str) -> None:
+    """Left and right follow the affine, not the array's column order: the
+    same image stored in another order gets the same labels, moved along."""
+    grid = {"shape": (60, 120, 120), "spacing": (5.0, 4.0, 4.0)}
+    axial = ct_phantom(**grid)
+    other = ct_phantom(**grid, orientation=orientation)
+    expected = BuiltinSegmenter().segment(axial.volume).labels
+    labels = BuiltinSegmenter().segment(other.volume).labels
+    _, _, moved = _reorient(axial.volume.array, axial.volume.affine, {"labels": expected}, orientation)
+    assert np.array_equal(labels, moved["labels"])
+    assert dice(labels == VALUE["lung_left"], other.truth["lung_left"]) >= 0.9
+
+
+def test_no_airway_or_lungs_in_an_abdomen(phantom: Phantom) -> None:
+    lower = slice(0, int(phantom.volume.array.shape[0] * 0.4))
+    volume = Volume(
+        array=phantom.volume.array[lower],
+        affine=phantom.volume.affine,
+        frame_of_reference_uid="1.2",
+        study_instance_uid="1.2",
+        series_instance_uid="1.2",
+        modality="CT",
+        sources=phantom.volume.sources[lower],
+    )
+    labels = BuiltinSegmenter().segment(volume).labels
+    assert not np.isin(labels, [VALUE["airway"], VALUE["lung_left"], VALUE["lung_right"]]).any()
+    assert (labels == VALUE["visceral_fat"]).any()
+
+
+# ---------------------------------------------------------------------------
+# Real CT against TotalSegmentator (../shared/data)
+# ---------------------------------------------------------------------------
+
+#: Classes of the TotalSegmentator "total" task counted as bone. Costal
+#: cartilage is cartilage (mostly 100-150 HU in the Siemens series), not bone.
+BONE_CLASSES = re.compile(
+    r"^(vertebrae_|rib_|sternum$|scapula_|clavicula_|humerus_|hip_|femur_|sacrum$|skull$)"
+)
+
+
+def reference_classes() -> dict[int, str]:
+    names = json.loads((SHARED_DATA / "totalseg_v2_labels.json").read_text())
+    return {int(value): name for value, name in names.items()}
+
+
+def classes_mask(reference: np.ndarray, pattern: re.Pattern[str] | str) -> np.ndarray:
+    pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+    values = [value for value, name in reference_classes().items() if pattern.search(name)]
+    return np.isin(reference, values)
+
+
+def nifti_volume(path: Path) -> Volume:
+    """A NIfTI CT as a Volume: SimpleITK puts it in LPS space, its array is [slice, row, column]."""
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)
+    return Volume(
+        array=array,
+        affine=Volume.affine_from_sitk(image),
+        frame_of_reference_uid="1.2.826.0.1.3680043.8.498.10",
+        study_instance_uid="1.2.826.0.1.3680043.8.498.11",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.12",
+        modality="CT",
+        sources=tuple(SourceFrame("1.2.840.10008.5.1.4.1.1.2", f"1.2.4.{k}") for k in range(array.shape[0])),
+    )
+
+
+def siemens_case() -> tuple[Volume, np.ndarray]:
+    """The Siemens DICOM series and its reference resampled onto its grid.
+
+    The NIfTI reference has the same voxel centres with the row axis
+    flipped; nearest-neighbour resampling in physical space puts it on the
+    series' grid whatever the axis order.
+    """
+    from dicomio.series import load_series
+
+    folder = SHARED_DATA / "ct-abdomen-siemens"
+    volume = load_series(sorted((folder / "dicom").iterdir())).volume
+    reference = sitk.ReadImage(str(folder / "reference_totalseg_v2.nii.gz"))
+    on_grid = sitk.Resample(
+        reference, volume.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0, reference.GetPixelID()
+    )
+    return volume, sitk.GetArrayFromImage(on_grid)
+
+
+def torso_case() -> tuple[Volume, np.ndarray]:
+    folder = SHARED_DATA / "ct-torso-3mm"
+    volume = nifti_volume(folder / "ct_30slices.nii.gz")
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "reference_totalseg_v2_30slices.nii.gz")))
+    return volume, reference
+
+
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "totalseg_v2_labels.json").exists(),
+    reason=f"reference CT data not found at {SHARED_DATA}",
+)
+
+
+@needs_shared_data
+def test_siemens_skeleton_and_body_against_totalsegmentator() -> None:
+    volume, reference = siemens_case()
+    labels = BuiltinSegmenter().segment(volume).labels
+    assert dice(labels == VALUE["skeleton"], classes_mask(reference, BONE_CLASSES)) >= 0.80
+    body = labels > 0
+    assert np.mean(body[reference > 0]) >= 0.995
+    assert not (body & (volume.array < -500) & outside_air(body)).any()
+
+
+@needs_shared_data
+def test_torso_lungs_and_body_against_totalsegmentator() -> None:
+    volume, reference = torso_case()
+    labels = BuiltinSegmenter().segment(volume).labels
+    left = classes_mask(reference, r"^lung_.*_left$")
+    right = classes_mask(reference, r"^lung_.*_right$")
+    lungs = (labels == VALUE["lung_left"]) | (labels == VALUE["lung_right"])
+    assert dice(lungs, left | right) >= 0.95
+    assert dice(labels == VALUE["lung_left"], left) >= 0.95
+    assert dice(labels == VALUE["lung_right"], right) >= 0.95
+    assert np.mean((labels > 0)[reference > 0]) >= 0.995
+
+
+def outside_air(body: np.ndarray) -> np.ndarray:
+    """Voxels of each slice connected to the slice's border without crossing the body."""
+    return ~fill_holes(body, HoleFilling.SLICE)
+
+
+# ---------------------------------------------------------------------------
+# inference/postprocess.py
+# ---------------------------------------------------------------------------
+
+
+def test_keep_largest_component() -> None:
+    mask = np.zeros((5, 10, 10), dtype=bool)
+    mask[1:4, 1:5, 1:5] = True
+    mask[2, 7:9, 7:9] = True
+    largest = keep_largest_component(mask)
+    assert largest[2, 2, 2] and not largest[2, 8, 8]
+    assert not keep_largest_component(np.zeros((2, 2, 2), dtype=bool)).any()
+
+
+def test_fill_holes_in_volume_and_per_slice() -> None:
+    tube = np.zeros((5, 9, 9), dtype=bool)
+    tube[:, 2:7, 2:7] = True
+    tube[:, 4, 4] = False  # a channel open at both ends
+    assert not fill_holes(tube, HoleFilling.VOLUME)[2, 4, 4]
+    assert fill_holes(tube, HoleFilling.SLICE)[:, 4, 4].all()  # first and last slices too
+    closed = tube.copy()
+    closed[0, 4, 4] = closed[-1, 4, 4] = True
+    assert fill_holes(closed, HoleFilling.VOLUME)[2, 4, 4]
+    assert (fill_holes(tube, HoleFilling.NONE) == tube).all()
+
+
+def test_remove_small_components_in_ml() -> None:
+    mask = np.zeros((10, 10, 10), dtype=bool)
+    mask[0:2, 0:2, 0:2] = True  # 8 voxels of 8 mm3: 0.064 ml
+    mask[5:10, 5:10, 5:10] = True  # 125 voxels: 1 ml
+    kept = remove_small_components(mask, (2.0, 2.0, 2.0), 0.5)
+    assert not kept[0, 0, 0] and kept[7, 7, 7]
+
+
+def test_postprocess_labels_by_rule() -> None:
+    labels = np.zeros((6, 12, 12), dtype=np.uint8)
+    labels[1:5, 1:6, 1:6] = 1  # organ with a hole and a stray piece
+    labels[2:4, 3, 3] = 0
+    labels[3, 10, 10] = 1
+    labels[1:5, 7:11, 1:5] = 2  # a ring around a voxel of structure 3
+    labels[2:4, 9, 3] = 3
+    labels[0, 0, 11] = 4  # too small
+    config = PostprocessConfig(
+        {
+            1: StructureRule(keep_largest=True, fill_holes=HoleFilling.VOLUME),
+            2: StructureRule(fill_holes=HoleFilling.SLICE),
+            4: StructureRule(min_volume_ml=0.01),
+        }
+    )
+    out = postprocess_labels(labels, (1.0, 1.0, 1.0), config)
+    assert out[2, 3, 3] == 1 and out[3, 10, 10] == 0
+    assert (out[2:4, 9, 3] == 3).all()  # another structure is never overwritten
+    assert out[0, 0, 11] == 0
+    assert out.dtype == labels.dtype and labels[3, 10, 10] == 1  # input untouched
+
+
+def test_rule_validation() -> None:
+    with pytest.raises(ValueError):
+        StructureRule(min_volume_ml=-1)
+    with pytest.raises(ValueError):
+        PostprocessConfig({0: StructureRule()})
+    assert StructureRule(fill_holes="slice").fill_holes is HoleFilling.SLICE
+    config = PostprocessConfig({1: StructureRule()})
+    with pytest.raises(TypeError):
+        config.rules[2] = StructureRule()  # type: ignore[index]
