@@ -32,11 +32,12 @@ fi
 .venv/bin/python -m pip install -q --no-deps dynamic-network-architectures==0.4.4
 .venv/bin/python -m pip install -q -e ".${extras}"
 if [ -n "$extras" ]; then
-  # nnunetv2 is the reference the engine's parity tests compare against.
-  # Only what its predictor imports, for the same reason as above.
-  .venv/bin/python -m pip install -q --no-deps nnunetv2==2.8.1 acvl-utils==0.2.6 \
-    batchgenerators==0.25.5 tqdm==4.70.1 blosc2==4.14.1 threadpoolctl==3.8.0 numexpr==2.14.2 \
-    msgpack==1.2.4 ndindex==1.10.1 httpx==0.28.1 pandas==3.1.1 scikit-image==0.26.0 \
-    lazy-loader==0.6 tifffile==2026.3.3 nibabel==5.4.2
+  # nnunetv2 is the reference the engine's parity tests compare against. It,
+  # acvl-utils and batchgenerators go in without their requirements (torch,
+  # timm, torchvision: see above); the rest of what its predictor imports
+  # goes in normally.
+  .venv/bin/python -m pip install -q --no-deps nnunetv2==2.8.1 acvl-utils==0.2.6 batchgenerators==0.25.5
+  .venv/bin/python -m pip install -q tqdm==4.70.1 blosc2==4.14.1 threadpoolctl==3.8.0 numexpr==2.14.2 \
+    pandas==3.1.1 scikit-image==0.26.0 tifffile==2026.3.3 nibabel==5.4.2 httpx==0.28.1
 fi
 echo "segnode installed in $(pwd)/.venv: run .venv/bin/segnode --help"

@@ -34,12 +34,14 @@ from scipy import ndimage as ndi
 __all__ = [
     "HoleFilling",
     "PostprocessConfig",
+    "Spacing",
     "StructureRule",
     "fill_holes",
     "keep_largest_component",
     "postprocess_labels",
     "postprocess_mask",
     "remove_small_components",
+    "voxel_volume_ml",
 ]
 
 #: Distance in mm between neighbouring (slices, rows, columns).
