@@ -100,6 +100,8 @@ RIGHT: Final = _sct("24028007", "Right")
 #: Algorithm Family Code Sequence value for a trained model (CID 7162
 #: "Surface Processing Algorithm Families", DCM 123110).
 ARTIFICIAL_INTELLIGENCE: Final = Concept("DCM", "123110", "Artificial Intelligence")
+# For rule-based segmenters (thresholds, connected components, morphology).
+MORPHOLOGICAL_OPERATIONS: Final = Concept("DCM", "123104", "Morphological Operations")
 
 
 class UnknownStructureError(KeyError):

@@ -59,10 +59,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from pydicom.sr.codedict import codes
 from scipy import ndimage as ndi
 
-from dicomio.codes import BUILTIN_STRUCTURES, Concept, structure_code
+from dicomio.codes import BUILTIN_STRUCTURES, MORPHOLOGICAL_OPERATIONS, structure_code
 from dicomio.seg import AlgorithmIdentity, LabelledStructure
 from dicomio.volume import Volume
 from inference.postprocess import HoleFilling, Spacing, fill_holes
@@ -75,14 +74,8 @@ __all__ = ["ALGORITHM", "BuiltinSegmenter", "segment_canonical"]
 # filling, erosion), i.e. DCM 123104 "Morphological Operations". Not 123109
 # "Manual Processing" (no person draws), 123110 "Artificial Intelligence"
 # (nothing is learned) or 123108, which is "Multispectral Processing", not an
-# "automatic" family. Taken from pydicom's copy of PS3.16 rather than spelled.
-_MORPHOLOGICAL_OPERATIONS: Final = Concept(
-    codes.DCM.MorphologicalOperations.scheme_designator,
-    codes.DCM.MorphologicalOperations.value,
-    codes.DCM.MorphologicalOperations.meaning,
-)
-
-ALGORITHM: Final = AlgorithmIdentity(name="segnode-builtin", version="1.0", family=_MORPHOLOGICAL_OPERATIONS)
+# "automatic" family.
+ALGORITHM: Final = AlgorithmIdentity(name="segnode-builtin", version="1.0", family=MORPHOLOGICAL_OPERATIONS)
 
 #: Label value of each built-in structure: 1..8 in BUILTIN_STRUCTURES' order.
 _VALUES: Final = {name: value for value, name in enumerate(BUILTIN_STRUCTURES, start=1)}
