@@ -20,6 +20,7 @@ import pytest
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
+from tests.conftest import dcmtk
 from tests.synthetic import (
     DCMTK_CONFIG,
     EIGHT_BIT_TRANSFER_SYNTAXES,
@@ -88,8 +89,7 @@ def test_series_reads_back_and_decodes(tmp_path: Path, syntax: str) -> None:
 
 @pytest.mark.parametrize("syntax", TRANSFER_SYNTAXES, ids=_ids)
 def test_dcmdump_parses_every_file(tmp_path: Path, syntax: str) -> None:
-    if not DCMDUMP.exists():
-        pytest.skip("dcmtk's dcmdump is not installed")
+    dcmtk("dcmdump")
     files = write_ct_series(tmp_path, syntax, slices=2, rows=32, columns=32)
     result = subprocess.run(
         [str(DCMDUMP), *map(str, files)], capture_output=True, text=True, timeout=60
@@ -165,8 +165,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 1
 @pytest.mark.parametrize("syntax", sorted(STORESCU_FLAGS), ids=_ids)
 def test_storescu_flags_send_unchanged_into_storescp(tmp_path: Path, syntax: str) -> None:
     """Keeps the measured ``STORESCU_FLAGS`` honest against dcmtk itself."""
-    if not (STORESCU.exists() and STORESCP.exists()):
-        pytest.skip("dcmtk's storescu/storescp are not installed")
+    dcmtk("storescu"), dcmtk("storescp")
     files = write_ct_series(tmp_path / "sent", syntax, slices=2, rows=32, columns=32)
     out = tmp_path / "received"
     out.mkdir()
@@ -197,8 +196,7 @@ def test_storescu_flags_send_unchanged_into_storescp(tmp_path: Path, syntax: str
 
 def test_storescp_plus_xa_refuses_jpeg_lossless_57(tmp_path: Path) -> None:
     """Documents why 4.57 needs the config profile on the receiving side too."""
-    if not (STORESCU.exists() and STORESCP.exists()):
-        pytest.skip("dcmtk's storescu/storescp are not installed")
+    dcmtk("storescu"), dcmtk("storescp")
     [path] = write_ct_series(tmp_path / "sent", "1.2.840.10008.1.2.4.57", slices=1, rows=16, columns=16)
     out = tmp_path / "received"
     out.mkdir()
