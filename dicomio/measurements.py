@@ -1,13 +1,34 @@
 """Per-structure measurements, the input of the SR and CSV writers.
 
-Quantification (inference/) fills these in; dicomio only encodes them.
+Quantification and QA (inference/) fill these in; dicomio only encodes them.
 Optional values are None when they were not measured (no PET, no reference
-segmentation), and are then left out of the SR and empty in the CSV.
+segmentation, no mirrored prediction), and are then left out of the SR and
+empty in the CSV.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
+
+
+class FlagKind(str, Enum):
+    """Why a structure's result is implausible; each becomes a qualitative
+    evaluation in the SR so that a radiologist sees it beside the numbers."""
+
+    VOLUME_OUT_OF_RANGE = "volume_out_of_range"
+    TRUNCATED = "truncated"
+    UNEXPECTED_COMPONENTS = "unexpected_components"
+    LATERALITY_RATIO = "laterality_ratio"
+
+
+@dataclass(frozen=True)
+class QualityFlag:
+    """One plausibility finding about a structure, with the figures behind it
+    (``detail``, e.g. ``"volume 4210 ml outside the adult range 900-2500 ml"``)."""
+
+    kind: FlagKind
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -30,3 +51,4 @@ class StructureMeasurements:
     suv_max: float | None = None
     suv_peak: float | None = None
     dice: float | None = None
+    flags: tuple[QualityFlag, ...] = ()
