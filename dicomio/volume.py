@@ -11,6 +11,7 @@ the posterior, +z to the head).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +91,25 @@ class Volume:
         image.SetDirection(tuple(float(v) for v in direction.flatten()))
         return image
 
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, modality: str = "CT") -> Volume:
+        """A 3-D scalar SimpleITK image (a NIfTI file, say) as a Volume.
+
+        Such a file carries no DICOM identity: the UIDs and source frames
+        are empty, so the volume can be segmented and measured but not
+        referenced by a SEG.
+        """
+        array = sitk.GetArrayFromImage(image)
+        return cls(
+            array=array,
+            affine=cls.affine_from_sitk(image),
+            frame_of_reference_uid="",
+            study_instance_uid="",
+            series_instance_uid="",
+            modality=modality,
+            sources=tuple(SourceFrame("", "") for _ in range(array.shape[0])),
+        )
+
     @staticmethod
     def affine_from_sitk(image: sitk.Image) -> np.ndarray:
         """The ``[slice, row, column]`` affine of a SimpleITK image's grid."""
@@ -99,3 +119,64 @@ class Volume:
         affine[:3, :3] = (direction * spacing)[:, [2, 1, 0]]
         affine[:3, 3] = image.GetOrigin()
         return affine
+
+
+#: Patient direction letter -> (LPS axis, sign): L is +x, P is +y, S is +z.
+_DIRECTIONS = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
+
+
+@dataclass(frozen=True)
+class AxisOrder:
+    """A view of a volume's array whose axes run along given patient directions.
+
+    Algorithms trained or written for one orientation (TotalSegmentator's
+    networks see RAS-canonical images, the built-in segmenter reasons in
+    "superior, posterior, left") get that view whatever order the scanner
+    stored; only axes are permuted and reversed, so no voxel is interpolated.
+    An oblique acquisition is treated as the nearest axial, coronal or
+    sagittal one.
+
+    Attributes
+    ----------
+    axes : tuple of int
+        The array axis that becomes each view axis.
+    flips : tuple of bool
+        Whether that axis is reversed.
+    """
+
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+
+    @classmethod
+    def towards(cls, affine: np.ndarray, directions: str) -> AxisOrder:
+        """The view of an array with `affine` whose axes point towards
+        `directions`, three patient direction letters (``"SAR"``: axis 0
+        towards the head, axis 1 anterior, axis 2 to the patient's right)."""
+        targets = [_DIRECTIONS[letter] for letter in directions.upper()]
+        if len(targets) != 3 or len({axis for axis, _ in targets}) != 3:
+            raise ValueError(f"{directions!r} does not name three orthogonal directions")
+        unit = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+
+        def alignment(axes: tuple[int, ...]) -> float:
+            return sum(abs(unit[lps, axis]) for (lps, _), axis in zip(targets, axes, strict=True))
+
+        axes = max(itertools.permutations(range(3)), key=alignment)
+        flips = tuple(
+            bool(unit[lps, axis] * sign < 0) for (lps, sign), axis in zip(targets, axes, strict=True)
+        )
+        return cls(axes=axes, flips=flips)  # type: ignore[arg-type]
+
+    def _flip(self, array: np.ndarray) -> np.ndarray:
+        return array[tuple(slice(None, None, -1) if flip else slice(None) for flip in self.flips)]
+
+    def view(self, array: np.ndarray) -> np.ndarray:
+        """`array` (volume order) seen in this order; a view, not a copy."""
+        return self._flip(array.transpose(self.axes))
+
+    def back(self, array: np.ndarray) -> np.ndarray:
+        """An array in this order seen in the volume's order; a view."""
+        return self._flip(array).transpose(np.argsort(self.axes))
+
+    def spacing(self, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+        """`spacing` (volume order) in this order."""
+        return (spacing[self.axes[0]], spacing[self.axes[1]], spacing[self.axes[2]])

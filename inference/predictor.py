@@ -7,9 +7,12 @@ keeps every step on one device: on a GPU the volume goes up once and only
 the label map comes back, and the per-channel CPU resampling that dominates
 nnU-Net's export is replaced by slabbed interpolation plus argmax.
 
-The volume's ``[slice, row, column]`` array is given to the network as it
-is, which is the axis order nnU-Net's SimpleITK reader produces; the model's
-own ``transpose_forward`` is applied on top.
+The network sees the volume in RAS-canonical orientation, as an array
+``[superior, anterior, right]``: what nnU-Net's readers give for the NIfTI
+files TotalSegmentator prepares (it reorients every image with nibabel's
+``as_closest_canonical`` first) and for the RAS datasets most nnU-Net models
+are trained on. A DICOM series stored in any order is only permuted and
+flipped into that view, then the model's own ``transpose_forward`` applies.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 
 from dicomio.seg import AlgorithmIdentity, LabelledStructure
-from dicomio.volume import Volume
+from dicomio.volume import AxisOrder, Volume
 from inference.nnunet_model import ModelPart, NnUNetModel
 from inference.postprocess import PostprocessConfig, postprocess_labels
 from inference.preprocess import (
@@ -35,6 +38,9 @@ from inference.preprocess import (
 )
 from inference.segmenter import Segmentation
 from inference.sliding_window import predict_logits
+
+#: The patient directions of the network's array axes (see the module docstring).
+NETWORK_ORIENTATION = "SAR"
 
 
 @dataclass(frozen=True)
@@ -104,17 +110,20 @@ class NnUNetSegmenter:
 
     def segment(self, volume: Volume) -> Segmentation:
         """The merged label map of every part on the volume's grid."""
+        order = AxisOrder.towards(volume.affine, NETWORK_ORIENTATION)
+        image = order.view(volume.array)
+        spacing = order.spacing(volume.spacing)
         dtype = np.uint8 if len(self.structures) < 256 else np.uint16
-        labels = np.zeros(volume.array.shape, dtype=dtype)
+        labels = np.zeros(image.shape, dtype=dtype)
         for index in range(len(self._model.parts)):
-            part_labels = self.part_labels(index, volume.array, volume.spacing)
+            part_labels = self.part_labels(index, image, spacing)
             values = np.asarray(self._model.values[index], dtype=dtype)
             found = part_labels > 0
             labels[found] = values[part_labels[found]]
         if self._postprocess is not None:
-            labels = postprocess_labels(labels, volume.spacing, self._postprocess)
-        return Segmentation(labels=labels, volume=volume, structures=self.structures,
-                            algorithm=self.algorithm)
+            labels = postprocess_labels(labels, spacing, self._postprocess)
+        return Segmentation(labels=np.ascontiguousarray(order.back(labels)), volume=volume,
+                            structures=self.structures, algorithm=self.algorithm)
 
     @torch.inference_mode()
     def part_labels(self, index: int, array: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:

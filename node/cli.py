@@ -257,7 +257,7 @@ def _read_volume(path: Path) -> Volume:
     import SimpleITK as sitk
 
     from dicomio.series import SeriesError, load_series
-    from dicomio.volume import SourceFrame, Volume
+    from dicomio.volume import Volume
 
     if path.is_dir():
         # DICOMDIR indexes media; it is no image of the series.
@@ -284,17 +284,7 @@ def _read_volume(path: Path) -> Volume:
             f"a {image.GetDimension()}-D image with {image.GetNumberOfComponentsPerPixel()} "
             "component(s) per voxel; a 3-D scalar CT volume is needed"
         )
-    array = sitk.GetArrayFromImage(image)
-    # A NIfTI file carries no DICOM identity; the UIDs stay empty.
-    return Volume(
-        array=array,
-        affine=Volume.affine_from_sitk(image),
-        frame_of_reference_uid="",
-        study_instance_uid="",
-        series_instance_uid="",
-        modality="CT",
-        sources=tuple(SourceFrame("", "") for _ in range(array.shape[0])),
-    )
+    return Volume.from_sitk(image)
 
 
 def _nifti_suffix(path: Path) -> str | None:

@@ -902,3 +902,19 @@ def _transfer_syntax_of(data: bytes) -> str:
         raise ValueError("no (0002,0010) Transfer Syntax UID in file meta")
     (length,) = struct.unpack("<H", data[i + 6 : i + 8])
     return data[i + 8 : i + 8 + length].rstrip(b"\x00 ").decode("ascii")
+
+
+def stored(volume_array: np.ndarray, affine: np.ndarray, axes, flips) -> tuple[np.ndarray, np.ndarray]:
+    """The same image stored in another array order: `axes` permutes, then
+    `flips` reverses, with the affine moved so that every voxel keeps its
+    patient position."""
+    array = volume_array.transpose(axes)
+    moved = affine.copy()
+    moved[:3, :3] = affine[:3, :3][:, list(axes)]
+    for axis, flip in enumerate(flips):
+        if flip:
+            size = array.shape[axis]
+            moved[:3, 3] += moved[:3, axis] * (size - 1)
+            moved[:3, axis] *= -1
+            array = np.flip(array, axis)
+    return array, moved

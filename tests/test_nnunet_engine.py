@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from dicomio.codes import TOTALSEGMENTATOR_V2_CLASSES, structure_code
-from dicomio.volume import SourceFrame, Volume
+from dicomio.volume import AxisOrder, SourceFrame, Volume
 from inference.nnunet_model import ModelLoadError, load_model, load_part
 from inference.postprocess import PostprocessConfig, StructureRule, postprocess_labels
-from inference.predictor import NnUNetSegmenter
+from inference.predictor import NETWORK_ORIENTATION, NnUNetSegmenter
 from inference.preprocess import image_modes, interpolation_modes, nonzero_box, resample, resampled_argmax
 from inference.segmenter import Segmentation
 from inference.sliding_window import gaussian_importance, mirror_combinations, tile_starts
@@ -110,11 +110,13 @@ def test_parts_merge_in_order_with_consecutive_values(tmp_path):
     assert model.values == ((0, 1, 2, 3), (0, 4, 5))
     assert [s.value for s in model.structures] == [1, 2, 3, 4, 5]
     segmenter = NnUNetSegmenter(model)
-    array = phantom_hu(20, 40, 48).astype(np.float32)
-    a = segmenter.part_labels(0, array, (3.0, 3.0, 3.0))
-    b = segmenter.part_labels(1, array, (3.0, 3.0, 3.0))
-    merged = segmenter.segment(_volume(array)).labels
-    expected = np.where(b > 0, np.array([0, 4, 5])[b], a)
+    volume = _volume(phantom_hu(20, 40, 48).astype(np.float32))
+    # The parts see the RAS view of the volume (predictor's NETWORK_ORIENTATION).
+    order = AxisOrder.towards(volume.affine, NETWORK_ORIENTATION)
+    a = segmenter.part_labels(0, order.view(volume.array), volume.spacing)
+    b = segmenter.part_labels(1, order.view(volume.array), volume.spacing)
+    merged = segmenter.segment(volume).labels
+    expected = order.back(np.where(b > 0, np.array([0, 4, 5])[b], a))
     np.testing.assert_array_equal(merged, expected)
 
 

@@ -104,3 +104,35 @@ def test_trained_model_on_the_torso_ct(tmp_path):
         ours, reference = _compare(folder, array, spacing)
         assert len(np.unique(reference)) > 5, "the trained model should find organs"
         _assert_parity(ours, reference)
+
+
+def test_segment_shows_the_network_a_ras_image_whatever_the_storage_order(tmp_path):
+    """TotalSegmentator's networks see RAS-canonical images (nnU-Net reading
+    the NIfTI that nibabel's as_closest_canonical wrote): the torso file is
+    stored that way, so nnU-Net on its array is the reference, and the same
+    image stored as a DICOM axial series (rows and columns reversed) or in
+    sagittal order must get the same labels at the same patient positions."""
+    data = SHARED_DATA / "ct-torso-3mm" / "ct_30slices.nii.gz"
+    if not data.exists():
+        pytest.skip(f"shared data absent: {data}")
+    import SimpleITK as sitk
+
+    from dicomio.codes import TOTALSEGMENTATOR_V2_CLASSES
+    from dicomio.volume import Volume
+    from tests.synthetic import stored
+
+    ras = Volume.from_sitk(sitk.ReadImage(str(data)))
+    spec = replace(totalsegmentator_spec(patch_size=(32, 64, 64)),
+                   labels=tuple(TOTALSEGMENTATOR_V2_CLASSES[v - 1] for v in TRAINED_VALUES))
+    state = {k: v.float() for k, v in torch.load(TRAINED, weights_only=True).items()}
+    folder = write_model(tmp_path, spec, {0: state})
+    segmenter = NnUNetSegmenter(load_model([folder]))
+    reference = nnunet_labels(folder, ras.array.astype(np.float32), ras.spacing)
+    labels = segmenter.segment(ras).labels
+    _assert_parity(labels, reference)
+    for axes, flips in [((0, 1, 2), (False, True, True)), ((2, 0, 1), (True, False, True))]:
+        array, affine = stored(ras.array, ras.affine, axes, flips)
+        other = replace(ras, array=array, affine=affine,
+                        sources=ras.sources[:1] * array.shape[0])
+        expected, _ = stored(labels, ras.affine, axes, flips)
+        np.testing.assert_array_equal(segmenter.segment(other).labels, expected)
