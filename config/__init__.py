@@ -3,8 +3,11 @@
 from config.loader import ConfigError, load_config, parse_config
 from config.schema import (
     Destination,
+    JobSettings,
     NodeSettings,
     Peer,
+    Pipeline,
+    QaSettings,
     Route,
     RouteMatch,
     SegnodeConfig,
@@ -13,8 +16,11 @@ from config.schema import (
 __all__ = [
     "ConfigError",
     "Destination",
+    "JobSettings",
     "NodeSettings",
     "Peer",
+    "Pipeline",
+    "QaSettings",
     "Route",
     "RouteMatch",
     "SegnodeConfig",

@@ -8,7 +8,7 @@ starts or before a hot reload replaces a working configuration.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -81,9 +81,18 @@ class Destination(_Strict):
 
 
 class RouteMatch(_Strict):
-    """What a completed series must look like for a route to apply."""
+    """What a completed series must look like for a route to apply.
 
+    Every given field must match; patterns are shell-style (``*``, ``?``,
+    ``[...]``) and compared without regard to case, as scanners spell
+    descriptions as they please. An absent field matches anything.
+    """
+
+    calling_ae: str | None = None
+    called_ae: str | None = None
     modality: str | None = None
+    series_description: str | None = None
+    body_part_examined: str | None = None
 
 
 class Route(_Strict):
@@ -95,18 +104,50 @@ class Route(_Strict):
     send_to: list[str] = Field(min_length=1)
 
 
+class QaSettings(_Strict):
+    """Which quality checks a pipeline runs besides Dice against a reference
+    SEG (always computed when someone else sends one)."""
+
+    plausibility: bool = True
+    # A second network pass on the mirrored image: doubles inference time,
+    # and only models trained with mirroring allow it.
+    mirror_consistency: bool = False
+
+
+class Pipeline(_Strict):
+    """What is done to a routed series: the model and the measurements."""
+
+    model: str = Field("builtin", min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # g/ml by structure name, over inference/quantify.py's tissue defaults.
+    densities: dict[str, Annotated[float, Field(gt=0)]] = {}
+    qa: QaSettings = QaSettings()
+
+
+class JobSettings(_Strict):
+    """Retries of failed jobs: waits double from the base up to the maximum."""
+
+    max_attempts: int = Field(3, ge=1)
+    retry_base_seconds: float = Field(30.0, gt=0)
+    retry_max_seconds: float = Field(1800.0, gt=0)
+
+
 class SegnodeConfig(_Strict):
     """The whole configuration file."""
 
     node: NodeSettings = NodeSettings()
     peers: list[Peer] = []
     destinations: dict[str, Destination] = {}
+    pipelines: dict[str, Pipeline] = {}
     routes: list[Route] = []
+    jobs: JobSettings = JobSettings()
 
     @model_validator(mode="after")
     def _check_references(self) -> SegnodeConfig:
         errors = []
         for index, route in enumerate(self.routes):
+            if route.pipeline not in self.pipelines:
+                errors.append(f"routes[{index}].pipeline: unknown pipeline {route.pipeline!r}")
             for name in route.send_to:
                 if name not in self.destinations:
                     errors.append(f"routes[{index}].send_to: unknown destination {name!r}")

@@ -59,7 +59,16 @@ def test_unknown_keys_and_dangling_routes_are_errors():
             "destinations: {PACS: {ae_title: ORTHANC, host: h, port: 4242}}\n"
             "routes: [{name: r, match: {modality: CT}, pipeline: organs, send_to: [PACS, NOPE]}]\n"
         )
-    assert caught.value.errors == ["routes[0].send_to: unknown destination 'NOPE'"]
+    assert caught.value.errors == [
+        "routes[0].pipeline: unknown pipeline 'organs'",
+        "routes[0].send_to: unknown destination 'NOPE'",
+    ]
+    with pytest.raises(ConfigError) as caught:
+        parse_config("pipelines: {organs: {model: builtin, densities: {liver: 0}, qa: {mirror: true}}}\n")
+    assert caught.value.errors == [
+        "pipelines.organs.densities.liver: Input should be greater than 0",
+        "pipelines.organs.qa.mirror: Extra inputs are not permitted",
+    ]
 
 
 def test_yaml_syntax_error_and_missing_file(tmp_path):
