@@ -1,8 +1,8 @@
 """The states of a series and the one table of allowed transitions.
 
 Every state change goes through :func:`next_state`, so the life of a series
-can be read here and nowhere else (later stages add queued, processing, done
-and failed).
+can be read here and nowhere else. What happens to a dispatched series is
+the life of its jobs (node/jobs.py).
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from enum import StrEnum
 class SeriesState(StrEnum):
     RECEIVING = "receiving"
     COMPLETE = "complete"
+    # Routed: its jobs (none when no route matched) are in the queue.
+    DISPATCHED = "dispatched"
 
 
 class SeriesEvent(StrEnum):
     INSTANCE_RECEIVED = "instance-received"
     STABLE_PERIOD_ELAPSED = "stable-period-elapsed"
+    ROUTED = "routed"
 
 
 class InvalidTransition(Exception):
@@ -30,7 +33,9 @@ TRANSITIONS: dict[tuple[SeriesState | None, SeriesEvent], SeriesState] = {
     (SeriesState.RECEIVING, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
     # A late instance reopens a completed series.
     (SeriesState.COMPLETE, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
+    (SeriesState.DISPATCHED, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
     (SeriesState.RECEIVING, SeriesEvent.STABLE_PERIOD_ELAPSED): SeriesState.COMPLETE,
+    (SeriesState.COMPLETE, SeriesEvent.ROUTED): SeriesState.DISPATCHED,
 }
 
 

@@ -1,0 +1,365 @@
+"""The durable job queue: what is to be done to which series, and how it went.
+
+Jobs live in the index database beside the series they belong to, so that
+routing a completed series and queueing its jobs is one transaction: a crash
+leaves either a complete series that is routed again after the restart, or
+its jobs, never a series that fell between the two.
+
+A job is claimed by one worker under a lease that the worker renews while it
+runs. A worker that dies (kill -9, out of memory) stops renewing; the lease
+expires, or the node notices the exit first, and the job is queued again as
+a failed attempt. Failed attempts wait ``retry_base_seconds`` doubled per
+attempt (at most ``retry_max_seconds``); after ``max_attempts`` the job is
+``failed`` with its reason until ``segnode jobs retry`` queues it again.
+
+A job is only claimable while no series of its study is still arriving, so
+that a CT job sees the PET series sent with it (PET/CT).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from config import JobSettings
+from node.index import INDEX_FILENAME
+from node.series_state import SeriesEvent, SeriesState, next_state
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id                  INTEGER PRIMARY KEY,
+    kind                TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    route               TEXT NOT NULL,
+    pipeline            TEXT NOT NULL,
+    destinations        TEXT NOT NULL,
+    subject             TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    attempts            INTEGER NOT NULL,
+    not_before          REAL NOT NULL,
+    owner               TEXT,
+    lease_until         REAL,
+    queued_at           REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    error               TEXT,
+    result              TEXT,
+    UNIQUE (kind, series_instance_uid, route)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, not_before);
+"""
+
+
+class JobKind(StrEnum):
+    SEGMENT = "segment"  # a CT series: segment, measure, send SEG + SR
+    QA = "qa"  # someone else's SEG of a series we segmented: compare, send a QA SR
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to queue for a routed series.
+
+    ``subject`` is the series the job is about: the series itself for a
+    segmentation, the segmented CT series for the QA of a reference SEG.
+    """
+
+    kind: JobKind
+    route: str
+    pipeline: str
+    destinations: tuple[str, ...]
+    subject: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the queue holds it.
+
+    ``queued_at`` is when this version of the job was queued; the objects it
+    produces are dated by it, so that a retry writes the same bytes.
+    """
+
+    id: int
+    kind: JobKind
+    series_instance_uid: str
+    study_instance_uid: str
+    route: str
+    pipeline: str
+    destinations: tuple[str, ...]
+    subject: str
+    state: JobState
+    attempts: int
+    not_before: float
+    owner: str | None
+    queued_at: float
+    updated_at: float
+    error: str | None
+    result: dict | None
+
+
+class JobNotFoundError(LookupError):
+    pass
+
+
+class LeaseLostError(RuntimeError):
+    """The job was taken from this worker (its lease expired and it was
+    queued again); its result must not be recorded."""
+
+
+_COLUMNS = (
+    "id, kind, series_instance_uid, study_instance_uid, route, pipeline, destinations, subject, "
+    "state, attempts, not_before, owner, queued_at, updated_at, error, result"
+)
+
+
+def _job(row: tuple) -> Job:
+    return Job(
+        id=row[0], kind=JobKind(row[1]), series_instance_uid=row[2], study_instance_uid=row[3],
+        route=row[4], pipeline=row[5], destinations=tuple(json.loads(row[6])), subject=row[7],
+        state=JobState(row[8]), attempts=row[9], not_before=row[10], owner=row[11], queued_at=row[12],
+        updated_at=row[13], error=row[14], result=json.loads(row[15]) if row[15] else None,
+    )
+
+
+def retry_delay(attempts: int, settings: JobSettings) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt (1, 2, ...)."""
+    return min(settings.retry_base_seconds * 2 ** (attempts - 1), settings.retry_max_seconds)
+
+
+class JobQueue:
+    """One connection to the index database's jobs; safe across threads and
+    processes (SQLite WAL, every change in an immediate transaction)."""
+
+    def __init__(self, storage_dir: Path):
+        path = Path(storage_dir) / INDEX_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql_steps) -> object:
+        """Run ``sql_steps(db)`` in one immediate transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                value = sql_steps(self._db)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return value
+
+    def dispatch(self, series_instance_uid: str, jobs: list[NewJob], now: float | None = None) -> list[int]:
+        """Queue `jobs` for a complete series and mark it dispatched, together.
+
+        A job already known for the same series and route (the series was
+        reopened by a late instance, or sent again) is queued afresh with
+        its attempts reset. Returns the job ids.
+        """
+        now = time.time() if now is None else now
+
+        def steps(db: sqlite3.Connection) -> list[int]:
+            row = db.execute(
+                "SELECT state, study_instance_uid FROM series WHERE series_instance_uid = ?",
+                (series_instance_uid,),
+            ).fetchone()
+            if row is None:
+                raise JobNotFoundError(f"series {series_instance_uid} is not in the index")
+            state = next_state(SeriesState(row[0]), SeriesEvent.ROUTED)
+            ids = []
+            for job in jobs:
+                db.execute(
+                    "INSERT INTO jobs (kind, series_instance_uid, study_instance_uid, route, pipeline, "
+                    "destinations, subject, state, attempts, not_before, queued_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) "
+                    "ON CONFLICT (kind, series_instance_uid, route) DO UPDATE SET "
+                    "pipeline = excluded.pipeline, destinations = excluded.destinations, "
+                    "subject = excluded.subject, state = excluded.state, attempts = 0, "
+                    "not_before = excluded.not_before, owner = NULL, lease_until = NULL, "
+                    "queued_at = excluded.queued_at, updated_at = excluded.updated_at, "
+                    "error = NULL, result = NULL",
+                    (job.kind.value, series_instance_uid, row[1], job.route, job.pipeline,
+                     json.dumps(list(job.destinations)), job.subject, JobState.QUEUED.value, now, now, now),
+                )
+                ids.append(db.execute(
+                    "SELECT id FROM jobs WHERE kind = ? AND series_instance_uid = ? AND route = ?",
+                    (job.kind.value, series_instance_uid, job.route),
+                ).fetchone()[0])
+            db.execute("UPDATE series SET state = ? WHERE series_instance_uid = ?",
+                       (state.value, series_instance_uid))
+            return ids
+
+        return self._write(steps)
+
+    def claim(self, owner: str, lease_seconds: float, now: float | None = None) -> Job | None:
+        """Take the oldest due job whose study has stopped arriving, or None."""
+        now = time.time() if now is None else now
+
+        def steps(db: sqlite3.Connection) -> Job | None:
+            row = db.execute(
+                "SELECT id FROM jobs j WHERE state = ? AND not_before <= ? AND NOT EXISTS ("
+                "SELECT 1 FROM series s WHERE s.study_instance_uid = j.study_instance_uid AND s.state = ?) "
+                "ORDER BY not_before, id LIMIT 1",
+                (JobState.QUEUED.value, now, SeriesState.RECEIVING.value),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = ?, owner = ?, lease_until = ?, attempts = attempts + 1, "
+                "updated_at = ? WHERE id = ?",
+                (JobState.RUNNING.value, owner, now + lease_seconds, now, row[0]),
+            )
+            return self._get(db, row[0])
+
+        return self._write(steps)
+
+    def renew(self, job_id: int, owner: str, lease_seconds: float, now: float | None = None) -> None:
+        """Extend a running job's lease; raises LeaseLostError if it is no longer ours."""
+        now = time.time() if now is None else now
+        self._owned_update(job_id, owner, "lease_until = ?", (now + lease_seconds,))
+
+    def succeed(self, job_id: int, owner: str, result: dict) -> None:
+        self._owned_update(
+            job_id, owner,
+            "state = ?, owner = NULL, lease_until = NULL, result = ?, error = NULL, updated_at = ?",
+            (JobState.DONE.value, json.dumps(result), time.time()),
+        )
+
+    def fail(
+        self, job_id: int, owner: str, error: str, settings: JobSettings, now: float | None = None
+    ) -> Job:
+        """Record a failed attempt: queued again after the backoff, or failed
+        for good after the last attempt."""
+        now = time.time() if now is None else now
+
+        def steps(db: sqlite3.Connection) -> Job:
+            job = self._get(db, job_id)
+            if job.state != JobState.RUNNING or job.owner != owner:
+                raise LeaseLostError(f"job {job_id} is no longer run by {owner}")
+            self._record_failure(db, job, error, settings, now)
+            return self._get(db, job_id)
+
+        return self._write(steps)
+
+    def release(self, job_id: int, owner: str) -> None:
+        """Give a running job back without counting the attempt (the worker
+        is stopping, not failing)."""
+        self._owned_update(job_id, owner, "state = ?, owner = NULL, lease_until = NULL, "
+                           "attempts = attempts - 1, updated_at = ?", (JobState.QUEUED.value, time.time()))
+
+    def recover(
+        self, settings: JobSettings, dead_owners: tuple[str, ...] = (), now: float | None = None
+    ) -> list[Job]:
+        """Queue again (as failed attempts) the running jobs whose worker is
+        known dead or whose lease expired; returns them as they now are."""
+        now = time.time() if now is None else now
+
+        def steps(db: sqlite3.Connection) -> list[Job]:
+            marks = ",".join("?" * len(dead_owners))
+            rows = db.execute(
+                f"SELECT id FROM jobs WHERE state = ? AND (lease_until < ? OR owner IN ({marks}))",
+                (JobState.RUNNING.value, now, *dead_owners),
+            ).fetchall()
+            recovered = []
+            for (job_id,) in rows:
+                job = self._get(db, job_id)
+                self._record_failure(db, job, f"worker {job.owner} stopped during the job", settings, now)
+                recovered.append(self._get(db, job_id))
+            return recovered
+
+        return self._write(steps)
+
+    def retry(self, job_id: int, now: float | None = None) -> Job:
+        """Queue a failed (or finished) job again, with its attempts reset."""
+        now = time.time() if now is None else now
+
+        def steps(db: sqlite3.Connection) -> Job:
+            job = self._get(db, job_id)
+            if job.state == JobState.RUNNING:
+                raise ValueError(f"job {job_id} is running")
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = 0, not_before = ?, error = NULL, updated_at = ? "
+                "WHERE id = ?",
+                (JobState.QUEUED.value, now, now, job_id),
+            )
+            return self._get(db, job_id)
+
+        return self._write(steps)
+
+    def get(self, job_id: int) -> Job:
+        with self._lock:
+            return self._get(self._db, job_id)
+
+    def jobs(self, state: JobState | None = None) -> list[Job]:
+        with self._lock:
+            if state is None:
+                rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY id").fetchall()
+            else:
+                rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE state = ? ORDER BY id",
+                                        (state.value,)).fetchall()
+        return [_job(row) for row in rows]
+
+    def counts(self) -> dict[JobState, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(JobState, 0)
+        counts.update({JobState(state): count for state, count in rows})
+        return counts
+
+    def done_segmentation_of(self, series_instance_uid: str) -> list[Job]:
+        """The finished segmentation jobs of a series (what a reference SEG is compared with)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? AND series_instance_uid = ? AND state = ?",
+                (JobKind.SEGMENT.value, series_instance_uid, JobState.DONE.value),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    @staticmethod
+    def _get(db: sqlite3.Connection, job_id: int) -> Job:
+        row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no job {job_id}")
+        return _job(row)
+
+    @staticmethod
+    def _record_failure(
+        db: sqlite3.Connection, job: Job, error: str, settings: JobSettings, now: float
+    ) -> None:
+        if job.attempts >= settings.max_attempts:
+            state, not_before = JobState.FAILED, job.not_before
+        else:
+            state, not_before = JobState.QUEUED, now + retry_delay(job.attempts, settings)
+        db.execute(
+            "UPDATE jobs SET state = ?, owner = NULL, lease_until = NULL, not_before = ?, error = ?, "
+            "updated_at = ? WHERE id = ?",
+            (state.value, not_before, error, now, job.id),
+        )
+
+    def _owned_update(self, job_id: int, owner: str, assignments: str, values: tuple) -> None:
+        def steps(db: sqlite3.Connection) -> None:
+            changed = db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND owner = ?",
+                (*values, job_id, JobState.RUNNING.value, owner),
+            ).rowcount
+            if changed != 1:
+                raise LeaseLostError(f"job {job_id} is no longer run by {owner}")
+
+        self._write(steps)
