@@ -72,9 +72,11 @@ class NnUNetSegmenter:
     model : NnUNetModel
         From :func:`inference.nnunet_model.load_model`.
     device : str or torch.device
-        ``"cpu"`` or a CUDA device. On CUDA the network runs under bf16
-        autocast (fp16 where bf16 is unsupported); on the CPU in fp32, where
-        reduced precision is slower, not faster. Logits are summed in fp16
+        ``"cpu"`` or a CUDA device. On CUDA the network runs under fp16
+        autocast, as nnU-Net's does: bf16, with three fewer mantissa bits,
+        moves boundary voxels (on the CPU it ran 2.3x faster here but cost
+        Dice 0.93-0.99 per class against nnU-Net), so the CPU stays in fp32
+        for parity. Logits are summed in fp16
         on both, as nnU-Net does: it halves the largest allocation of a run
         and reproduces nnU-Net's rounding (parity).
     settings : PredictionSettings
@@ -95,9 +97,7 @@ class NnUNetSegmenter:
         self._postprocess = postprocess
         self._device = torch.device(device)
         self._settings = settings or PredictionSettings()
-        self._autocast = None
-        if self._device.type == "cuda":
-            self._autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self._autocast = torch.float16 if self._device.type == "cuda" else None
         self._networks = tuple(tuple(self._network(part, s) for s in part.folds) for part in model.parts)
 
     @property
