@@ -63,6 +63,15 @@ class RecordedInstance:
     replaced_path: Path | None
 
 
+@dataclass(frozen=True)
+class IndexedInstance:
+    """Where a stored instance is and who sent it."""
+
+    sop_instance_uid: str
+    path: Path
+    calling_ae: str
+
+
 class IndexWriteError(Exception):
     """The index could not be written (disk full, corrupt database)."""
 
@@ -186,5 +195,31 @@ class InstanceIndex:
         with self._lock:
             uids = self._db.execute(
                 "SELECT series_instance_uid FROM series ORDER BY first_received"
+            ).fetchall()
+            return [self._series(uid) for (uid,) in uids]
+
+    def instances_of(self, series_instance_uid: str) -> list[IndexedInstance]:
+        """The stored instances of a series, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_instance_uid, path, calling_ae FROM instances WHERE series_instance_uid = ? "
+                "ORDER BY received",
+                (series_instance_uid,),
+            ).fetchall()
+        return [IndexedInstance(uid, Path(path), calling_ae) for uid, path, calling_ae in rows]
+
+    def series_of_study(self, study_instance_uid: str) -> list[SeriesRecord]:
+        with self._lock:
+            uids = self._db.execute(
+                "SELECT series_instance_uid FROM series WHERE study_instance_uid = ? ORDER BY first_received",
+                (study_instance_uid,),
+            ).fetchall()
+            return [self._series(uid) for (uid,) in uids]
+
+    def series_in_state(self, state: SeriesState) -> list[SeriesRecord]:
+        with self._lock:
+            uids = self._db.execute(
+                "SELECT series_instance_uid FROM series WHERE state = ? ORDER BY last_received",
+                (state.value,),
             ).fetchall()
             return [self._series(uid) for (uid,) in uids]

@@ -323,12 +323,13 @@ class JobQueue:
         counts.update({JobState(state): count for state, count in rows})
         return counts
 
-    def done_segmentation_of(self, series_instance_uid: str) -> list[Job]:
-        """The finished segmentation jobs of a series (what a reference SEG is compared with)."""
+    def segmentations_of(self, series_instance_uid: str) -> list[Job]:
+        """The segmentation jobs of a series, whatever their state: a reference
+        SEG may arrive before ours is done, and its QA job waits by retrying."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? AND series_instance_uid = ? AND state = ?",
-                (JobKind.SEGMENT.value, series_instance_uid, JobState.DONE.value),
+                f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? AND series_instance_uid = ? ORDER BY id",
+                (JobKind.SEGMENT.value, series_instance_uid),
             ).fetchall()
         return [_job(row) for row in rows]
 

@@ -107,7 +107,7 @@ def test_release_does_not_count_an_attempt_and_success_keeps_the_result(queue):
     jobs.succeed(job_id, "w", {"seg": "/r/seg.dcm"})
     job = jobs.get(job_id)
     assert (job.state, job.result) == (JobState.DONE, {"seg": "/r/seg.dcm"})
-    assert [j.id for j in jobs.done_segmentation_of("1.1")] == [job_id]
+    assert [j.id for j in jobs.segmentations_of("1.1")] == [job_id]
 
 
 def test_a_reopened_series_is_queued_afresh(queue):
