@@ -110,8 +110,30 @@ class NnUNetSegmenter:
 
     def segment(self, volume: Volume) -> Segmentation:
         """The merged label map of every part on the volume's grid."""
+        return self._segment(volume, mirror=())
+
+    def segment_mirrored(self, volume: Volume) -> Segmentation | None:
+        """The label map of the volume mirrored along every axis that all
+        parts were trained to see mirrored, mirrored back; None for a model
+        trained without mirroring (TotalSegmentator's: left and right
+        organs would swap).
+
+        Agreement with :meth:`segment` is a self-consistency check: a network
+        that is sure of an organ finds it in the mirror image too.
+        """
+        # Mirror axes are network axes: network axis a is view axis forward[a].
+        common = set.intersection(*(
+            {part.configuration.transpose_forward[a] for a in part.mirror_axes} for part in self._model.parts
+        ))
+        if not common:
+            return None
+        return self._segment(volume, mirror=tuple(sorted(common)))
+
+    def _segment(self, volume: Volume, mirror: tuple[int, ...]) -> Segmentation:
         order = AxisOrder.towards(volume.affine, NETWORK_ORIENTATION)
         image = order.view(volume.array)
+        if mirror:
+            image = np.flip(image, mirror)
         spacing = order.spacing(volume.spacing)
         dtype = np.uint8 if len(self.structures) < 256 else np.uint16
         labels = np.zeros(image.shape, dtype=dtype)
@@ -122,6 +144,8 @@ class NnUNetSegmenter:
             labels[found] = values[part_labels[found]]
         if self._postprocess is not None:
             labels = postprocess_labels(labels, spacing, self._postprocess)
+        if mirror:
+            labels = np.flip(labels, mirror)
         return Segmentation(labels=np.ascontiguousarray(order.back(labels)), volume=volume,
                             structures=self.structures, algorithm=self.algorithm)
 

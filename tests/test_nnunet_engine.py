@@ -163,3 +163,18 @@ def test_postprocessing_rules_apply_to_the_merged_map(tmp_path):
     rules = PostprocessConfig({v: StructureRule(keep_largest=True) for v in range(1, 5)})
     cleaned = NnUNetSegmenter(model, postprocess=rules).segment(volume).labels
     np.testing.assert_array_equal(cleaned, postprocess_labels(raw, volume.spacing, rules))
+
+
+def test_mirrored_segmentation_only_for_models_trained_with_mirroring(tmp_path):
+    volume = _volume(phantom_hu(20, 40, 48).astype(np.float32))
+    plain = NnUNetSegmenter(load_model([write_model(tmp_path / "a", totalsegmentator_spec(classes=3))]))
+    assert plain.segment_mirrored(volume) is None
+    spec = totalsegmentator_spec(classes=3, mirror_axes=(1, 2), transpose_forward=(2, 0, 1))
+    segmenter = NnUNetSegmenter(load_model([write_model(tmp_path / "b", spec)]))
+    mirrored = segmenter.segment_mirrored(volume).labels
+    # Network axes 1 and 2 are view axes 0 and 1 under this transpose.
+    order = AxisOrder.towards(volume.affine, NETWORK_ORIENTATION)
+    flipped = np.flip(order.view(volume.array), (0, 1))
+    expected = order.back(np.flip(segmenter.part_labels(0, flipped, volume.spacing), (0, 1)))
+    np.testing.assert_array_equal(mirrored, expected)
+    assert not np.array_equal(mirrored, segmenter.segment(volume).labels)  # random weights: not symmetric
