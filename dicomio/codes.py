@@ -46,6 +46,8 @@ from typing import Final
 
 from highdicom.sr import CodedConcept
 
+from dicomio.measurements import FlagKind
+
 __all__ = [
     "ANATOMICAL_STRUCTURE",
     "ARTIFICIAL_INTELLIGENCE",
@@ -442,7 +444,27 @@ def structure_code(name: str) -> StructureCode:
 #   coefficient, so it is coded in segnode's private scheme PRIVATE_SCHEME
 #   (PS3.3 8.2: private designators start with "99"), which the SR declares
 #   in its Coding Scheme Identification Sequence (0008,0110), in "1" ("no
-#   units", CID 7181).
+#   units", CID 7181). The same holds, and the same scheme is used, for the
+#   Jaccard index, the 95th-percentile Hausdorff distance (mm), the Dice
+#   with the mirrored prediction, the number of connected components, the
+#   bounding box corners (PS3.16 has planes through a region's extents, CID
+#   1010, but no coordinate of them), and the assumed mass density: DCM
+#   130082 "Relative Mass Density" is relative to water, DCM 112118
+#   "Density" a mammographic finding.
+# * Mass: SCT 118538004 "Mass" (the quantity) in "g"; the density it was
+#   computed with is INFERRED FROM it (TID 300).
+# * HU median: the Median derivation, SCT 373099004 (CID 7464).
+# * SUL: DCM 126405 "SUVlbm(Janma)" (CID 7180, 7469), in its CID 85 unit
+#   "g/ml{SUVlbm(Janma)}": dicomio/suv.py computes lean body mass by
+#   Janmahasatian.
+# * Total uptake: IBSI 99N0 "Integrated Intensity" (CID 7477), the mean
+#   intensity of the ROI times its volume; DCM 126033/126034 (Total Lesion)
+#   Glycolysis name the same product for FDG only, and segnode measures any
+#   tracer. The unit is SUVbw's times ml, "g/ml{SUVbw}.ml" (a gram).
+# * Quality flags: a TID 1411 qualitative evaluation, CODE name "Segmentation
+#   plausibility" with one value per FlagKind, all private (PS3.16 codes
+#   no segmentation QA findings); the detail text is DCM 121106 "Comment"
+#   under it (HAS PROPERTIES).
 # * Procedure Reported of TID 1500: CID 100 "Quantitative Diagnostic Imaging
 #   Procedures", LOINC codes for CT and PET of an unspecified body region.
 # ===========================================================================
@@ -500,9 +522,64 @@ HU_MAX: Final = MeasurementConcept(_ATTENUATION_COEFFICIENT, _HOUNSFIELD_UNIT, _
 SUV_MEAN: Final = MeasurementConcept(_SUV_BW, _SUV_BW_UNIT, _MEAN)
 SUV_MAX: Final = MeasurementConcept(_SUV_BW, _SUV_BW_UNIT, _MAXIMUM)
 SUV_PEAK: Final = MeasurementConcept(_SUV_BW, _SUV_BW_UNIT, _PEAK_VALUE_WITHIN_ROI)
-DICE: Final = MeasurementConcept(
-    Concept(PRIVATE_SCHEME, "DSC", "Dice similarity coefficient"), _ucum("1", "no units")
+_NO_UNITS = _ucum("1", "no units")
+_MILLIMETER = _ucum("mm", "millimeter")
+_SUL = Concept("DCM", "126405", "SUVlbm(Janma)")
+_SUL_UNIT = _ucum("g/ml{SUVlbm(Janma)}", "Standardized Uptake Value lean body mass (Janma)")
+_MEDIAN = _sct("373099004", "Median")
+
+
+def _private(value: str, meaning: str) -> Concept:
+    return Concept(PRIVATE_SCHEME, value, meaning)
+
+
+DICE: Final = MeasurementConcept(_private("DSC", "Dice similarity coefficient"), _NO_UNITS)
+MASS: Final = MeasurementConcept(_sct("118538004", "Mass"), _ucum("g", "gram"))
+DENSITY: Final = MeasurementConcept(
+    _private("DENSITY", "Assumed mass density"), _ucum("g/ml", "gram per milliliter")
 )
+HU_MEDIAN: Final = MeasurementConcept(_ATTENUATION_COEFFICIENT, _HOUNSFIELD_UNIT, _MEDIAN)
+COMPONENT_COUNT: Final = MeasurementConcept(
+    _private("NCOMP", "Number of connected components"), _NO_UNITS
+)
+#: Corners of the bounding box: least, then greatest x, y, z (LPS).
+BOUNDING_BOX_MIN: Final = tuple(
+    MeasurementConcept(_private(f"BBOXMIN{axis}", f"Bounding box minimum {axis} (LPS)"), _MILLIMETER)
+    for axis in "XYZ"
+)
+BOUNDING_BOX_MAX: Final = tuple(
+    MeasurementConcept(_private(f"BBOXMAX{axis}", f"Bounding box maximum {axis} (LPS)"), _MILLIMETER)
+    for axis in "XYZ"
+)
+SUL_MEAN: Final = MeasurementConcept(_SUL, _SUL_UNIT, _MEAN)
+SUL_PEAK: Final = MeasurementConcept(_SUL, _SUL_UNIT, _PEAK_VALUE_WITHIN_ROI)
+TOTAL_UPTAKE: Final = MeasurementConcept(
+    Concept("IBSI", "99N0", "Integrated Intensity"),
+    _ucum("g/ml{SUVbw}.ml", "Standardized Uptake Value body weight times milliliter"),
+)
+JACCARD: Final = MeasurementConcept(_private("JACCARD", "Jaccard index"), _NO_UNITS)
+HAUSDORFF_95: Final = MeasurementConcept(
+    _private("HD95", "95th percentile Hausdorff distance"), _MILLIMETER
+)
+MIRROR_DICE: Final = MeasurementConcept(
+    _private("MIRRORDSC", "Dice similarity coefficient with the mirrored prediction"), _NO_UNITS
+)
+
+#: Where a comparison with a reference segmentation came from (TID 320).
+SOURCE_OF_MEASUREMENT: Final = Concept("DCM", "121112", "Source of Measurement")
+
+#: Concept name of a quality flag's qualitative evaluation, and its value per kind.
+PLAUSIBILITY: Final = _private("PLAUSIBILITY", "Segmentation plausibility")
+FLAG_VALUES: Final[Mapping[FlagKind, Concept]] = MappingProxyType(
+    {
+        FlagKind.VOLUME_OUT_OF_RANGE: _private("VOLRANGE", "Volume outside the expected range"),
+        FlagKind.TRUNCATED: _private("TRUNCATED", "Cut off at the edge of the image"),
+        FlagKind.UNEXPECTED_COMPONENTS: _private("COMPONENTS", "Unexpected number of connected components"),
+        FlagKind.LATERALITY_RATIO: _private("LATRATIO", "Implausible left to right ratio"),
+    }
+)
+#: The detail text of a flag.
+COMMENT: Final = Concept("DCM", "121106", "Comment")
 
 #: TID 1500 Procedure Reported (CID 100) for each modality the SR reports on.
 CT_PROCEDURE: Final = Concept("LN", "25045-6", "CT unspecified body region")

@@ -7,9 +7,19 @@ the DICOM-SEG that segnode sends with it. This is how dcmqi (3D Slicer),
 highdicom and the Imaging Data Commons exchange measurements of segmented
 regions, so their readers understand it without segnode-specific code.
 
+Each value of a ``StructureMeasurements`` is a TID 300 measurement of the
+group; the few that need more say it the TID 300 way: the mass is INFERRED
+FROM the assumed density (a NUM under it), and a comparison with a reference
+segmentation (Dice, Jaccard, HD95) is INFERRED FROM the reference segment (an
+IMAGE "Source of Measurement" naming the reference SEG and segment, TID 320).
+Quality flags are the group's qualitative evaluations, each with its detail
+as a "Comment" under it. The same writer makes the QA report, sent when a
+reference SEG arrives: the caller passes that SEG as `reference_segmentation`.
+
 This module only assembles highdicom templates (``highdicom.sr``), which
-check each template's constraints as they are built. The coded concepts of
-the measurements, and why they are those, are in dicomio/codes.py
+check each template's constraints as they are built, and adds the TID 300
+children highdicom has no argument for. The coded concepts of the
+measurements, and why they are those, are in dicomio/codes.py
 (:class:`~dicomio.codes.MeasurementConcept`); the structure's own codes are
 read from the SEG it references.
 """
@@ -26,23 +36,40 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from dicomio.codes import (
+    BOUNDING_BOX_MAX,
+    BOUNDING_BOX_MIN,
+    COMMENT,
+    COMPONENT_COUNT,
     CT_PROCEDURE,
+    DENSITY,
     DICE,
+    FLAG_VALUES,
+    HAUSDORFF_95,
     HU_MAX,
     HU_MEAN,
+    HU_MEDIAN,
     HU_MIN,
     HU_STD,
+    JACCARD,
     LEFT,
+    MASS,
+    MIRROR_DICE,
     PET_PROCEDURE,
+    PLAUSIBILITY,
     PRIVATE_SCHEME,
     RIGHT,
+    SOURCE_OF_MEASUREMENT,
+    SUL_MEAN,
+    SUL_PEAK,
     SUV_MAX,
     SUV_MEAN,
     SUV_PEAK,
+    TOTAL_UPTAKE,
     VOLUME,
     Concept,
+    MeasurementConcept,
 )
-from dicomio.measurements import StructureMeasurements
+from dicomio.measurements import QualityFlag, StructureMeasurements
 from dicomio.seg import MANUFACTURER, MODEL_NAME, AlgorithmIdentity
 
 #: TID 1500 Procedure Reported (CID 100) for each modality of the source images.
@@ -66,6 +93,7 @@ def write_measurement_report(
     device_uid: str,
     series_number: int,
     series_description: str,
+    reference_segmentation: Dataset | None = None,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
@@ -104,6 +132,10 @@ def write_measurement_report(
         Series Number of the SR.
     series_description : str
         Series Description of the SR.
+    reference_segmentation : pydicom.dataset.Dataset, optional
+        The SEG of the same images that Dice, Jaccard and HD95 compare with
+        (each structure's ``reference_segment_number`` is its segment there).
+        Required exactly when one of those is given; it joins the evidence.
     series_instance_uid, sop_instance_uid : str, optional
         UIDs of the SR; new ones by default. Give them to rebuild an
         identical document.
@@ -118,9 +150,13 @@ def write_measurement_report(
     MeasurementReportError
         If there are no measurements, two measure the same segment, a
         segment is not in the SEG or has a modifier other than one
-        laterality, a value is not finite, the SEG does not reference
-        exactly one series among `source_images`, SUVs are given without PET
-        images, or a source image has a modality without a procedure code.
+        laterality, a value is not finite, a mass comes without its density
+        (or the reverse), the SEG does not reference exactly one series
+        among `source_images`, PET values are given without PET images, a
+        source image has a modality without a procedure code, or the
+        reference comparisons and `reference_segmentation` do not match
+        (one without the other, a reference of other images, a reference
+        segment it does not have).
     """
     seg_uid = segmentation.SOPInstanceUID
     if not measurements:
@@ -130,6 +166,7 @@ def write_measurement_report(
         raise MeasurementReportError(f"segment numbers measured more than once for SEG {seg_uid}: {numbers}")
     segments = {item.SegmentNumber: item for item in segmentation.get("SegmentSequence", [])}
     source_series = _source_series(segmentation, source_images)
+    _check_reference(measurements, segmentation, reference_segmentation, source_series)
     procedures = _procedures(source_images, measurements, seg_uid)
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, family=algorithm.family.coded()
@@ -143,7 +180,11 @@ def write_measurement_report(
                 f"{structure.name!r} refers to segment {structure.segment_number}, which SEG "
                 f"{seg_uid} does not have (it has {sorted(segments)})"
             )
-        groups.append(_measurement_group(structure, segmentation, segment, source_series, algorithm_id))
+        groups.append(
+            _measurement_group(
+                structure, segmentation, segment, source_series, algorithm_id, reference_segmentation
+            )
+        )
 
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
@@ -156,8 +197,11 @@ def write_measurement_report(
         procedure_reported=procedures,
         imaging_measurements=groups,
     )
+    evidence = [*source_images, segmentation]
+    if reference_segmentation is not None:
+        evidence.append(reference_segmentation)
     return hd.sr.Comprehensive3DSR(
-        evidence=[*source_images, segmentation],
+        evidence=evidence,
         content=report[0],
         series_instance_uid=series_instance_uid or hd.UID(),
         series_number=series_number,
@@ -174,12 +218,56 @@ def write_measurement_report(
     )
 
 
+def _reported_values(structure: StructureMeasurements) -> list[tuple[MeasurementConcept, float]]:
+    """The TID 300 measurements of a structure's group, in report order.
+
+    Values that are None are left out; the density is not among them, as it
+    is reported under the mass it was used for.
+    """
+    box = structure.bounding_box
+    corners = []
+    if box is not None:
+        corners = [
+            *zip(BOUNDING_BOX_MIN, box.min_lps_mm, strict=True),
+            *zip(BOUNDING_BOX_MAX, box.max_lps_mm, strict=True),
+        ]
+    values = [
+        (VOLUME, structure.volume_ml),
+        (MASS, structure.mass_g),
+        (HU_MEAN, structure.hu_mean),
+        (HU_STD, structure.hu_std),
+        (HU_MEDIAN, structure.hu_median),
+        (HU_MIN, structure.hu_min),
+        (HU_MAX, structure.hu_max),
+        (COMPONENT_COUNT, structure.component_count),
+        *corners,
+        (SUV_MEAN, structure.suv_mean),
+        (SUV_MAX, structure.suv_max),
+        (SUV_PEAK, structure.suv_peak),
+        (SUL_MEAN, structure.sul_mean),
+        (SUL_PEAK, structure.sul_peak),
+        (TOTAL_UPTAKE, structure.total_uptake),
+        (DICE, structure.dice),
+        (JACCARD, structure.jaccard),
+        (HAUSDORFF_95, structure.hausdorff95_mm),
+        (MIRROR_DICE, structure.mirror_dice),
+    ]
+    return [(concept, value) for concept, value in values if value is not None]
+
+
+#: Values that compare the segment with the reference SEG's segment.
+_REFERENCE_COMPARISONS = (DICE, JACCARD, HAUSDORFF_95)
+#: Values measured on PET images.
+_PET_VALUES = (SUV_MEAN, SUV_MAX, SUV_PEAK, SUL_MEAN, SUL_PEAK, TOTAL_UPTAKE)
+
+
 def _measurement_group(
     structure: StructureMeasurements,
     segmentation: Dataset,
     segment: Dataset,
     source_series: str,
     algorithm_id: hd.sr.AlgorithmIdentification,
+    reference_segmentation: Dataset | None,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     """TID 1411 group for one structure, referencing its segment."""
     number = structure.segment_number
@@ -189,35 +277,42 @@ def _measurement_group(
     tracking_uid = segment.get("TrackingUID") or generate_uid(
         entropy_srcs=[segmentation.SOPInstanceUID, str(number)]
     )
-    values = [
-        (VOLUME, structure.volume_ml),
-        (HU_MEAN, structure.hu_mean),
-        (HU_STD, structure.hu_std),
-        (HU_MIN, structure.hu_min),
-        (HU_MAX, structure.hu_max),
-        (SUV_MEAN, structure.suv_mean),
-        (SUV_MAX, structure.suv_max),
-        (SUV_PEAK, structure.suv_peak),
-        (DICE, structure.dice),
-    ]
-    numeric = []
-    for concept, value in values:
-        if value is None:
-            continue
-        if not math.isfinite(value):
-            raise MeasurementReportError(
-                f"{concept.label} of {structure.name!r} (segment {number}) is {value}; "
-                "SR numeric values must be finite"
-            )
-        numeric.append(
-            hd.sr.Measurement(
-                name=concept.name.coded(),
-                value=float(value),
-                unit=concept.unit.coded(),
-                derivation=None if concept.derivation is None else concept.derivation.coded(),
-                algorithm_id=algorithm_id,
-            )
+    if (structure.mass_g is None) != (structure.density_g_ml is None):
+        raise MeasurementReportError(
+            f"{structure.name!r} (segment {number}) has a mass without its density or the reverse; "
+            "the report gives the density the mass was computed with"
         )
+    numeric = []
+    for concept, value in _reported_values(structure):
+        measurement = hd.sr.Measurement(
+            name=concept.name.coded(),
+            value=_finite(concept, value, structure),
+            unit=concept.unit.coded(),
+            derivation=None if concept.derivation is None else concept.derivation.coded(),
+            algorithm_id=algorithm_id,
+        )
+        if concept is MASS:
+            _add_inferred_from(
+                measurement,
+                hd.sr.NumContentItem(
+                    name=DENSITY.name.coded(),
+                    value=_finite(DENSITY, structure.density_g_ml, structure),
+                    unit=DENSITY.unit.coded(),
+                    relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+                ),
+            )
+        elif concept in _REFERENCE_COMPARISONS:
+            _add_inferred_from(
+                measurement,
+                hd.sr.ImageContentItem(
+                    name=SOURCE_OF_MEASUREMENT.coded(),
+                    referenced_sop_class_uid=reference_segmentation.SOPClassUID,
+                    referenced_sop_instance_uid=reference_segmentation.SOPInstanceUID,
+                    referenced_segment_numbers=structure.reference_segment_number,
+                    relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+                ),
+            )
+        numeric.append(measurement)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=structure.name),
         referenced_segment=hd.sr.ReferencedSegment(
@@ -232,7 +327,74 @@ def _measurement_group(
         finding_type=_code(segment.SegmentedPropertyTypeCodeSequence[0]),
         finding_sites=[_finding_site(segment, segmentation.SOPInstanceUID)],
         measurements=numeric,
+        qualitative_evaluations=[_flag_evaluation(flag) for flag in structure.flags],
     )
+
+
+def _finite(concept: MeasurementConcept, value: float, structure: StructureMeasurements) -> float:
+    if not math.isfinite(value):
+        raise MeasurementReportError(
+            f"{concept.label} of {structure.name!r} (segment {structure.segment_number}) is {value}; "
+            "SR numeric values must be finite"
+        )
+    return float(value)
+
+
+def _add_inferred_from(measurement: hd.sr.Measurement, item: Dataset) -> None:
+    """Append a TID 300 INFERRED FROM child, which highdicom's Measurement takes no argument for."""
+    measurement[0].ContentSequence.append(item)
+
+
+def _flag_evaluation(flag: QualityFlag) -> hd.sr.QualitativeEvaluation:
+    """A quality flag as a coded evaluation with its detail as a comment under it."""
+    evaluation = hd.sr.QualitativeEvaluation(name=PLAUSIBILITY.coded(), value=FLAG_VALUES[flag.kind].coded())
+    evaluation[0].ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=COMMENT.coded(),
+                value=flag.detail,
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+            )
+        ]
+    )
+    return evaluation
+
+
+def _check_reference(
+    measurements: Sequence[StructureMeasurements],
+    segmentation: Dataset,
+    reference: Dataset | None,
+    source_series: str,
+) -> None:
+    """Reference comparisons come with the reference SEG, which segments the same images."""
+    seg_uid = segmentation.SOPInstanceUID
+    compared = [m for m in measurements if any(c in _REFERENCE_COMPARISONS for c, _ in _reported_values(m))]
+    if reference is None:
+        if compared:
+            raise MeasurementReportError(
+                f"{compared[0].name!r} (segment {compared[0].segment_number}) of SEG {seg_uid} is "
+                "compared with a reference segmentation, but no reference SEG was given"
+            )
+        return
+    reference_uid = reference.SOPInstanceUID
+    if not compared:
+        raise MeasurementReportError(
+            f"reference SEG {reference_uid} was given, but no structure of SEG {seg_uid} is compared with it"
+        )
+    referenced = [item.SeriesInstanceUID for item in reference.get("ReferencedSeriesSequence", [])]
+    if referenced != [source_series]:
+        raise MeasurementReportError(
+            f"reference SEG {reference_uid} segments series {referenced}, "
+            f"SEG {seg_uid} series {source_series}"
+        )
+    reference_segments = {item.SegmentNumber for item in reference.get("SegmentSequence", [])}
+    for m in compared:
+        if m.reference_segment_number not in reference_segments:
+            raise MeasurementReportError(
+                f"{m.name!r} (segment {m.segment_number}) is compared with segment "
+                f"{m.reference_segment_number} of reference SEG {reference_uid}, which has "
+                f"{sorted(reference_segments)}"
+            )
 
 
 def _finding_site(segment: Dataset, seg_uid: str) -> hd.sr.FindingSite:
@@ -289,10 +451,10 @@ def _procedures(
             f"source images of SEG {seg_uid} have modality {unknown}, which has no "
             f"procedure code (known: {sorted(_PROCEDURES)})"
         )
-    has_suv = any(v is not None for m in measurements for v in (m.suv_mean, m.suv_max, m.suv_peak))
-    if has_suv and "PT" not in modalities:
+    has_pet = any(concept in _PET_VALUES for m in measurements for concept, _ in _reported_values(m))
+    if has_pet and "PT" not in modalities:
         raise MeasurementReportError(
-            f"SUVs are reported for SEG {seg_uid} but no PET image is among the source images"
+            f"PET values are reported for SEG {seg_uid} but no PET image is among the source images"
         )
     return [_PROCEDURES[m].coded() for m in modalities]
 
@@ -300,13 +462,20 @@ def _procedures(
 def _private_schemes(
     measurements: Sequence[StructureMeasurements],
 ) -> list[CodingSchemeIdentificationItem] | None:
-    """Declare ``PRIVATE_SCHEME`` when the report uses it (only for Dice).
+    """Declare ``PRIVATE_SCHEME`` when the report uses it.
 
     The Coding Scheme Identification Sequence (PS3.3 C.12.1) is where a
     private scheme is identified; declaring it in reports that do not use it
     only earns a validator warning (dciodvfy does not know "99" designators).
     """
-    if all(m.dice is None for m in measurements):
+    # Flags and the density are private concepts too.
+    private = any(
+        m.flags
+        or m.density_g_ml is not None
+        or any(concept.name.scheme == PRIVATE_SCHEME for concept, _ in _reported_values(m))
+        for m in measurements
+    )
+    if not private:
         return None
     return [
         CodingSchemeIdentificationItem(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dicomio import csv as measurements_csv
-from dicomio.measurements import StructureMeasurements
+from dicomio.measurements import BoundingBox, FlagKind, QualityFlag, StructureMeasurements
 
 MEASUREMENTS = (
     StructureMeasurements(
@@ -27,6 +27,24 @@ MEASUREMENTS = (
         suv_max=4.5,
         suv_peak=3.875,
         dice=0.9512345678901234,
+        mass_g=1626.1708641963532,
+        density_g_ml=1.06,
+        hu_median=54.5,
+        component_count=2,
+        bounding_box=BoundingBox(
+            (3, 40, 41), (250, 300, 301), (-120.5, -80.25, -612.5), (60.0, 95.125, -302.5)
+        ),
+        sul_mean=1.65,
+        sul_peak=3.1,
+        total_uptake=3164.2,
+        reference_segment_number=7,
+        jaccard=0.9069,
+        hausdorff95_mm=2.75,
+        mirror_dice=0.987654321,
+        flags=(
+            QualityFlag(FlagKind.VOLUME_OUT_OF_RANGE, "volume 1534 ml outside 900-1500 ml; check, please"),
+            QualityFlag(FlagKind.UNEXPECTED_COMPONENTS, '2 components, "1" expected'),
+        ),
     ),
     # Every optional value None; quotes, commas and non-ASCII in the name.
     StructureMeasurements(
@@ -41,7 +59,24 @@ MEASUREMENTS = (
     ),
 )
 
-OPTIONAL = ("suv_mean", "suv_max", "suv_peak", "dice")
+OPTIONAL = (
+    "mass_g",
+    "density_g_ml",
+    "hu_median",
+    "suv_mean",
+    "suv_max",
+    "suv_peak",
+    "sul_mean",
+    "sul_peak",
+    "total_uptake",
+    "dice",
+    "jaccard",
+    "hausdorff95_mm",
+    "mirror_dice",
+)
+OPTIONAL_COUNTS = ("component_count", "reference_segment_number")
+BOX_INDICES = tuple(f"bbox_{end}_{axis}" for end in ("first", "last") for axis in ("slice", "row", "column"))
+BOX_MM = tuple(f"bbox_{end}_{axis}_mm" for end in ("min", "max") for axis in "xyz")
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -62,14 +97,28 @@ def test_round_trip_is_exact_and_none_is_empty(tmp_path):
             "structure",
             "volume_ml",
             "voxel_count",
+            "mass_g",
+            "density_g_ml",
             "hu_mean",
             "hu_std",
+            "hu_median",
             "hu_min",
             "hu_max",
+            "component_count",
+            *BOX_INDICES,
+            *BOX_MM,
             "suv_mean",
             "suv_max",
             "suv_peak",
+            "sul_mean",
+            "sul_peak",
+            "total_uptake",
+            "reference_segment_number",
             "dice",
+            "jaccard",
+            "hausdorff95_mm",
+            "mirror_dice",
+            "flags",
         ]
     )
     assert len(rows) == len(MEASUREMENTS)
@@ -85,6 +134,17 @@ def test_round_trip_is_exact_and_none_is_empty(tmp_path):
                 assert row[field] == "", field
             else:
                 assert float(row[field]) == value, field
+        for field in OPTIONAL_COUNTS:
+            value = getattr(m, field)
+            assert row[field] == ("" if value is None else str(value)), field
+        box = m.bounding_box
+        if box is None:
+            assert [row[field] for field in (*BOX_INDICES, *BOX_MM)] == [""] * 12
+        else:
+            assert tuple(int(row[field]) for field in BOX_INDICES) == (*box.first_index, *box.last_index)
+            assert tuple(float(row[field]) for field in BOX_MM) == (*box.min_lps_mm, *box.max_lps_mm)
+        flags = [line.split(": ", 1) for line in row["flags"].splitlines()]
+        assert [(FlagKind(kind), detail) for kind, detail in flags] == [(f.kind, f.detail) for f in m.flags]
 
 
 def test_existing_file_is_replaced_whole_and_nothing_else_is_left(tmp_path):
