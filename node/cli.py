@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import textwrap
 from datetime import datetime, timezone
@@ -23,7 +22,6 @@ from node.index import INDEX_FILENAME, InstanceIndex
 if TYPE_CHECKING:
     from dicomio.volume import Volume
     from inference.model_store import ModelStore
-    from inference.segmenter import Segmentation
 
 
 def _iso(timestamp: float) -> str:
@@ -287,50 +285,11 @@ def _read_volume(path: Path) -> Volume:
     return Volume.from_sitk(image)
 
 
-def _nifti_suffix(path: Path) -> str | None:
-    """``.nii.gz`` or ``.nii``, whichever `path` ends in; None for another name."""
-    for suffix in (".nii.gz", ".nii"):
-        if path.name.endswith(suffix) and len(path.name) > len(suffix):
-            return suffix
-    return None
-
-
-def _write_labels(segmentation: Segmentation, out: Path, suffix: str) -> Path:
-    """Write the label map and its ``.json`` legend, each through a temporary name.
-
-    Returns the legend's path.
-    """
-    import dataclasses
-
-    import numpy as np
-    import SimpleITK as sitk
-
-    largest = max((s.value for s in segmentation.structures), default=0)
-    labels = segmentation.labels.astype(np.uint8 if largest <= np.iinfo(np.uint8).max else np.uint16)
-    # The label map on the volume's grid is a Volume of labels: to_sitk()
-    # then gives it exactly the input's origin, spacing and direction.
-    image = dataclasses.replace(segmentation.volume, array=labels).to_sitk()
-    legend = out.with_name(out.name[: -len(suffix)] + ".json")
-    mapping = {str(s.value): s.code.name for s in sorted(segmentation.structures, key=lambda s: s.value)}
-    # The temporary name keeps the suffix: SimpleITK picks writer and compression by it.
-    partial = out.with_name(f".{out.name[: -len(suffix)]}.{os.getpid()}.partial{suffix}")
-    partial_legend = legend.with_name(f".{legend.name}.{os.getpid()}.partial")
-    try:
-        sitk.WriteImage(image, str(partial), useCompression=suffix == ".nii.gz")
-        partial_legend.write_text(json.dumps(mapping, indent=2) + "\n")
-        partial.replace(out)
-        partial_legend.replace(legend)
-    finally:
-        partial.unlink(missing_ok=True)
-        partial_legend.unlink(missing_ok=True)
-    return legend
-
-
 def _segment(args: argparse.Namespace) -> int:
+    from dicomio.label_map import nifti_suffix, write_label_map
     from inference.model_store import ModelStoreError, open_segmenter
 
-    suffix = _nifti_suffix(args.out)
-    if suffix is None:
+    if nifti_suffix(args.out) is None:
         print(f"segnode segment: --out {args.out}: the name must end in .nii.gz or .nii", file=sys.stderr)
         return 1
     if not args.out.parent.is_dir():
@@ -351,7 +310,7 @@ def _segment(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a volume the model cannot take (the built-in one needs CT)
         print(f"segnode segment: cannot segment {args.input}: {exc}", file=sys.stderr)
         return 1
-    legend = _write_labels(segmentation, args.out, suffix)
+    legend = write_label_map(segmentation.labels, volume, segmentation.structures, args.out)
     print(
         f"{args.out}: {len(segmentation.structures)} structures of "
         f"{segmentation.algorithm.name} {segmentation.algorithm.version}, legend in {legend}"
