@@ -1,4 +1,4 @@
-"""The ``segnode`` command line: serve, check-config, status, pet-suv, models, segment."""
+"""The ``segnode`` command line: serve, check-config, status, jobs, pet-suv, models, segment, run-series."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import textwrap
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,8 +17,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from config import ConfigError, SegnodeConfig, load_config
+from dicomio.measurements import StructureMeasurements
 from dicomio.suv import SuvError, SuvFactors, earliest_acquisition, suv_factors
 from node.index import INDEX_FILENAME, InstanceIndex
+from node.jobs import Job, JobNotFoundError, JobQueue, JobState
 
 if TYPE_CHECKING:
     from dicomio.volume import Volume
@@ -79,8 +82,15 @@ def _status(args: argparse.Namespace) -> int:
         }
         for s in series
     ]
+    jobs = []
+    if (storage_dir / INDEX_FILENAME).exists():
+        queue = JobQueue(storage_dir)
+        try:
+            jobs = [_job_row(job) for job in queue.jobs()]
+        finally:
+            queue.close()
     if args.json:
-        print(json.dumps({"series": rows}, indent=2))
+        print(json.dumps({"series": rows, "jobs": jobs}, indent=2))
         return 0
     if not rows:
         print("no series received yet")
@@ -91,7 +101,78 @@ def _status(args: argparse.Namespace) -> int:
             f"{row['state']:<10} {row['modality']:<8} {row['instances']:>9}  "
             f"{row['last_received']:<29}  {row['series_instance_uid']}"
         )
+    counts = {state.value: sum(job["state"] == state.value for job in jobs) for state in JobState}
+    print("jobs: " + ", ".join(f"{count} {state}" for state, count in counts.items()))
+    for job in jobs:
+        if job["state"] == JobState.FAILED.value:
+            print(f"  job {job['id']} failed after {job['attempts']} attempts: {job['error']}")
     return 0
+
+
+def _job_row(job: Job) -> dict:
+    return {
+        "id": job.id,
+        "kind": job.kind.value,
+        "state": job.state.value,
+        "series_instance_uid": job.series_instance_uid,
+        "route": job.route,
+        "pipeline": job.pipeline,
+        "destinations": list(job.destinations),
+        "attempts": job.attempts,
+        "queued_at": _iso(job.queued_at),
+        "updated_at": _iso(job.updated_at),
+        "next_attempt_at": _iso(job.not_before) if job.state == JobState.QUEUED else None,
+        "error": job.error,
+        "result": job.result,
+    }
+
+
+def _jobs_list(args: argparse.Namespace) -> int:
+    queue = _job_queue(args)
+    if queue is None:
+        return 1
+    try:
+        rows = [_job_row(job) for job in queue.jobs(JobState(args.state) if args.state else None)]
+    finally:
+        queue.close()
+    if args.json:
+        print(json.dumps({"jobs": rows}, indent=2))
+        return 0
+    if not rows:
+        print("no jobs")
+        return 0
+    print(f"{'id':>5} {'kind':<7} {'state':<7} {'tries':>5}  {'route':<16} series / error")
+    for row in rows:
+        print(f"{row['id']:>5} {row['kind']:<7} {row['state']:<7} {row['attempts']:>5}  "
+              f"{row['route']:<16} {row['series_instance_uid']}")
+        if row["error"]:
+            print(f"{'':>46}{row['error']}")
+    return 0
+
+
+def _jobs_retry(args: argparse.Namespace) -> int:
+    queue = _job_queue(args)
+    if queue is None:
+        return 1
+    try:
+        job = queue.retry(args.id)
+    except (JobNotFoundError, ValueError) as exc:
+        print(f"segnode jobs retry: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        queue.close()
+    print(f"job {job.id} queued again ({job.kind.value} of series {job.series_instance_uid})")
+    return 0
+
+
+def _job_queue(args: argparse.Namespace) -> JobQueue | None:
+    config = _load_or_report(args.config)
+    if config is None:
+        return None
+    if not (config.node.storage_dir / INDEX_FILENAME).exists():
+        print(f"no segnode storage at {config.node.storage_dir}", file=sys.stderr)
+        return None
+    return JobQueue(config.node.storage_dir)
 
 
 def _per_frame(factors: SuvFactors, field: str) -> float | list[float | None] | None:
@@ -258,12 +339,8 @@ def _read_volume(path: Path) -> Volume:
     from dicomio.volume import Volume
 
     if path.is_dir():
-        # DICOMDIR indexes media; it is no image of the series.
-        files = sorted(
-            p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"
-        )
         try:
-            loaded = load_series(files)
+            loaded = load_series(_series_files(path))
         except SeriesError as exc:
             raise _InputError(str(exc)) from exc
         for warning in loaded.warnings:
@@ -283,6 +360,75 @@ def _read_volume(path: Path) -> Volume:
             "component(s) per voxel; a 3-D scalar CT volume is needed"
         )
     return Volume.from_sitk(image)
+
+
+def _series_files(folder: Path) -> list[Path]:
+    """The files of a series folder (DICOMDIR indexes media; it is no image)."""
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"
+    )
+
+
+def measurement_table(measurements: Sequence[StructureMeasurements]) -> str:
+    """The measurements as a plain-text table, the flags under their structure."""
+    pet = any(m.suv_mean is not None for m in measurements)
+    header = f"{'structure':<24} {'volume ml':>10} {'mass g':>9} {'HU mean':>8} {'HU sd':>6}"
+    if pet:
+        header += f" {'SUVmean':>8} {'SUVmax':>7} {'SUVpeak':>8}"
+    lines = [header]
+    for m in measurements:
+        line = (f"{m.name:<24} {m.volume_ml:>10.1f} {_number(m.mass_g, 9, 0)} {m.hu_mean:>8.1f} "
+                f"{m.hu_std:>6.1f}")
+        if pet:
+            line += f" {_number(m.suv_mean, 8, 2)} {_number(m.suv_max, 7, 2)} {_number(m.suv_peak, 8, 2)}"
+        lines.append(line)
+        if m.mirror_dice is not None:
+            lines.append(f"    mirror consistency Dice {m.mirror_dice:.3f}")
+        lines += [f"    QA flag {flag.kind.value}: {flag.detail}" for flag in m.flags]
+    return "\n".join(lines)
+
+
+def _number(value: float | None, width: int, decimals: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{decimals}f}"
+
+
+def _run_series(args: argparse.Namespace) -> int:
+    import socket
+
+    from config import Pipeline
+    from dicomio.series import SeriesError
+    from inference.model_store import ModelStoreError, open_segmenter
+    from node.pipeline import PipelineError, PipelineInputs, result_uid, run_pipeline
+
+    for folder in filter(None, (args.dir, args.pet)):
+        if not folder.is_dir():
+            print(f"segnode run-series: {folder}: not a folder", file=sys.stderr)
+            return 1
+    try:
+        segmenter = open_segmenter(args.model, _store(args), args.device)
+    except ModelStoreError as exc:
+        print(f"segnode run-series: {exc}", file=sys.stderr)
+        return 1
+    inputs = PipelineInputs(
+        ct_files=tuple(_series_files(args.dir)),
+        pet_files=tuple(_series_files(args.pet)) if args.pet else (),
+        pipeline_name="run-series",
+        settings=Pipeline(model=args.model, device=args.device),
+        created=datetime.now(timezone.utc),
+        # One observer UID per machine, as a node keeps one per installation.
+        device_uid=result_uid("installation", [socket.gethostname()], ()),
+    )
+    try:
+        result = run_pipeline(inputs, segmenter, args.out)
+    except (PipelineError, SeriesError, ValueError, OSError) as exc:
+        print(f"segnode run-series: {args.dir}: {exc}", file=sys.stderr)
+        return 1
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(measurement_table(result.measurements))
+    timings = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.seconds.items())
+    print(f"\nwrote {result.seg}, {result.sr}, {result.csv} and {result.labels} ({timings})")
+    return 0
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -344,6 +490,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(run=_status)
 
+    jobs = commands.add_parser("jobs", help="list jobs or queue a failed one again")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    jobs_list = jobs_commands.add_parser("list", help="every job with its state and last error")
+    jobs_list.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+    jobs_list.add_argument("--state", choices=[s.value for s in JobState], help="only jobs in this state")
+    jobs_list.add_argument("--json", action="store_true", help="print JSON")
+    jobs_list.set_defaults(run=_jobs_list)
+    retry = jobs_commands.add_parser("retry", help="queue a job again with its attempts reset")
+    retry.add_argument("id", type=int, metavar="ID")
+    retry.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+    retry.set_defaults(run=_jobs_retry)
+
     pet_suv = commands.add_parser(
         "pet-suv", help="SUV factors (SUVbw, SUL, SUVbsa) of PET image files"
     )
@@ -383,6 +541,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("--store", type=Path, help=store_help)
     segment.set_defaults(run=_segment)
+
+    run_series = commands.add_parser(
+        "run-series", help="the whole pipeline offline: SEG, SR and measurements of a CT series folder"
+    )
+    run_series.add_argument("dir", type=Path, metavar="DIR", help="CT series folder")
+    run_series.add_argument("--out", type=Path, required=True, metavar="OUTDIR",
+                            help="folder for seg.dcm, sr.dcm, measurements.csv and labels.nii.gz")
+    run_series.add_argument("--pet", type=Path, metavar="DIR",
+                            help="PET series folder of the same study and frame of reference")
+    run_series.add_argument("--model", default="builtin", help="model name (default: builtin)")
+    run_series.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)"
+    )
+    run_series.add_argument("--store", type=Path, help=store_help)
+    run_series.set_defaults(run=_run_series)
     return parser
 
 
@@ -394,8 +567,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if not args.verbose:
-        # pynetdicom logs every PDU at INFO; keep its warnings and errors.
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        # pynetdicom logs every PDU at INFO, highdicom every copied module;
+        # keep their warnings and errors.
+        for chatty in ("pynetdicom", "highdicom"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     return args.run(args)
 
 

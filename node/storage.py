@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.uid import generate_uid
+
 from node.validation import InstanceIdentity
 
 LOG = logging.getLogger(__name__)
@@ -134,3 +136,29 @@ class InstanceStore:
         if count:
             LOG.info("removed %d partial files left by an earlier run", count)
         return count
+
+
+INSTALLATION_UID_FILENAME = "installation-uid"
+
+
+def installation_uid(storage_dir: Path) -> str:
+    """The UID that names this segnode installation in what it writes (the
+    SEG's Device Serial Number, the SR's Device Observer UID), made once and
+    kept with the storage so that it survives restarts and upgrades."""
+    path = Path(storage_dir) / INSTALLATION_UID_FILENAME
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    uid = generate_uid(prefix=None)
+    partial = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    partial.write_text(uid + "\n")
+    try:
+        # Two processes starting at once: the first link wins, both read it.
+        os.link(partial, path)
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink()
+    _fsync_dir(path.parent)
+    return path.read_text().strip()

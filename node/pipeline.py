@@ -1,0 +1,241 @@
+"""One series through the stages: load, segment, quantify, check, encode.
+
+The same function runs in a worker for a routed series and in ``segnode
+run-series`` for a folder, so what a PACS gets back is what a user can
+reproduce offline.
+
+A retry must not make new objects: the SEG and SR UIDs are derived from the
+source instances, the PET series, the model and the pipeline, and both are
+dated by the time the job was queued, so a second run writes the same bytes
+and a destination that already has them just gets them again. A series
+that changed (a late slice) gets new UIDs, because its instances changed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from config import Pipeline
+from dicomio.csv import write_measurements_csv
+from dicomio.label_map import write_label_map
+from dicomio.measurements import StructureMeasurements
+from dicomio.pet import SuvVolume, load_suv_volume
+from dicomio.seg import plan_segments, write_seg
+from dicomio.series import load_series
+from dicomio.sr import write_measurement_report
+from inference.qa import mirror_dice, plausibility_flags
+from inference.quantify import DEFAULT_DENSITIES, quantify
+from inference.segmenter import Segmentation, Segmenter
+
+LOG = logging.getLogger(__name__)
+
+#: Series Numbers of what segnode writes, high so that viewers list them
+#: after the scanner's series.
+SEG_SERIES_NUMBER = 9001
+SR_SERIES_NUMBER = 9002
+
+#: Namespace of segnode's name-based UIDs.
+_UID_NAMESPACE = uuid.UUID("5e9a0de1-7c3b-4a52-9a7e-3d1f0c6b2e41")
+
+#: Attributes that highdicom fills with the time of writing; the job's time
+#: replaces them so that a retry writes identical objects.
+_DATED = (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"),
+          ("InstanceCreationDate", "InstanceCreationTime"))
+
+
+class PipelineError(Exception):
+    """A series the pipeline cannot process; the message says why."""
+
+
+@dataclass(frozen=True)
+class PipelineInputs:
+    """What one run works on.
+
+    ``created`` dates the objects: the time the job was queued.
+    ``device_uid`` identifies this segnode installation in the SEG and SR.
+    """
+
+    ct_files: tuple[Path, ...]
+    pet_files: tuple[Path, ...]
+    pipeline_name: str
+    settings: Pipeline
+    created: datetime
+    device_uid: str
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """Where the outputs were written, what they say, and how long each stage took."""
+
+    seg: Path
+    sr: Path
+    csv: Path
+    labels: Path
+    measurements: tuple[StructureMeasurements, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+def result_uid(role: str, source_uids: Sequence[str], identity: Sequence[str]) -> str:
+    """A UID for `role` (``"seg"``, ``"sr-series"``...) that depends only on
+    the source instances and the pipeline's identity: the 2.25 form of a
+    name-based UUID (PS3.5 B.2)."""
+    name = "\n".join([role, *sorted(source_uids), *identity])
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+def source_headers(files: Sequence[Path], used: set[str]) -> list[Dataset]:
+    """The headers of the instances a volume was built from (the SEG and
+    SR reference exactly those)."""
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    return [h for h in headers if h.SOPInstanceUID in used]
+
+
+def write_dicom_atomically(dataset: Dataset, path: Path) -> None:
+    """Write `dataset` to `path` durably; a reader never sees a partial file."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as out:
+        out.write(buffer.getbuffer())
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
+
+
+def date_object(dataset: Dataset, created: datetime) -> None:
+    """Date what highdicom dated now with the job's time instead."""
+    for date_keyword, time_keyword in _DATED:
+        if date_keyword in dataset:
+            setattr(dataset, date_keyword, created.strftime("%Y%m%d"))
+            setattr(dataset, time_keyword, created.strftime("%H%M%S.%f"))
+    for item in dataset.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = created.strftime("%Y%m%d%H%M%S.%f")
+
+
+def _fixed_dimension_organisation(seg: Dataset, uid: str) -> None:
+    """highdicom gives each SEG a random Dimension Organization UID; it only
+    links the SEG's own dimension index items, so a derived one serves."""
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = uid
+    for item in seg.get("DimensionIndexSequence", []):
+        item.DimensionOrganizationUID = uid
+
+
+class Stopwatch:
+    """Seconds per stage, for the job's log line and the metrics."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, stage: str, step: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        value = step()
+        self.seconds[stage] = round(time.perf_counter() - start, 3)
+        return value
+
+
+def run_pipeline(inputs: PipelineInputs, segmenter: Segmenter, out_dir: Path) -> PipelineResult:
+    """Segment, measure and encode one CT series (with its PET, if given)
+    into ``out_dir/seg.dcm``, ``sr.dcm`` and ``measurements.csv``, and keep
+    the label map (``labels.nii.gz`` and its legend) for later comparisons."""
+    clock = Stopwatch()
+    warnings: list[str] = []
+    loaded = clock.run("load", lambda: load_series(inputs.ct_files))
+    warnings += [f"{w.reason.value}: {len(w.sources)} image(s) left out: {w.detail}" for w in loaded.warnings]
+    volume = loaded.volume
+    if volume.modality != "CT":
+        raise PipelineError(f"series {volume.series_instance_uid} is {volume.modality}, not CT")
+    used = {s.sop_instance_uid for s in volume.sources}
+    headers = source_headers(inputs.ct_files, used)
+    pet: SuvVolume | None = None
+    pet_headers: list[Dataset] = []
+    if inputs.pet_files:
+        pet = clock.run("load_pet", lambda: load_suv_volume(inputs.pet_files))
+        warnings += list(pet.warnings)
+        pet_headers = source_headers(inputs.pet_files, {s.sop_instance_uid for s in pet.suv_bw.sources})
+
+    segmentation = clock.run("segment", lambda: segmenter.segment(volume))
+    series_uid = volume.series_instance_uid
+    segments = plan_segments(segmentation.labels, segmentation.structures, series_instance_uid=series_uid)
+    if not segments:
+        raise PipelineError(f"series {series_uid}: {segmenter.algorithm.name} found no structure")
+    densities = DEFAULT_DENSITIES.with_overrides(inputs.settings.densities)
+    measurements = clock.run(
+        "quantify", lambda: quantify(segmentation, segments, densities=densities, pet=pet)
+    )
+    measurements = clock.run("qa", lambda: _checked(measurements, segmentation, segmenter, inputs.settings))
+
+    identity = (inputs.pipeline_name, segmenter.algorithm.name, segmenter.algorithm.version,
+                pet.suv_bw.series_instance_uid if pet else "")
+    sources = sorted(used)
+
+    def encode() -> tuple[Dataset, Dataset]:
+        seg = write_seg(
+            volume, segmentation.labels, segmentation.structures, segmentation.algorithm, headers,
+            series_number=SEG_SERIES_NUMBER,
+            series_description=f"{segmenter.algorithm.name} segmentation"[:64],
+            device_serial_number=inputs.device_uid,
+            series_instance_uid=result_uid("seg-series", sources, identity),
+            sop_instance_uid=result_uid("seg", sources, identity),
+        )
+        date_object(seg, inputs.created)
+        _fixed_dimension_organisation(seg, result_uid("seg-dimensions", sources, identity))
+        sr = write_measurement_report(
+            measurements, seg, headers + pet_headers, segmentation.algorithm,
+            device_uid=inputs.device_uid,
+            series_number=SR_SERIES_NUMBER,
+            series_description=f"{segmenter.algorithm.name} measurements"[:64],
+            series_instance_uid=result_uid("sr-series", sources, identity),
+            sop_instance_uid=result_uid("sr", sources, identity),
+        )
+        date_object(sr, inputs.created)
+        return seg, sr
+
+    seg, sr = clock.run("encode", encode)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "measurements.csv", out_dir / "labels.nii.gz"
+
+    def write() -> None:
+        write_dicom_atomically(seg, paths[0])
+        write_dicom_atomically(sr, paths[1])
+        write_measurements_csv(measurements, paths[2])
+        write_label_map(segmentation.labels, volume, segmentation.structures, paths[3])
+
+    clock.run("write", write)
+    return PipelineResult(*paths, measurements=measurements, seconds=clock.seconds, warnings=tuple(warnings))
+
+
+def _checked(
+    measurements: tuple[StructureMeasurements, ...],
+    segmentation: Segmentation,
+    segmenter: Segmenter,
+    settings: Pipeline,
+) -> tuple[StructureMeasurements, ...]:
+    """The measurements with the pipeline's QA: plausibility flags and the
+    mirrored-prediction Dice where the model allows it."""
+    flags = plausibility_flags(segmentation) if settings.qa.plausibility else {}
+    values = {s.code.name: s.value for s in segmentation.structures}
+    mirror: dict[int, float] = {}
+    if settings.qa.mirror_consistency:
+        mirrored = segmenter.segment_mirrored(segmentation.volume)
+        if mirrored is None:
+            LOG.info("%s allows no mirrored prediction: no mirror consistency", segmenter.algorithm.name)
+        else:
+            mirror = mirror_dice(segmentation.labels, mirrored.labels, list(values.values()))
+    return tuple(
+        replace(m, flags=flags.get(m.name, ()), mirror_dice=mirror.get(values[m.name]))
+        for m in measurements
+    )

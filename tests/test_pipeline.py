@@ -1,0 +1,69 @@
+"""The pipeline offline (``segnode run-series``): outputs, validity, determinism."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from config import Pipeline
+from inference.builtin import BuiltinSegmenter
+from node.pipeline import PipelineInputs, run_pipeline
+from tests.synthetic import write_ct_series
+from tests.test_seg import dciodvfy
+
+
+@pytest.fixture(scope="module")
+def ct_series(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("ct")
+    return write_ct_series(folder, slices=30, rows=128, columns=128, pixel_spacing=(3.0, 3.0),
+                           slice_thickness=3.0)
+
+
+def inputs(files, created=datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)) -> PipelineInputs:
+    return PipelineInputs(tuple(files), (), "organs", Pipeline(), created, "2.25.1234")
+
+
+def test_outputs_are_valid_and_reference_every_source(ct_series, tmp_path):
+    result = run_pipeline(inputs(ct_series), BuiltinSegmenter(), tmp_path)
+    for path in (result.seg, result.sr):
+        dciodvfy(path)
+    seg, sr = pydicom.dcmread(result.seg), pydicom.dcmread(result.sr)
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in ct_series}
+    referenced = {item.ReferencedSOPInstanceUID
+                  for series in seg.ReferencedSeriesSequence for item in series.ReferencedInstanceSequence}
+    assert referenced == sources
+    assert seg.ContentDate == sr.ContentDate == "20260304"
+    assert seg.DeviceSerialNumber == "2.25.1234"
+    with result.csv.open() as table:
+        rows = list(csv.DictReader(table))
+    assert [r["structure"] for r in rows] == [m.name for m in result.measurements]
+    assert "body" in [m.name for m in result.measurements]
+    assert result.labels.exists() and result.labels.with_name("labels.json").exists()
+
+
+def test_a_rerun_writes_the_same_bytes_and_a_changed_series_new_uids(ct_series, tmp_path):
+    first = run_pipeline(inputs(ct_series), BuiltinSegmenter(), tmp_path / "a")
+    again = run_pipeline(inputs(ct_series), BuiltinSegmenter(), tmp_path / "b")
+    assert first.seg.read_bytes() == again.seg.read_bytes()
+    assert first.sr.read_bytes() == again.sr.read_bytes()
+    fewer = run_pipeline(inputs(ct_series[:-1]), BuiltinSegmenter(), tmp_path / "c")
+    uids = lambda r: {pydicom.dcmread(p).SOPInstanceUID for p in (r.seg, r.sr)}  # noqa: E731
+    assert not uids(first) & uids(fewer)
+
+
+def test_run_series_prints_the_table_and_refuses_a_missing_folder(ct_series, tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "node.cli", "run-series", str(ct_series[0].parent),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "body" in done.stdout and "volume ml" in done.stdout
+    assert {p.name for p in out.iterdir()} >= {"seg.dcm", "sr.dcm", "measurements.csv", "labels.nii.gz"}
+    done = subprocess.run([sys.executable, "-m", "node.cli", "run-series", str(tmp_path / "absent"),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 1 and "not a folder" in done.stderr
