@@ -7,7 +7,10 @@
   lobes (left, right, both) on the 3 mm torso; the body, for which no
   reference exists, as the share of all labelled reference voxels inside
   it and the number of body voxels in outside air. The phantom's known
-  truth is scored too.
+  truth is scored too. The Siemens reference was made on a 3 mm grid (its
+  outlines run in steps of 3 pixels, and 13 of its 20 slices are
+  distinct), so the ceiling for any full-resolution skeleton is printed:
+  the Dice of ours against itself quantised to 3 mm.
 * Timing: seconds for ``BuiltinSegmenter().segment`` on a synthetic
   512x512xN CT (the torso phantom of tests/test_builtin.py at 0.94 mm,
   1 mm slices), best of ``--repeat`` runs, with the peak resident memory.
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -53,6 +57,8 @@ def report_shared_data() -> None:
     print(f"  skeleton vs bone classes      Dice {dice(labels == VALUE['skeleton'], bone):.3f}")
     with_cartilage = bone | classes_mask(reference, r"^costal_cartilages$")
     print(f"  (with costal cartilage        Dice {dice(labels == VALUE['skeleton'], with_cartilage):.3f})")
+    skeleton = labels == VALUE["skeleton"]
+    print(f"  (itself on a 3 mm grid        Dice {dice(skeleton, _quantised(skeleton, volume, 3.0)):.3f})")
     _body_figures(volume, labels, reference)
 
     volume, reference = torso_case()
@@ -66,6 +72,19 @@ def report_shared_data() -> None:
     bone = classes_mask(reference, BONE_CLASSES)
     print(f"  skeleton vs bone classes      Dice {dice(labels == VALUE['skeleton'], bone):.3f}")
     _body_figures(volume, labels, reference)
+
+
+def _quantised(mask: np.ndarray, volume, voxel_mm: float) -> np.ndarray:
+    """`mask` as a segmentation made on an isotropic grid of `voxel_mm` would
+    show it on the volume's grid: partial-volume fractions over 0.5, then
+    nearest neighbour back."""
+    image = sitk.GetImageFromArray(mask.astype(np.float32))
+    image.CopyInformation(volume.to_sitk())
+    size = [max(1, round(n * s / voxel_mm)) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
+    grid = (image.GetOrigin(), (voxel_mm,) * 3, image.GetDirection())
+    coarse = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, *grid)
+    back = sitk.Resample(coarse > 0.5, image, sitk.Transform(), sitk.sitkNearestNeighbor)
+    return sitk.GetArrayFromImage(back).astype(bool)
 
 
 def _body_figures(volume, labels: np.ndarray, reference: np.ndarray) -> None:

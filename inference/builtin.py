@@ -20,12 +20,16 @@ volume's affine), so the same code serves 0.8 mm and 3 mm CT:
 * **skeleton**: voxels above a bone edge (200 HU on 1 mm voxels, 130 HU
   on 3 mm ones, where partial volume dims thin cortex), less pools of
   contrast medium (solid, at least 12 mm across, brighter than their
-  surroundings, which are not bone), in parts that hold cortical bone at
-  least 4 mm thick (plaques and calcified cartilage are thinner); then the
+  surroundings, which are not bone), in parts that hold cortical density
+  and are at least 4 mm thick once their marrow is filled (a rib with a
+  thin cortex is; plaques and calcified cartilage plates are not); then the
   inside of each bone, enclosed in its slice once gaps of up to 12 mm in
   the cortex are bridged: whole where small or fatty (marrow), elsewhere
   its voxels denser than 60 HU (trabecular bone), so that the spinal canal
-  and vessel lumens (water, blood) stay out.
+  and vessel lumens (water, blood) stay out; such voxels that form a layer
+  at least 3 times wider than tall are an intervertebral disc ringed by
+  osteophytes and stay out too; last, holes under 1 cm2 left in a bone
+  are marrow.
 * **subcutaneous fat, visceral fat, skeletal muscle**: the body-composition
   HU windows (fat -190 to -30, muscle -29 to 150) split by compartment:
   subcutaneous fat is the fat reached from the skin without crossing the
@@ -47,7 +51,7 @@ morphology with large structuring elements (the body's opening, closing
 the muscle wall and the bone cortex, the wall's depth) on a grid of about
 2 mm, where it costs an eighth of the full-resolution work; thresholds,
 hole filling and boundaries stay at full resolution. Measured with
-bench/builtin_dice.py: 14 s for a 512x512x600 CT (one core; the
+bench/builtin_dice.py: 13 s for a 512x512x600 CT (one core; the
 machine has two).
 """
 
@@ -101,6 +105,7 @@ _MUSCLE_HU: Final = (-29, 150)
 _SOFT_TISSUE_HU: Final = (-250, 150)
 #: Cortical bone reaches this even on 3 mm voxels; calcified cartilage and
 #: plaques do too, but are thinner (see _BONE_MIN_HALF_THICKNESS_MM).
+#: Thin cortex reaches it only at its crest, not 2 mm deep.
 _CORTICAL_HU: Final = 300
 #: Contrast pools: solid, at least 12 mm across and 100 HU brighter than
 #: around them. Excreted contrast denser than _POOL_MAX_HU (renal pelvis,
@@ -153,12 +158,17 @@ _MAIN_BRONCHUS_MAX_MM: Final = 50.0
 _AIRWAY_LEAK_FACTOR: Final = 2.5
 #: A daughter branch has at least this share of its parent's cross-section.
 _BRANCH_MIN_SHARE: Final = 0.15
-#: Bones thinner than twice this nowhere are plaques or calcified cartilage.
+#: Bones (marrow filled) thinner than twice this nowhere are plaques or
+#: calcified cartilage.
 _BONE_MIN_HALF_THICKNESS_MM: Final = 2.0
 #: Gaps in the cortex that closing bridges before the inside is filled.
 _BONE_CLOSING_MM: Final = 6.0
 #: Holes this small are marrow whatever their density (ribs, long bones).
 _MARROW_SMALL_CM2: Final = 1.0
+#: A vertebral body is at most about twice as wide as it is tall; an
+#: intervertebral disc is 3 to 6 times (lumbar 45 x 10 mm, thoracic
+#: 30 x 5 mm, cervical 18 x 5 mm).
+_DISC_FLATNESS: Final = 3.0
 #: Largest bone cross-section (vertebral body, femoral head); a larger
 #: enclosed region is a cavity ringed by bones (pelvis, thorax).
 _BONE_MAX_HOLE_CM2: Final = 30.0
@@ -176,6 +186,8 @@ _TRUNK_DOMINANCE: Final = 2.0
 _FULL: Final = np.ones((3, 3, 3), dtype=bool)
 _IN_SLICE: Final = np.zeros((3, 3, 3), dtype=bool)
 _IN_SLICE[1] = ndi.generate_binary_structure(2, 1)
+_ALONG_SLICES: Final = np.zeros((3, 3, 3), dtype=bool)
+_ALONG_SLICES[:, 1, 1] = True
 #: Canonical axis k runs along this LPS axis: superior (z), posterior (y), left (x).
 _LPS_AXIS: Final = (2, 1, 0)
 
@@ -214,6 +226,11 @@ class BuiltinSegmenter:
             structures=self.structures,
             algorithm=ALGORITHM,
         )
+
+    def segment_mirrored(self, volume: Volume) -> None:
+        """None: the rules name a lung's side by where it lies in patient
+        space, so in a mirrored image left and right swap by design."""
+        return None
 
 
 def segment_canonical(hu: np.ndarray, spacing: Spacing) -> np.ndarray:
@@ -408,6 +425,19 @@ def _dilated_in_slice(mask: np.ndarray, spacing: Spacing, radius_mm: float) -> n
 def _opened_in_slice(mask: np.ndarray, spacing: Spacing, radius_mm: float) -> np.ndarray:
     """Opening: what remains of `mask` where a disk of about `radius_mm` fits."""
     return _dilated_in_slice(_eroded_in_slice(mask, spacing, radius_mm), spacing, radius_mm)
+
+
+def _opened_along_slices(mask: np.ndarray, spacing: Spacing, radius_mm: float) -> np.ndarray:
+    """Opening along the slice axis: what remains of `mask` where it runs 2x `radius_mm` across slices.
+
+    Beyond the first and last slices `mask` is taken to go on, so that a
+    vessel is not cut short where the scan ends.
+    """
+    steps = int(radius_mm // spacing[0])
+    if not steps:
+        return mask
+    eroded = ndi.binary_erosion(mask, _ALONG_SLICES, iterations=steps, border_value=1)
+    return ndi.binary_dilation(eroded, _ALONG_SLICES, iterations=steps)
 
 
 def _closed_in_slice(mask: np.ndarray, spacing: Spacing, radius_mm: float) -> np.ndarray:
@@ -816,9 +846,10 @@ def _separate(mask: np.ndarray, on_left: np.ndarray, coarse: _Coarse, spacing: S
 def skeleton_mask(hu: np.ndarray, body: np.ndarray, spacing: Spacing, coarse: _Coarse) -> np.ndarray:
     """All bone, marrow included.
 
-    Dense voxels form bone where their part holds cortical bone of a
-    plausible thickness; then what the cortex encloses in each slice (gaps
-    bridged) is added where it is bone-like (see :func:`_bone_interior`).
+    Dense voxels form bone where their part is thick enough and holds
+    cortical density (see :func:`_thick_parts`); then what the cortex
+    encloses in each slice (gaps bridged) is added where it is bone-like
+    (see :func:`_bone_interior`).
     Contrast in vessels, kidneys and bowel is not bone: a pool of it is
     brighter than its surroundings, while bone's cortex is at least as
     bright as its inside (see :func:`_contrast_pools`); a calcified vessel
@@ -829,7 +860,9 @@ def skeleton_mask(hu: np.ndarray, body: np.ndarray, spacing: Spacing, coarse: _C
     dense |= _small_holes(dense, spacing) & body
     core = _thick_parts(dense, hu, spacing)
     # A bone cut by the edge of the image encloses outside air with the edge.
-    return core | (_bone_interior(core, hu, spacing, coarse) & body)
+    bone = core | (_bone_interior(core, hu, spacing, coarse) & body)
+    # Marrow darker than _MARROW_HU (fat, noise) inside trabecular bone.
+    return bone | (_small_holes(bone, spacing) & body)
 
 
 def _bone_edge_hu(spacing: Spacing) -> float:
@@ -847,8 +880,10 @@ def _bone_edge_hu(spacing: Spacing) -> float:
 def _contrast_pools(hu: np.ndarray, dense: np.ndarray, spacing: Spacing, coarse: _Coarse) -> np.ndarray:
     """Dense voxels that belong to a pool of contrast medium (vessel, urinary tract, bowel).
 
-    A pool is a solid dense region at least 2x _POOL_MIN_RADIUS_MM across
-    (an in-slice opening on the coarse grid) whose 3-D surroundings are on
+    A pool is a solid dense region at least 2x _POOL_MIN_RADIUS_MM across,
+    within its slice and along the slice axis (openings on the coarse grid:
+    a bone plate seen face on, an endplate or the skull's vertex, is as
+    wide but thinner), whose 3-D surroundings are on
     average _POOL_CONTRAST_HU darker than it and mostly not dense: a lumen
     is the brightest thing around, in soft tissue, whereas trabecular bone
     of the same density is enclosed by cortex and joins other bone (on
@@ -859,6 +894,7 @@ def _contrast_pools(hu: np.ndarray, dense: np.ndarray, spacing: Spacing, coarse:
     coarse_spacing = coarse.spacing(spacing)
     solid = coarse.mean(dense & (hu < _POOL_MAX_HU)) >= 0.5
     cores = _opened_in_slice(solid, coarse_spacing, _POOL_MIN_RADIUS_MM)
+    cores &= _opened_along_slices(solid, coarse_spacing, _POOL_MIN_RADIUS_MM)
     if not cores.any():
         return np.zeros(hu.shape, dtype=bool)
     ring = _ball(coarse_spacing, _POOL_RING_MM)
@@ -897,11 +933,22 @@ def _small_holes(mask: np.ndarray, spacing: Spacing) -> np.ndarray:
 
 
 def _thick_parts(dense: np.ndarray, hu: np.ndarray, spacing: Spacing) -> np.ndarray:
-    """Connected parts of `dense` holding cortical bone at least 2x _BONE_MIN_HALF_THICKNESS_MM thick."""
+    """Connected parts of `dense` at least 2x _BONE_MIN_HALF_THICKNESS_MM thick
+    somewhere and holding voxels of cortical density.
+
+    `dense` has its small holes filled, so a rib is as thick as its whole
+    section even where its cortex is 1-2 mm thin around the marrow; the
+    thick place and the cortical voxels need not coincide, since such a
+    cortex reaches _CORTICAL_HU only at its crest (whole ribs were lost when
+    the cortex had to be that dense 2 mm deep).
+    """
     parts, count = ndi.label(dense, structure=_FULL)
-    thick = _eroded_in_slice(dense, spacing, _BONE_MIN_HALF_THICKNESS_MM) & (hu >= _CORTICAL_HU)
+    thick = _eroded_in_slice(dense, spacing, _BONE_MIN_HALF_THICKNESS_MM)
     keep = np.zeros(count + 1, dtype=bool)
     keep[parts[thick]] = True
+    cortical = np.zeros(count + 1, dtype=bool)
+    cortical[parts[dense & (hu >= _CORTICAL_HU)]] = True
+    keep &= cortical
     keep[0] = False
     return keep[parts]
 
@@ -916,7 +963,8 @@ def _bone_interior(core: np.ndarray, hu: np.ndarray, spacing: Spacing, coarse: _
     (yellow marrow of long bones), otherwise only its voxels denser than
     _MARROW_HU (trabecular bone): the spinal canal (CSF, cord) and vessel
     lumens ringed by plaques have the density of water or blood and stay
-    out.
+    out. Trabecular parts that are intervertebral discs are left out too
+    (see :func:`_disc_layers`).
     """
     coarse_core = coarse.mean(core) > 0
     bridges = _closed_in_slice(coarse_core, coarse.spacing(spacing), _BONE_CLOSING_MM) & ~coarse_core
@@ -931,8 +979,44 @@ def _bone_interior(core: np.ndarray, hu: np.ndarray, spacing: Spacing, coarse: _
     fits = area_cm2 <= _BONE_MAX_HOLE_CM2
     whole[0] = fits[0] = False
     out = np.zeros(core.shape, dtype=bool)
-    out[box] = fits[regions] & (whole[regions] | (hu[box] > _MARROW_HU))
+    out[box] = fits[regions] & ~whole[regions] & (hu[box] > _MARROW_HU)
+    out &= ~_disc_layers(out, spacing)
+    out[box] |= fits[regions] & whole[regions]
     return out
+
+
+def _disc_layers(trabecular: np.ndarray, spacing: Spacing) -> np.ndarray:
+    """The connected parts of `trabecular` that are intervertebral discs.
+
+    Where a degenerate disc is ringed by osteophytes and the rims of the
+    endplates, its slices look like the inside of a vertebral body, and
+    fibrocartilage (70-120 HU) is as dense as osteoporotic trabecular bone.
+    In 3-D, though, a disc is a layer at least _DISC_FLATNESS times wider
+    than tall, and the inside of a vertebral body is not. A part cut by the
+    first or last slice is kept: its height is unknown.
+    """
+    parts, _ = ndi.label(trabecular)
+    discs = np.zeros(trabecular.shape, dtype=bool)
+    for index, box in enumerate(ndi.find_objects(parts), start=1):
+        if box[0].start == 0 or box[0].stop == trabecular.shape[0]:
+            continue
+        height_mm = (box[0].stop - box[0].start) * spacing[0]
+        narrowest_mm = min((b.stop - b.start) * s for b, s in zip(box[1:], spacing[1:], strict=True))
+        if narrowest_mm < _DISC_FLATNESS * height_mm:
+            continue  # cannot be that flat: skip the costlier measure
+        part = parts[box] == index
+        if _widest_disk_mm(part, spacing) >= _DISC_FLATNESS * height_mm:
+            discs[box] |= part
+    return discs
+
+
+def _widest_disk_mm(part: np.ndarray, spacing: Spacing) -> float:
+    """Diameter of the largest disk that fits in a slice of `part`, holes filled."""
+    widest = 0.0
+    for section in part:
+        filled = np.pad(ndi.binary_fill_holes(section), 1)
+        widest = max(widest, float(ndi.distance_transform_edt(filled, sampling=spacing[1:]).max()))
+    return 2.0 * widest
 
 
 # ---------------------------------------------------------------------------

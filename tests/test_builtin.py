@@ -9,7 +9,9 @@ Three kinds of test:
   vessels, a trachea dividing into two bronchi, a gas-filled bowel loop, an
   aorta full of arterial contrast, and a table under the patient; built in
   the DICOM axial orientation and in two others (NIfTI-like, transposed) to
-  prove that left and right come from the affine;
+  prove that left and right come from the affine; and a degenerate spine
+  (``spine_phantom``: osteoporotic vertebrae, discs ringed by osteophytes,
+  a thin-cortex rib, a calcified artery) at slice spacings of 1 to 5 mm;
 * the real CT of ../shared/data against TotalSegmentator's reference
   (skipped, with the reason, where that data is absent);
 * unit tests of inference/postprocess.py.
@@ -178,13 +180,79 @@ def ct_phantom(
         truth["table"][k] = table
     for side in ("lung_left", "lung_right"):
         truth[side] &= ~truth["airway"]
-    hu += np.random.default_rng(seed).normal(0, 15, shape).astype(np.float32)
-    array = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
-    affine = np.array(
-        [[0, 0, dx, x[0]], [0, dy, 0, y[0]], [dz, 0, 0, z[0]], [0, 0, 0, 1]], dtype=float
-    )
+    array, affine = _noisy_ct(hu, spacing, (x[0], y[0], z[0]), seed)
     array, affine, truth = _reorient(array, affine, truth, orientation)
-    volume = Volume(
+    return Phantom(_ct_volume(array, affine), truth)
+
+
+def spine_phantom(slice_mm: float = 2.0, seed: int = 0) -> Phantom:
+    """A degenerate spine, a rib and a calcified artery in soft tissue (1 mm pixels, 120 mm high).
+
+    Four osteoporotic vertebral bodies (1.5 mm cortex and 2 mm endplates
+    at 500 HU around trabecular bone of 110 HU, 24 mm tall, 36 mm wide)
+    with three discs of 90 HU between them, 8 mm tall and ringed by
+    osteophytes (700 HU, 4 mm thick); a rib (14 x 9 mm) whose cortex is
+    1.2 mm thin around marrow of 60 HU; an artery of 20 mm with a calcified
+    plaque (800 HU, 1.5 mm thick) along half its wall. All run the whole
+    height. Each slice averages the anatomy over its `slice_mm` (drawn
+    every 0.5 mm), as a CT slice does; the truth holds the voxels wholly
+    of one kind: "vertebrae" (cortex, endplates and trabecular bone),
+    "trabecular", "disc", "rib" (cortex and marrow), "plaque".
+    """
+    spacing = (slice_mm, 1.0, 1.0)
+    shape = (int(120 // slice_mm), 200, 200)
+    y = (np.arange(shape[1]) - (shape[1] - 1) / 2) * spacing[1]
+    x = (np.arange(shape[2]) - (shape[2] - 1) / 2) * spacing[2]
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    spine_r = np.hypot(xx, yy - 40)
+    rib = ((xx + 60) / 7) ** 2 + (yy / 4.5) ** 2 <= 1
+    rib_marrow = ((xx + 60) / 5.8) ** 2 + (yy / 3.3) ** 2 <= 1
+    artery_r = np.hypot(xx - 50, yy)
+    plaque = (artery_r > 10) & (artery_r <= 11.5) & (yy > 0)
+    sections = {}
+    for kind in ("trabecular", "endplate", "disc"):
+        s = np.where(((xx / 90) ** 2 + (yy / 80) ** 2) <= 1, MUSCLE, AIR).astype(np.float32)
+        if kind == "disc":
+            s[spine_r <= 18] = 90
+            s[(spine_r > 18) & (spine_r <= 22)] = 700
+        else:
+            s[spine_r <= 18] = CORTEX if kind == "endplate" else 110
+            s[(spine_r > 16.5) & (spine_r <= 18)] = CORTEX
+        s[rib], s[rib_marrow] = CORTEX, 60
+        s[artery_r <= 10], s[plaque] = 40, 800
+        sections[kind] = s
+    hu = np.empty(shape, dtype=np.float32)
+    names = ("vertebrae", "trabecular", "disc", "rib", "plaque")
+    truth = {name: np.zeros(shape, dtype=bool) for name in names}
+    for k in range(shape[0]):
+        # A vertebral body from 0 to 24 mm (endplates at either end), then a disc.
+        heights = (k * slice_mm + np.arange(0.25, slice_mm, 0.5)) % 32
+        kinds = ["disc" if h >= 24 else "endplate" if h < 2 or h >= 22 else "trabecular" for h in heights]
+        hu[k] = np.mean([sections[kind] for kind in kinds], axis=0)
+        truth["vertebrae"][k] = "disc" not in kinds and spine_r <= 18
+        truth["trabecular"][k] = set(kinds) == {"trabecular"} and spine_r <= 16.5
+        truth["disc"][k] = set(kinds) == {"disc"} and spine_r <= 18
+        truth["rib"][k], truth["plaque"][k] = rib, plaque
+    array, affine = _noisy_ct(hu, spacing, (x[0], y[0], slice_mm / 2), seed)
+    return Phantom(_ct_volume(array, affine), truth)
+
+
+def _noisy_ct(
+    hu: np.ndarray, spacing: tuple[float, float, float], origin: tuple[float, float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stored CT values (HU with 15 HU Gaussian noise, int16) and the affine of a canonical
+    array whose first voxel is at `origin` (x, y, z in mm)."""
+    noisy = hu + np.random.default_rng(seed).normal(0, 15, hu.shape).astype(np.float32)
+    array = np.clip(np.round(noisy), -1024, 3071).astype(np.int16)
+    dz, dy, dx = spacing
+    x0, y0, z0 = origin
+    affine = np.array([[0, 0, dx, x0], [0, dy, 0, y0], [dz, 0, 0, z0], [0, 0, 0, 1]], dtype=float)
+    return array, affine
+
+
+def _ct_volume(array: np.ndarray, affine: np.ndarray) -> Volume:
+    """A CT Volume of a phantom's array (fixed UIDs, one source image per slice)."""
+    return Volume(
         array=array,
         affine=affine,
         frame_of_reference_uid="1.2.826.0.1.3680043.8.498.1",
@@ -193,7 +261,6 @@ def ct_phantom(
         modality="CT",
         sources=tuple(SourceFrame("1.2.840.10008.5.1.4.1.1.2", f"1.2.3.{k}") for k in range(array.shape[0])),
     )
-    return Phantom(volume, truth)
 
 
 def _airway_section(xx: np.ndarray, yy: np.ndarray, z: float, z_carina: float, height: float) -> np.ndarray:
@@ -314,6 +381,29 @@ def test_skeleton_includes_marrow_not_contrast_or_canal(phantom: Phantom, labels
     assert np.mean(skeleton[phantom.truth["canal"]]) <= 0.02
 
 
+@pytest.fixture(scope="module", params=[1.0, 2.0, 3.0, 5.0], ids=lambda mm: f"{mm:g}mm-slices")
+def spine(request: pytest.FixtureRequest) -> tuple[Phantom, np.ndarray]:
+    phantom = spine_phantom(slice_mm=request.param)
+    return phantom, BuiltinSegmenter().segment(phantom.volume).labels == VALUE["skeleton"]
+
+
+def test_disc_ringed_by_osteophytes_is_not_bone(spine: tuple[Phantom, np.ndarray]) -> None:
+    """In its slices a disc inside an osteophyte ring looks like an osteoporotic
+    vertebral body (90 HU inside a bony ring); in 3-D it is a flat layer."""
+    phantom, skeleton = spine
+    assert np.mean(skeleton[phantom.truth["disc"]]) <= 0.02
+    assert np.mean(skeleton[phantom.truth["trabecular"]]) >= 0.98
+    assert np.mean(skeleton[phantom.truth["vertebrae"]]) >= 0.98
+
+
+def test_thin_cortex_rib_is_bone_and_plaque_is_not(spine: tuple[Phantom, np.ndarray]) -> None:
+    """Both are thin shells of cortical density: the rib's encloses marrow
+    and makes it 9 mm thick, the plaque's lines a lumen."""
+    phantom, skeleton = spine
+    assert np.mean(skeleton[phantom.truth["rib"]]) >= 0.98
+    assert np.mean(skeleton[phantom.truth["plaque"]]) <= 0.02
+
+
 def test_body_composition_compartments(phantom: Phantom, labels: np.ndarray) -> None:
     truth = phantom.truth
     trunk_sat = truth["subcutaneous_fat"] & (phantom.volume.array < -30)
@@ -425,17 +515,21 @@ needs_shared_data = pytest.mark.skipif(
 
 @needs_shared_data
 def test_siemens_skeleton_and_body_against_totalsegmentator() -> None:
-    """Skeleton Dice 0.76 (a 200 HU threshold: 0.49).
+    """Skeleton Dice 0.78 (a 200 HU threshold: 0.49).
 
-    Below the issue's 0.80: what the rules call bone and the reference does
-    not is mostly real calcium (endplates and osteophytes in the 3 mm slices
-    at the disc levels, calcified costal cartilage and aortic wall, rib
-    heads), and the reference repeats every other slice pair, so oblique
-    ribs disagree by a slice. bench/builtin_dice.py prints the figures.
+    Below the issue's 0.80. The reference was made on a 3 mm grid (runs of
+    3 voxels in each slice, 13 distinct slices of 20): the skeleton
+    quantised the same way scores 0.86 against itself. What the rules call
+    bone and the reference does not is mostly real: rib heads at T11-T12
+    and the ribs' ends at the costal cartilages, which it leaves out or
+    calls cartilage; calcified aortic wall fused to T12; the
+    osteophyte-ringed T12-L1 disc, whose inside joins T12's through gaps
+    in the endplate (the T11-T12 disc is left out).
+    bench/builtin_dice.py prints the figures.
     """
     volume, reference = siemens_case()
     labels = BuiltinSegmenter().segment(volume).labels
-    assert dice(labels == VALUE["skeleton"], classes_mask(reference, BONE_CLASSES)) >= 0.75
+    assert dice(labels == VALUE["skeleton"], classes_mask(reference, BONE_CLASSES)) >= 0.775
     body = labels > 0
     assert np.mean(body[reference > 0]) >= 0.995
     assert not (body & outside_air(volume.array)).any()
@@ -451,7 +545,7 @@ def test_torso_lungs_and_body_against_totalsegmentator() -> None:
     assert dice(lungs, left | right) >= 0.95
     assert dice(labels == VALUE["lung_left"], left) >= 0.95
     assert dice(labels == VALUE["lung_right"], right) >= 0.95
-    assert dice(labels == VALUE["skeleton"], classes_mask(reference, BONE_CLASSES)) >= 0.85
+    assert dice(labels == VALUE["skeleton"], classes_mask(reference, BONE_CLASSES)) >= 0.9
     body = labels > 0
     assert np.mean(body[reference > 0]) >= 0.995
     assert not (body & outside_air(volume.array)).any()
