@@ -67,7 +67,7 @@ from scipy import ndimage as ndi
 
 from dicomio.codes import BUILTIN_STRUCTURES, MORPHOLOGICAL_OPERATIONS, structure_code
 from dicomio.seg import AlgorithmIdentity, LabelledStructure
-from dicomio.volume import Volume
+from dicomio.volume import AxisOrder, Volume
 from inference.postprocess import HoleFilling, Spacing, fill_holes
 from inference.segmenter import Segmentation
 
@@ -188,8 +188,9 @@ _IN_SLICE: Final = np.zeros((3, 3, 3), dtype=bool)
 _IN_SLICE[1] = ndi.generate_binary_structure(2, 1)
 _ALONG_SLICES: Final = np.zeros((3, 3, 3), dtype=bool)
 _ALONG_SLICES[:, 1, 1] = True
-#: Canonical axis k runs along this LPS axis: superior (z), posterior (y), left (x).
-_LPS_AXIS: Final = (2, 1, 0)
+#: The canonical view the rules reason in: axis 0 to the head, axis 1 to the
+#: back, axis 2 to the patient's left (a DICOM axial series as stored).
+CANONICAL: Final = "SPL"
 
 
 class BuiltinSegmenter:
@@ -217,11 +218,11 @@ class BuiltinSegmenter:
             raise ValueError(
                 f"series {volume.series_instance_uid}: the built-in segmenter needs CT, not {volume.modality}"
             )
-        orientation = _Orientation.of(volume.affine)
-        hu = orientation.to_canonical(volume.array)
-        labels = segment_canonical(hu, orientation.spacing(volume.spacing))
+        order = AxisOrder.towards(volume.affine, CANONICAL)
+        hu = order.view(volume.array)
+        labels = segment_canonical(hu, order.spacing(volume.spacing))
         return Segmentation(
-            labels=np.ascontiguousarray(orientation.from_canonical(labels)),
+            labels=np.ascontiguousarray(order.back(labels)),
             volume=volume,
             structures=self.structures,
             algorithm=ALGORITHM,
@@ -290,45 +291,6 @@ def _inside_body(hu: np.ndarray, body: np.ndarray, spacing: Spacing) -> np.ndarr
 # ---------------------------------------------------------------------------
 # Grids
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Orientation:
-    """Which array axis (and direction) becomes each canonical axis.
-
-    The permutation that best aligns the array axes with LPS is chosen, so
-    an oblique acquisition is treated as the nearest axial, coronal or
-    sagittal one.
-    """
-
-    axes: tuple[int, int, int]
-    flips: tuple[bool, bool, bool]
-
-    @classmethod
-    def of(cls, affine: np.ndarray) -> _Orientation:
-        directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-
-        def alignment(axes: tuple[int, ...]) -> float:
-            return sum(abs(directions[_LPS_AXIS[k], axes[k]]) for k in range(3))
-
-        axes = max(itertools.permutations(range(3)), key=alignment)
-        flips = tuple(bool(directions[_LPS_AXIS[k], axes[k]] < 0) for k in range(3))
-        return cls(axes=axes, flips=flips)  # type: ignore[arg-type]
-
-    def _flip(self, array: np.ndarray) -> np.ndarray:
-        return array[tuple(slice(None, None, -1) if flip else slice(None) for flip in self.flips)]
-
-    def to_canonical(self, array: np.ndarray) -> np.ndarray:
-        """A view of `array` in canonical axis order."""
-        return self._flip(array.transpose(self.axes))
-
-    def from_canonical(self, array: np.ndarray) -> np.ndarray:
-        """A view of a canonical array in the volume's axis order."""
-        return self._flip(array).transpose(np.argsort(self.axes))
-
-    def spacing(self, spacing: Spacing) -> Spacing:
-        """`spacing` in canonical axis order."""
-        return (spacing[self.axes[0]], spacing[self.axes[1]], spacing[self.axes[2]])
 
 
 @dataclass(frozen=True)
