@@ -65,6 +65,36 @@ class NodeMetrics:
             ["result"],
             registry=r,
         )
+        self.outbox_pending = Gauge(
+            "segnode_outbox_pending",
+            "Files waiting in the outbox, by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.outbox_failed = Gauge(
+            "segnode_outbox_failed",
+            "Files given up on after repeated permanent refusals, by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.outbox_oldest_pending = Gauge(
+            "segnode_outbox_oldest_pending_seconds",
+            "Time since the oldest waiting file was queued, by destination (0 when none waits).",
+            ["destination"],
+            registry=r,
+        )
+        self.instances_sent = Counter(
+            "segnode_instances_sent_total",
+            "Files acknowledged by a destination (success or warning status), by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.send_failures = Counter(
+            "segnode_send_failures_total",
+            "Attempts to send a file that failed, by destination and outcome.",
+            ["destination", "outcome"],
+            registry=r,
+        )
 
     def serve(self, host: str, port: int) -> None:
         """Expose ``/metrics`` over HTTP on a daemon thread."""
