@@ -11,6 +11,7 @@ from config.schema import (
     Route,
     RouteMatch,
     SegnodeConfig,
+    SendingSettings,
 )
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Route",
     "RouteMatch",
     "SegnodeConfig",
+    "SendingSettings",
     "load_config",
     "parse_config",
 ]

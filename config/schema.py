@@ -132,6 +132,22 @@ class JobSettings(_Strict):
     retry_max_seconds: float = Field(1800.0, gt=0)
 
 
+class SendingSettings(_Strict):
+    """Delivery of results from the outbox.
+
+    A destination that is down is retried forever, waits doubling from the
+    base up to the maximum (so results arrive at most that long after it is
+    back); a file it refuses outright is given up after ``max_refusals``.
+    ``timeout_seconds`` is how long a destination may stay silent before the
+    association is dropped and the file retried.
+    """
+
+    timeout_seconds: float = Field(10.0, gt=0)
+    retry_base_seconds: float = Field(5.0, gt=0)
+    retry_max_seconds: float = Field(60.0, gt=0)
+    max_refusals: int = Field(10, ge=1)
+
+
 class SegnodeConfig(_Strict):
     """The whole configuration file."""
 
@@ -141,6 +157,7 @@ class SegnodeConfig(_Strict):
     pipelines: dict[str, Pipeline] = {}
     routes: list[Route] = []
     jobs: JobSettings = JobSettings()
+    sending: SendingSettings = SendingSettings()
 
     @model_validator(mode="after")
     def _check_references(self) -> SegnodeConfig:

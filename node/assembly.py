@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.index import InstanceIndex, SeriesRecord
@@ -42,17 +43,20 @@ class CompleteSeries:
 
 
 class SeriesAssembler:
-    """A thread that completes series that have been quiet for the stable period."""
+    """A thread that completes series that have been quiet for the stable
+    period and hands them to `dispatch`."""
 
     def __init__(
         self,
         index: InstanceIndex,
         metrics: NodeMetrics,
         stable_seconds: float,
+        dispatch: Callable[[], object],
     ):
         self._index = index
         self._metrics = metrics
         self.stable_seconds = stable_seconds
+        self._dispatch = dispatch
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="series-assembler", daemon=True)
 
@@ -87,6 +91,7 @@ class SeriesAssembler:
         while not self._stop.is_set():
             try:
                 self.complete_due()
+                self._dispatch()
             except Exception:
                 LOG.exception("series assembly failed; trying again")
             # Check often enough that completion lags the stable period by

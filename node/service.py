@@ -14,15 +14,21 @@ from pathlib import Path
 
 from config import ConfigError, SegnodeConfig, load_config
 from node.assembly import SeriesAssembler
+from node.dispatch import Dispatcher
 from node.index import InstanceIndex
+from node.job_metrics import JobCollector
+from node.jobs import JobQueue
 from node.metrics import NodeMetrics
+from node.outbox import Outbox, RetryPolicy
 from node.scp import StorageSCP
 from node.storage import InstanceStore
+from node.worker_pool import WorkerPool, worker_devices
 
 LOG = logging.getLogger(__name__)
 
 # Fields bound to sockets or files opened at start; a reload cannot move them.
 _RESTART_ONLY = ("host", "port", "storage_dir", "metrics_port")
+# The outbox's retry policy and timeout are read at start too.
 _WATCH_INTERVAL_SECONDS = 1.0
 
 
@@ -35,7 +41,8 @@ def _file_signature(path: Path) -> tuple[int, int, int] | None:
 
 
 class Node:
-    """One running segnode: metrics endpoint, SCP, series assembler, config watcher."""
+    """One running segnode: metrics endpoint, SCP, series assembler and
+    dispatcher, worker processes, outbox, config watcher."""
 
     def __init__(self, config_path: Path, config: SegnodeConfig):
         self.config_path = Path(config_path)
@@ -45,7 +52,17 @@ class Node:
         self.store.remove_partial_files()
         self.index = InstanceIndex(config.node.storage_dir)
         self.scp = StorageSCP(config, self.store, self.index, self.metrics)
-        self.assembler = SeriesAssembler(self.index, self.metrics, config.node.series_stable_seconds)
+        self.queue = JobQueue(config.node.storage_dir)
+        self.metrics.registry.register(JobCollector(self.queue))
+        dispatcher = Dispatcher(self.index, self.queue, lambda: self.config)
+        self.assembler = SeriesAssembler(
+            self.index, self.metrics, config.node.series_stable_seconds, dispatcher.dispatch_complete
+        )
+        sending = config.sending
+        policy = RetryPolicy(sending.retry_base_seconds, sending.retry_max_seconds, sending.max_refusals)
+        self.outbox = Outbox(config.node.storage_dir, config, self.metrics, policy=policy,
+                             timeout=sending.timeout_seconds)
+        self.workers = WorkerPool(self.config_path, self.queue, lambda: self.config.jobs, worker_devices())
         self._config_signature = _file_signature(self.config_path)
         self._wake = threading.Event()
         self._stop_requested = False
@@ -54,6 +71,8 @@ class Node:
     def start(self) -> None:
         self.metrics.serve(self.config.node.host, self.config.node.metrics_port)
         self.scp.start()
+        self.outbox.start()
+        self.workers.start()
         self.assembler.start()
         LOG.info(
             "segnode ready: DICOM %s:%d, metrics http://%s:%d/metrics, storage %s",
@@ -108,6 +127,7 @@ class Node:
         kept = {field: getattr(self.config.node, field) for field in _RESTART_ONLY}
         effective = new.model_copy(update={"node": new.node.model_copy(update=kept)})
         self.scp.apply(effective)
+        self.outbox.apply(effective)
         self.assembler.stable_seconds = effective.node.series_stable_seconds
         self.config = effective
         self.metrics.config_reloads.labels("applied").inc()
@@ -117,6 +137,9 @@ class Node:
     def stop(self) -> None:
         self.scp.shutdown()
         self.assembler.stop()
+        self.workers.stop()
+        self.outbox.stop()
+        self.queue.close()
         self.index.close()
         LOG.info("segnode stopped")
 

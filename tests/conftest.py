@@ -14,12 +14,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
+
+from config import Destination
+from tests.synthetic import STORESCP_FLAGS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -123,6 +128,13 @@ class NodeProcess:
         )
         return json.loads(out.stdout)["series"]
 
+    def status_jobs(self) -> list[dict]:
+        out = subprocess.run(
+            [sys.executable, "-m", "node.cli", "status", "--config", str(self.config_path), "--json"],
+            capture_output=True, text=True, check=True, cwd=self.workdir,
+        )
+        return json.loads(out.stdout)["jobs"]
+
     def wait_for_series(self, series_uid: str, state: str, instances: int, timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout
         seen: dict = {}
@@ -182,3 +194,64 @@ def scu(ae_title: str = "TESTSCU") -> AE:
     for sop_class in (CTImageStorage, MRImageStorage, Verification):
         ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     return ae
+
+
+class StoreSCP:
+    """dcmtk's storescp on a free port, writing what it receives to ``out``."""
+
+    def __init__(self, workdir: Path, *extra: str, port: int | None = None):
+        self.port = port or free_port()
+        self.out = workdir / f"storescp-{self.port}"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / f"storescp-{self.port}.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [dcmtk("storescp"), *STORESCP_FLAGS, *extra, "-aet", "STORESCP", "-od", str(self.out)]
+                + [str(self.port)],
+                env=dcmtk_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, self.proc)
+
+    @property
+    def destination(self) -> Destination:
+        return self.destination_at(self.port)
+
+    @staticmethod
+    def destination_at(port: int) -> Destination:
+        """Where a StoreSCP on ``port`` is, whether or not one runs there."""
+        return Destination(ae_title="STORESCP", host="127.0.0.1", port=port)
+
+    def received(self) -> dict[str, Path]:
+        """SOP Instance UID -> the file storescp wrote for it."""
+        return {
+            str(read_file_meta_info(path).MediaStorageSOPInstanceUID): path
+            for path in self.out.iterdir()
+            if path.is_file()
+        }
+
+    def received_counts(self) -> Counter:
+        """How many files arrived per SOP Instance UID (storescp +uf keeps every copy)."""
+        return Counter(
+            str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
+            for path in self.out.iterdir()
+            if path.is_file()
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the peer on port {port} exited with {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port}")

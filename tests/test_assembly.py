@@ -22,7 +22,7 @@ def test_series_completes_only_after_the_stable_period(node_factory, tmp_path):
     sent_at = time.monotonic()
     [series] = node.status()
     assert series["state"] == "receiving" and series["instances"] == 6
-    node.wait_for_series(series_uid, "complete", 6, timeout=10)
+    node.wait_for_series(series_uid, "dispatched", 6, timeout=10)
     assert time.monotonic() - sent_at >= 2.5
     assert node.metrics()["segnode_series_completed_total"] == 1
 
@@ -31,12 +31,12 @@ def test_late_instance_reopens_a_completed_series(node, tmp_path):
     files = write_ct_series(tmp_path / "ct", EXPLICIT_LE, slices=5, rows=32, columns=32)
     series_uid = pydicom.dcmread(files[0]).SeriesInstanceUID
     assert storescu(node, files[:4]).returncode == 0
-    node.wait_for_series(series_uid, "complete", 4)
+    node.wait_for_series(series_uid, "dispatched", 4)
     assert storescu(node, files[4:]).returncode == 0
     [series] = node.status()
     assert series["state"] == "receiving" and series["instances"] == 5
     assert "reopens series " + series_uid in node.log()
-    node.wait_for_series(series_uid, "complete", 5)
+    node.wait_for_series(series_uid, "dispatched", 5)
     metrics = node.metrics()
     assert metrics["segnode_series_completed_total"] == 2
     assert metrics["segnode_series_reopened_total"] == 1
@@ -48,4 +48,4 @@ def test_two_series_are_assembled_independently(node, tmp_path):
     assert storescu(node, first + second).returncode == 0
     for files in (first, second):
         uid = pydicom.dcmread(files[0]).SeriesInstanceUID
-        node.wait_for_series(uid, "complete", len(files))
+        node.wait_for_series(uid, "dispatched", len(files))

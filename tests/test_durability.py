@@ -81,7 +81,7 @@ def test_kill_9_mid_series_loses_no_acknowledged_instance(node_factory, tmp_path
     rest.thread.run()
     assert len(rest.acknowledged()) == len(files) - len(acknowledged)
     series_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
-    node.wait_for_series(series_uid, "complete", len(files))
+    node.wait_for_series(series_uid, "dispatched", len(files))
     assert node.terminate() == 0
 
 
@@ -94,7 +94,7 @@ def test_series_interrupted_by_a_restart_completes_afterwards(node_factory, tmp_
     series_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
     assert [s["state"] for s in node.status()] == ["receiving"]
     node.start()
-    node.wait_for_series(series_uid, "complete", len(files))
+    node.wait_for_series(series_uid, "dispatched", len(files))
 
 
 def test_sigterm_finishes_in_flight_stores_and_exits_zero(node_factory, tmp_path):

@@ -40,7 +40,7 @@ def test_real_siemens_jpeg2000_series_arrives_whole_and_completes(node):
     result = storescu(node, files, "-xv")
     assert result.returncode == 0, result.stderr
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
-    series = node.wait_for_series(first.SeriesInstanceUID, "complete", len(files))
+    series = node.wait_for_series(first.SeriesInstanceUID, "dispatched", len(files))
     assert series["study_instance_uid"] == first.StudyInstanceUID
     assert series["modality"] == "CT"
     assert series["first_received"] <= series["last_received"]
@@ -95,7 +95,7 @@ def test_resent_instance_replaces_the_stored_copy_and_is_counted_once(node, tmp_
     for _ in range(2):
         assert storescu(node, files).returncode == 0
     series_uid = pydicom.dcmread(files[0]).SeriesInstanceUID
-    node.wait_for_series(series_uid, "complete", len(files))
+    node.wait_for_series(series_uid, "dispatched", len(files))
     assert len(node.stored_files()) == len(files)
 
 

@@ -134,5 +134,5 @@ def test_bad_senders_do_not_disturb_a_concurrent_good_association(node, tmp_path
         assert _send_raw(node, path).Status == 0xA900
     sender.join(120)
     assert result["run"].returncode == 0, result["run"].stderr
-    node.wait_for_series(bad_template.SeriesInstanceUID, "complete", len(good))
+    node.wait_for_series(bad_template.SeriesInstanceUID, "dispatched", len(good))
     assert len(node.stored_files()) == len(good)

@@ -10,11 +10,8 @@ written by dicomio from a synthetic CT series.
 from __future__ import annotations
 
 import logging
-import socket
-import subprocess
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,74 +39,13 @@ from dicomio.measurements import StructureMeasurements
 from dicomio.seg import AlgorithmIdentity, LabelledStructure, write_seg
 from dicomio.series import load_series
 from node.send import Outcome, send_files
-from tests.conftest import dcmtk, dcmtk_env, free_port
-from tests.synthetic import STORESCP_FLAGS, dataset_bytes, write_ct_series
+from tests.conftest import StoreSCP, free_port
+from tests.synthetic import dataset_bytes, write_ct_series
 
 CALLING_AE = "SEGNODE"
 
 
 # Peers ----------------------------------------------------------------------
-
-
-class StoreSCP:
-    """dcmtk's storescp on a free port, writing what it receives to ``out``."""
-
-    def __init__(self, workdir: Path, *extra: str, port: int | None = None):
-        self.port = port or free_port()
-        self.out = workdir / f"storescp-{self.port}"
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.log = workdir / f"storescp-{self.port}.log"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [dcmtk("storescp"), *STORESCP_FLAGS, *extra, "-aet", "STORESCP", "-od", str(self.out)]
-                + [str(self.port)],
-                env=dcmtk_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for_port(self.port, self.proc)
-
-    @property
-    def destination(self) -> Destination:
-        return self.destination_at(self.port)
-
-    @staticmethod
-    def destination_at(port: int) -> Destination:
-        """Where a StoreSCP on ``port`` is, whether or not one runs there."""
-        return Destination(ae_title="STORESCP", host="127.0.0.1", port=port)
-
-    def received(self) -> dict[str, Path]:
-        """SOP Instance UID -> the file storescp wrote for it."""
-        return {
-            str(read_file_meta_info(path).MediaStorageSOPInstanceUID): path
-            for path in self.out.iterdir()
-            if path.is_file()
-        }
-
-    def received_counts(self) -> Counter:
-        """How many files arrived per SOP Instance UID (storescp +uf keeps every copy)."""
-        return Counter(
-            str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
-            for path in self.out.iterdir()
-            if path.is_file()
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the peer on port {port} exited with {proc.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 class ScriptedSCP:

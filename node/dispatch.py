@@ -1,0 +1,51 @@
+"""Dispatch: every complete series is routed into its jobs, exactly once.
+
+It runs after each round of series assembly and takes every series in the
+complete state, so a series completed just before a crash is dispatched
+after the restart. Routing and queueing happen in one transaction with the
+series' move to dispatched (node/jobs.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from config import SegnodeConfig
+from node.index import InstanceIndex
+from node.jobs import JobQueue
+from node.routing import jobs_for, series_facts
+from node.series_state import InvalidTransition, SeriesState
+
+LOG = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, index: InstanceIndex, queue: JobQueue, config: Callable[[], SegnodeConfig]):
+        self._index = index
+        self._queue = queue
+        self._config = config
+
+    def dispatch_complete(self) -> int:
+        """Route and queue every complete series; returns the jobs queued."""
+        queued = 0
+        config = self._config()
+        for record in self._index.series_in_state(SeriesState.COMPLETE):
+            uid = record.series_instance_uid
+            try:
+                facts = series_facts(record, self._index, config.node.ae_title)
+                jobs = jobs_for(record, facts, config, self._queue)
+            except (OSError, ValueError) as exc:
+                LOG.error("series %s cannot be routed (%s): no job", uid, exc)
+                jobs = []
+            try:
+                ids = self._queue.dispatch(uid, jobs)
+            except InvalidTransition:
+                continue  # a late instance reopened it meanwhile; it completes again
+            for job, job_id in zip(jobs, ids, strict=True):
+                LOG.info("series %s: job %d (%s) on route %s for %s", uid, job_id, job.kind.value,
+                         job.route, ", ".join(job.destinations))
+            if not jobs:
+                LOG.info("series %s (%s): no route applies", uid, record.modality or "no modality")
+            queued += len(jobs)
+        return queued

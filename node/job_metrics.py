@@ -1,0 +1,51 @@
+"""Job metrics, read from the queue when Prometheus scrapes.
+
+Jobs are run by worker processes, which have no metrics endpoint of their
+own; the queue they write is the record, so the node reports from it: jobs
+by state, time spent per stage, and the agreement of the latest reference
+comparison per structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from node.jobs import JobKind, JobQueue, JobState
+
+
+class JobCollector(Collector):
+    def __init__(self, queue: JobQueue):
+        self._queue = queue
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        jobs = self._queue.jobs()
+        states = GaugeMetricFamily("segnode_jobs", "Jobs by kind and state.", labels=["kind", "state"])
+        for kind in JobKind:
+            for state in JobState:
+                states.add_metric([kind.value, state.value],
+                                  sum(j.kind == kind and j.state == state for j in jobs))
+        yield states
+        stages = CounterMetricFamily("segnode_job_stage_seconds", "Seconds spent per stage by finished jobs.",
+                                     labels=["kind", "stage"])
+        totals: dict[tuple[str, str], float] = {}
+        dice = GaugeMetricFamily("segnode_qa_dice",
+                                 "Dice of our structure against the latest reference SEG of it.",
+                                 labels=["route", "structure"])
+        latest: dict[tuple[str, str], float] = {}
+        for job in jobs:
+            if job.state != JobState.DONE or not job.result:
+                continue
+            for stage, seconds in job.result.get("seconds", {}).items():
+                key = (job.kind.value, stage)
+                totals[key] = totals.get(key, 0.0) + seconds
+            for structure, value in job.result.get("dice", {}).items():
+                latest[(job.route, structure)] = value
+        for (kind, stage), seconds in sorted(totals.items()):
+            stages.add_metric([kind, stage], seconds)
+        for labels, value in sorted(latest.items()):
+            dice.add_metric(list(labels), value)
+        yield stages
+        yield dice

@@ -1,0 +1,239 @@
+"""A worker process: takes jobs from the queue and runs them.
+
+Workers are processes of their own, not threads of the node, so that
+whatever inference does to a process (a CUDA fault, running out of memory,
+a hung native library) leaves the node receiving. Each keeps the models it
+loaded warm for the next job. While it runs a job it renews the job's lease;
+when its node goes away it stops too, and the node that starts next queues
+the job again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pydicom
+
+from config import ConfigError, load_config
+from inference.model_store import ModelStore, default_store_dir, open_segmenter
+from inference.segmenter import Segmenter
+from node.comparison import compare_with_reference
+from node.index import InstanceIndex
+from node.jobs import Job, JobKind, JobQueue, LeaseLostError
+from node.outbox import OutboxStore
+from node.pipeline import PipelineError, PipelineInputs, run_pipeline
+from node.series_state import SeriesState
+from node.storage import installation_uid
+
+LOG = logging.getLogger("segnode.worker")
+
+#: A job whose worker has not renewed its lease for this long is taken back.
+LEASE_SECONDS = 60.0
+_IDLE_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class _Stopping(Exception):
+    """SIGTERM arrived: give the job back and exit."""
+
+
+def results_dir(storage_dir: Path, job: Job) -> Path:
+    """Where a job's outputs are kept (and sent from)."""
+    return Path(storage_dir) / "results" / job.series_instance_uid / f"{job.kind.value}-{job.route}"
+
+
+class Worker:
+    """One worker: a device, the models loaded on it, the job loop."""
+
+    def __init__(self, config_path: Path, name: str, device: str):
+        self.config_path = Path(config_path)
+        self.owner = f"{name}:{os.getpid()}"
+        self.device = device
+        self.config = load_config(self.config_path)
+        self._config_mtime = self.config_path.stat().st_mtime_ns
+        storage = self.config.node.storage_dir
+        self.queue = JobQueue(storage)
+        self.index = InstanceIndex(storage)
+        self.outbox = OutboxStore(storage)
+        self.device_uid = installation_uid(storage)
+        self._segmenters: dict[tuple[str, str], Segmenter] = {}
+        self._parent = os.getppid()
+        self._running: Job | None = None
+        self._stopping = False
+
+    def run(self) -> None:
+        threading.Thread(target=self._keep_lease, name="lease", daemon=True).start()
+        LOG.info("%s ready on %s", self.owner, self.device)
+        while not self._stopping:
+            self._reload_if_changed()
+            job = self.queue.claim(self.owner, LEASE_SECONDS)
+            if job is None:
+                time.sleep(_IDLE_POLL_SECONDS)
+                continue
+            self._run(job)
+
+    def stop(self) -> None:
+        """From the SIGTERM handler: leave the current job to another worker."""
+        self._stopping = True
+        if self._running is not None:
+            raise _Stopping
+
+    def _run(self, job: Job) -> None:
+        LOG.info("job %d (%s of series %s, route %s): attempt %d", job.id, job.kind.value,
+                 job.series_instance_uid, job.route, job.attempts)
+        self._running = job
+        start = time.monotonic()
+        try:
+            result = self._segment(job) if job.kind == JobKind.SEGMENT else self._compare(job)
+            self._running = None
+            self.queue.succeed(job.id, self.owner, result)
+            LOG.info("job %d done in %.1f s: %s", job.id, time.monotonic() - start, result.get("seconds"))
+        except _Stopping:
+            self._running = None
+            self.queue.release(job.id, self.owner)
+            LOG.info("job %d given back: the worker is stopping", job.id)
+        except LeaseLostError as exc:
+            self._running = None
+            LOG.warning("job %d: %s; its result is dropped", job.id, exc)
+        except Exception as exc:  # any failure of a job is the job's, not the worker's
+            self._running = None
+            reason = f"{type(exc).__name__}: {exc}"
+            LOG.log(logging.WARNING if isinstance(exc, PipelineError) else logging.ERROR,
+                    "job %d failed: %s", job.id, reason, exc_info=not isinstance(exc, PipelineError))
+            try:
+                after = self.queue.fail(job.id, self.owner, reason, self.config.jobs)
+                LOG.info("job %d is %s (attempt %d of %d)", job.id, after.state.value, after.attempts,
+                         self.config.jobs.max_attempts)
+            except LeaseLostError:
+                LOG.warning("job %d was taken back meanwhile", job.id)
+
+    def _segment(self, job: Job) -> dict:
+        pipeline = self._pipeline(job)
+        ct_files = tuple(i.path for i in self.index.instances_of(job.series_instance_uid))
+        pet_files = self._pet_files(job, ct_files[0])
+        segmenter = self._segmenter(pipeline.model, pipeline.device)
+        out_dir = results_dir(self.config.node.storage_dir, job)
+        inputs = PipelineInputs(
+            ct_files=ct_files, pet_files=pet_files, pipeline_name=job.pipeline, settings=pipeline,
+            created=datetime.fromtimestamp(job.queued_at, timezone.utc), device_uid=self.device_uid,
+        )
+        result = run_pipeline(inputs, segmenter, out_dir)
+        for warning in result.warnings:
+            LOG.warning("job %d: %s", job.id, warning)
+        self._send(job, (result.seg, result.sr))
+        return {
+            "seg": str(result.seg), "sr": str(result.sr), "csv": str(result.csv),
+            "labels": str(result.labels),
+            "model": f"{segmenter.algorithm.name} {segmenter.algorithm.version}",
+            "structures": len(result.measurements), "pet": bool(pet_files), "seconds": result.seconds,
+        }
+
+    def _compare(self, job: Job) -> dict:
+        pipeline = self._pipeline(job)
+        reference = self.index.instances_of(job.series_instance_uid)[0].path
+        ours = [j for j in self.queue.segmentations_of(job.subject) if j.route == job.route]
+        ct_files = tuple(i.path for i in self.index.instances_of(job.subject))
+        out_dir = results_dir(self.config.node.storage_dir, job)
+        result = compare_with_reference(reference, ours, ct_files, pipeline, self.device_uid,
+                                        datetime.fromtimestamp(job.queued_at, timezone.utc), out_dir)
+        self._send(job, (result.sr,))
+        return {"sr": str(result.sr), "dice": result.dice_by_structure, "seconds": result.seconds}
+
+    def _send(self, job: Job, files: tuple[Path, ...]) -> None:
+        """Queue the files for the node's outbox to send. A rerun of the same
+        version of the job queues nothing new; a job queued afresh (its
+        series changed) is a new version whose files go out again."""
+        version = f"{job.id}@{job.queued_at!r}"
+        for destination in job.destinations:
+            self.outbox.enqueue(version, destination, files, time.time())
+
+    def _pipeline(self, job: Job):
+        pipeline = self.config.pipelines.get(job.pipeline)
+        if pipeline is None:
+            raise PipelineError(f"pipeline {job.pipeline!r} is no longer configured")
+        return pipeline
+
+    def _pet_files(self, job: Job, ct_file: Path) -> tuple[Path, ...]:
+        """The newest complete PET series of the job's study in the CT's frame of reference."""
+        frame = pydicom.dcmread(ct_file, stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
+        for series in reversed(self.index.series_of_study(job.study_instance_uid)):
+            if series.modality != "PT" or series.state == SeriesState.RECEIVING:
+                continue
+            files = tuple(i.path for i in self.index.instances_of(series.series_instance_uid))
+            header = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
+            if header.get("FrameOfReferenceUID") == frame.get("FrameOfReferenceUID"):
+                return files
+        return ()
+
+    def _segmenter(self, model: str, device: str) -> Segmenter:
+        device = self.device if device == "auto" else device
+        key = (model, device)
+        if key not in self._segmenters:
+            self._segmenters[key] = open_segmenter(model, ModelStore(default_store_dir()), device)
+            LOG.info("%s: model %s loaded on %s", self.owner, model, device)
+        return self._segmenters[key]
+
+    def _reload_if_changed(self) -> None:
+        try:
+            mtime = self.config_path.stat().st_mtime_ns
+            if mtime != self._config_mtime:
+                self._config_mtime = mtime
+                self.config = load_config(self.config_path)
+        except (OSError, ConfigError) as exc:
+            LOG.error("keeping the configuration in force: %s", exc)
+
+    def _keep_lease(self) -> None:
+        """Renew the running job's lease; end the process when the node is gone."""
+        while True:
+            time.sleep(LEASE_SECONDS / 6)
+            if os.getppid() != self._parent:
+                LOG.error("%s: the node is gone; stopping", self.owner)
+                os._exit(1)
+            job = self._running
+            if job is not None:
+                try:
+                    self.queue.renew(job.id, self.owner, LEASE_SECONDS)
+                except LeaseLostError as exc:
+                    LOG.warning("%s", exc)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the node that started it dies,
+    so that no orphan keeps a job (or a GPU) after a crash; the next node
+    queues the job again."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: _keep_lease notices the node is gone instead
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="segnode-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s {args.name} %(name)s: %(message)s"
+    )
+    for chatty in ("pynetdicom", "highdicom"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    _die_with_parent()
+    worker = Worker(args.config, args.name, args.device)
+    signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop())
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The whole loop through real processes: dcmtk storescu -> segnode serve -> dcmtk storescp.
+
+A synthetic CT series is sent as a scanner sends it; the node stores it,
+completes it, routes it to a job, a worker process segments it, and the SEG
+and SR go back by C-STORE to a storescp destination, where they are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicomio.seg_reference import read_reference_seg
+from dicomio.series import load_series
+from inference.builtin import BuiltinSegmenter
+from node.index import INDEX_FILENAME
+from tests.conftest import NodeProcess, StoreSCP, dcmtk, dcmtk_env, free_port
+from tests.synthetic import STORESCU_FLAGS, write_ct_series
+from tests.test_seg import dciodvfy
+
+
+def configure(node: NodeProcess, destination_port: int, **pipeline) -> None:
+    node.config.update(
+        destinations={"RESULTS": {"ae_title": "STORESCP", "host": "127.0.0.1", "port": destination_port}},
+        pipelines={"organs": {"model": "builtin", **pipeline}},
+        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "organs", "send_to": ["RESULTS"]}],
+        jobs={"max_attempts": 3, "retry_base_seconds": 1, "retry_max_seconds": 2},
+        sending={"retry_base_seconds": 0.5, "retry_max_seconds": 2},
+    )
+    node.write_config()
+
+
+def storescu(node: NodeProcess, files: list[Path]) -> None:
+    subprocess.run(
+        [dcmtk("storescu"), *STORESCU_FLAGS[ExplicitVRLittleEndian], "-aet", "STORESCU", "-aec", "SEGNODE",
+         "127.0.0.1", str(node.port), *map(str, files)],
+        check=True, env=dcmtk_env(), capture_output=True,
+    )
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def results(destination: StoreSCP) -> dict[str, list[Path]]:
+    """Files storescp received, by modality."""
+    found: dict[str, list[Path]] = {}
+    for path in destination.out.iterdir():
+        try:
+            modality = str(pydicom.dcmread(path, stop_before_pixels=True).Modality)
+        except (InvalidDicomError, EOFError, OSError):
+            continue  # storescp is still writing it
+        found.setdefault(modality, []).append(path)
+    return found
+
+
+@pytest.fixture(scope="module")
+def ct_series(tmp_path_factory) -> list[Path]:
+    return write_ct_series(tmp_path_factory.mktemp("ct"), slices=24, rows=96, columns=96,
+                           pixel_spacing=(4.0, 4.0), slice_thickness=4.0)
+
+
+def test_seg_and_sr_come_back_valid_and_on_the_source_grid(node_factory, tmp_path, ct_series):
+    destination = StoreSCP(tmp_path)
+    node = node_factory()
+    configure(node, destination.port)
+    node.start()
+    try:
+        storescu(node, ct_series)
+        found = wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR") and r, 90,
+                         "the SEG and SR at the destination")
+    finally:
+        destination.stop()
+    seg_path, sr_path = found["SEG"][0], found["SR"][0]
+    for path in (seg_path, sr_path):
+        dciodvfy(path)
+    seg = hd.seg.segread(seg_path)
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in ct_series}
+    referenced = {item.ReferencedSOPInstanceUID
+                  for series in seg.ReferencedSeriesSequence for item in series.ReferencedInstanceSequence}
+    assert referenced == sources
+    volume = load_series(ct_series).volume
+    ours = BuiltinSegmenter().segment(volume)
+    values = {s.code.label: s.value for s in ours.structures}
+    segments = read_reference_seg(seg_path, volume).segments
+    assert segments
+    for segment in segments:  # each segment lies exactly where the built-in put its structure
+        expected = ours.labels[segment.box] == values[segment.label]
+        np.testing.assert_array_equal(segment.mask, expected)
+        assert segment.voxel_count == np.count_nonzero(ours.labels == values[segment.label])
+    jobs = node.status_jobs()
+    assert [(j["kind"], j["state"]) for j in jobs] == [("segment", "done")]
+    assert node.metrics()['segnode_jobs{kind="segment",state="done"}'] == 1
+
+
+def test_a_destination_that_is_down_gets_the_results_when_it_is_back(node_factory, tmp_path, ct_series):
+    node = node_factory()
+    port = free_port()  # nobody listens there yet
+    configure(node, port)
+    node.start()
+    storescu(node, ct_series)
+    wait_for(lambda: any(j["state"] == "done" for j in node.status_jobs()), 90, "the job to finish")
+    time.sleep(2)  # a delivery attempt or two fail meanwhile
+    destination = StoreSCP(tmp_path, port=port)
+    try:
+        found = wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR") and r, 60,
+                         "delivery after the destination came back")
+    finally:
+        destination.stop()
+    assert len(found["SEG"]) == len(found["SR"]) == 1
+
+
+@pytest.fixture(scope="module")
+def slow_series(tmp_path_factory) -> list[Path]:
+    """A series whose job lasts seconds, long enough to be killed in."""
+    return write_ct_series(tmp_path_factory.mktemp("slow"), slices=60, rows=256, columns=256,
+                           pixel_spacing=(1.6, 1.6), slice_thickness=2.0)
+
+
+def running_job(node: NodeProcess) -> dict | None:
+    """The running job, read straight from the queue (a status call is too slow to catch it)."""
+    db = sqlite3.connect(f"file:{node.storage_dir / INDEX_FILENAME}?mode=ro", uri=True, timeout=5)
+    try:
+        row = db.execute("SELECT id, owner FROM jobs WHERE state = 'running'").fetchone()
+    except sqlite3.OperationalError:  # no jobs table yet
+        row = None
+    finally:
+        db.close()
+    return None if row is None else {"id": row[0], "owner": row[1]}
+
+
+def delivered_once(destination: StoreSCP) -> dict[str, set[str]]:
+    found = wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR") and r, 120,
+                     "the SEG and SR at the destination")
+    time.sleep(2)  # anything sent twice would have arrived by now
+    found = results(destination)
+    return {modality: {pydicom.dcmread(p).SOPInstanceUID for p in paths} for modality, paths in found.items()}
+
+
+def test_kill_9_of_the_node_during_a_job_then_restart_delivers_one_seg_and_one_sr(
+    node_factory, tmp_path, slow_series
+):
+    destination = StoreSCP(tmp_path)
+    node = node_factory()
+    configure(node, destination.port)
+    node.start()
+    try:
+        storescu(node, slow_series)
+        wait_for(lambda: running_job(node), 60, "the job to start")
+        workers = _children(node.proc.pid)
+        node.kill()
+        for pid in workers:  # the workers die with their node
+            wait_for(lambda pid=pid: not _alive(pid), 10, f"worker {pid} to exit")
+        node.start()
+        uids = delivered_once(destination)
+    finally:
+        destination.stop()
+    assert len(uids["SEG"]) == 1 and len(uids["SR"]) == 1
+    (job,) = node.status_jobs()
+    assert job["state"] == "done" and job["attempts"] == 2
+
+
+def test_a_worker_killed_during_a_job_is_replaced_and_the_job_retried(node_factory, tmp_path, slow_series):
+    destination = StoreSCP(tmp_path)
+    node = node_factory()
+    configure(node, destination.port)
+    node.start()
+    try:
+        storescu(node, slow_series)
+        job = wait_for(lambda: running_job(node), 60, "the job to start")
+        os.kill(int(job["owner"].rsplit(":", 1)[1]), signal.SIGKILL)
+        uids = delivered_once(destination)
+    finally:
+        destination.stop()
+    assert len(uids["SEG"]) == 1 and len(uids["SR"]) == 1
+    (job,) = node.status_jobs()
+    assert job["state"] == "done" and job["attempts"] == 2
+    assert "exited with status -9" in node.log()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie waits for its parent, it runs no more
+        return stat.read().split()[2] != "Z"
