@@ -1,4 +1,5 @@
-"""The ``segnode`` command line: serve, check-config, status, jobs, pet-suv, models, segment, run-series."""
+"""The ``segnode`` command line: serve, check-config, status, jobs, pet-suv, models, segment,
+run-series, demo."""
 
 from __future__ import annotations
 
@@ -431,6 +432,16 @@ def _run_series(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from node.demo import DemoError, run_demo
+
+    try:
+        return run_demo(shared=args.shared, keep=args.keep)
+    except DemoError as exc:
+        print(f"segnode demo: {exc}", file=sys.stderr)
+        return 1
+
+
 def _segment(args: argparse.Namespace) -> int:
     from dicomio.label_map import nifti_suffix, write_label_map
     from inference.model_store import ModelStoreError, open_segmenter
@@ -556,6 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_series.add_argument("--store", type=Path, help=store_help)
     run_series.set_defaults(run=_run_series)
+
+    demo = commands.add_parser(
+        "demo", help="a scanner, segnode and a PACS on this machine: a phantom study in, SEG and SR back"
+    )
+    demo.add_argument("--shared", action="store_true",
+                      help="send the real Siemens CT series of ../shared/data instead of the phantom")
+    demo.add_argument("--keep", type=Path, metavar="DIR",
+                      help="keep the store, the sent study and the returned objects in DIR")
+    demo.set_defaults(run=_demo)
     return parser
 
 
