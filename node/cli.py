@@ -4,10 +4,12 @@ run-series, demo."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +24,7 @@ from dicomio.measurements import StructureMeasurements
 from dicomio.suv import SuvError, SuvFactors, earliest_acquisition, suv_factors
 from node.index import INDEX_FILENAME, InstanceIndex
 from node.jobs import Job, JobNotFoundError, JobQueue, JobState
+from node.outbox import OUTBOX_FILENAME, OutboxStore
 
 if TYPE_CHECKING:
     from dicomio.volume import Volume
@@ -90,8 +93,9 @@ def _status(args: argparse.Namespace) -> int:
             jobs = [_job_row(job) for job in queue.jobs()]
         finally:
             queue.close()
+    outbox, failed = _outbox_status(storage_dir)
     if args.json:
-        print(json.dumps({"series": rows, "jobs": jobs}, indent=2))
+        print(json.dumps({"series": rows, "jobs": jobs, "outbox": outbox, "outbox_failed": failed}, indent=2))
         return 0
     if not rows:
         print("no series received yet")
@@ -107,7 +111,30 @@ def _status(args: argparse.Namespace) -> int:
     for job in jobs:
         if job["state"] == JobState.FAILED.value:
             print(f"  job {job['id']} failed after {job['attempts']} attempts: {job['error']}")
+    for entry in outbox:
+        line = f"outbox {entry['destination']}: {entry['pending']} pending, {entry['failed']} given up"
+        if entry["oldest_pending_seconds"] is not None:
+            line += f", oldest waiting {entry['oldest_pending_seconds']:.0f} s"
+        if entry["last_error"]:
+            line += f"; last error: {entry['last_error']}"
+        print(line)
+    for item in failed:
+        print(f"  not sent to {item['destination']} after {item['attempts']} attempts: {item['path']}: "
+              f"{item['reason']}")
     return 0
+
+
+def _outbox_status(storage_dir: Path) -> tuple[list[dict], list[dict]]:
+    """What waits in the outbox per destination, and the files given up on."""
+    if not (storage_dir / OUTBOX_FILENAME).exists():
+        return [], []
+    store = OutboxStore(storage_dir, read_only=True)
+    try:
+        backlog = [dataclasses.asdict(entry) for entry in store.backlog(time.time())]
+        failed = [{**dataclasses.asdict(item), "path": str(item.path)} for item in store.failed_items()]
+    finally:
+        store.close()
+    return backlog, failed
 
 
 def _job_row(job: Job) -> dict:
@@ -496,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(run=_check_config)
 
-    status = commands.add_parser("status", help="show received series and their states")
+    status = commands.add_parser("status", help="received series, jobs and what waits to be sent")
     status.add_argument("--config", type=Path, required=True, help="YAML configuration file")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(run=_status)

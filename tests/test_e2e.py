@@ -11,6 +11,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -118,6 +119,9 @@ def test_a_destination_that_is_down_gets_the_results_when_it_is_back(node_factor
     storescu(node, ct_series)
     wait_for(lambda: any(j["state"] == "done" for j in node.status_jobs()), 90, "the job to finish")
     time.sleep(2)  # a delivery attempt or two fail meanwhile
+    status = subprocess.run([sys.executable, "-m", "node.cli", "status", "--config", str(node.config_path)],
+                            capture_output=True, text=True, check=True).stdout
+    assert "outbox RESULTS: 2 pending, 0 given up" in status and "last error" in status
     destination = StoreSCP(tmp_path, port=port)
     try:
         found = wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR") and r, 60,
