@@ -9,8 +9,10 @@ cd "$(dirname "$0")"
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
-# dcmtk: storescu/echoscu/storescp for diagnosis and tests; dicom3tools: dciodvfy.
+# dcmtk: storescu/echoscu/storescp for diagnosis and tests; dicom3tools: dciodvfy;
+# orthanc: the PACS of the end-to-end tests.
 packages="dcmtk dicom3tools"
+[ -n "$extras" ] && packages="$packages orthanc"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
