@@ -22,10 +22,14 @@ import pytest
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian
 
+from config import Destination
+from dicomio.seg import AlgorithmIdentity, write_seg
 from dicomio.seg_reference import read_reference_seg
 from dicomio.series import load_series
 from inference.builtin import BuiltinSegmenter
+from inference.qa import overlap
 from node.index import INDEX_FILENAME
+from node.send import send_files
 from tests.conftest import NodeProcess, StoreSCP, dcmtk, dcmtk_env, free_port
 from tests.synthetic import STORESCU_FLAGS, write_ct_series
 from tests.test_seg import dciodvfy
@@ -211,3 +215,44 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie waits for its parent, it runs no more
         return stat.read().split()[2] != "Z"
+
+
+def test_a_reference_seg_from_someone_else_gets_a_qa_report(node_factory, tmp_path, ct_series):
+    """A radiologist's correction arrives as a SEG of the same series: the
+    node compares it with its own and sends a QA report with the Dice."""
+    destination = StoreSCP(tmp_path)
+    node = node_factory()
+    configure(node, destination.port)
+    node.start()
+    try:
+        storescu(node, ct_series)
+        wait_for(lambda: results(destination).get("SR"), 90, "our SR")
+        volume = load_series(ct_series).volume
+        ours = BuiltinSegmenter().segment(volume)
+        body = next(s for s in ours.structures if s.code.name == "body")
+        corrected = np.where(ours.labels == body.value, 0, ours.labels)
+        corrected[:, 30:60, 30:60] = np.where(ours.labels[:, 30:60, 30:60] == body.value, body.value, 0)
+        reference = write_seg(volume, corrected, ours.structures, AlgorithmIdentity("Radiologist", "1"),
+                              [pydicom.dcmread(f, stop_before_pixels=True) for f in ct_series],
+                              series_number=77, series_description="corrected", device_serial_number="RAD1")
+        reference.Manufacturer = "Reading Room"
+        path = tmp_path / "reference-seg.dcm"
+        reference.save_as(path, enforce_file_format=True)
+        results_ = send_files(Destination(ae_title="SEGNODE", host="127.0.0.1", port=node.port), [path],
+                              calling_ae="TESTSCU", timeout=10)
+        assert results_[0].delivered, results_
+        reports = wait_for(lambda: len((r := results(destination)).get("SR", [])) == 2 and r, 90,
+                           "the QA report")
+    finally:
+        destination.stop()
+    qa = next(p for p in reports["SR"] if "QA" in str(pydicom.dcmread(p).SeriesDescription))
+    dciodvfy(qa)
+    expected = overlap(ours.labels == body.value, corrected == body.value, volume.spacing).dice
+    assert 0 < expected < 1
+    report = hd.sr.srread(qa)
+    dice = [item for item in report.ContentSequence[-1].ContentSequence[0].ContentSequence
+            if item.ValueType == "NUM" and "Dice" in item.ConceptNameCodeSequence[0].CodeMeaning]
+    assert float(dice[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(expected, abs=1e-4)
+    kinds = sorted((j["kind"], j["state"]) for j in node.status_jobs())
+    assert kinds == [("qa", "done"), ("segment", "done")]
+    assert node.metrics()['segnode_qa_dice{route="ct",structure="body"}'] == pytest.approx(expected, abs=1e-4)
