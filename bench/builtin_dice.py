@@ -12,8 +12,8 @@
   distinct), so the ceiling for any full-resolution skeleton is printed:
   the Dice of ours against itself quantised to 3 mm.
 * Timing: seconds for ``BuiltinSegmenter().segment`` on a synthetic
-  512x512xN CT (the torso phantom of tests/test_builtin.py at 0.94 mm,
-  1 mm slices), best of ``--repeat`` runs, with the peak resident memory.
+  512x512xN CT (the torso phantom of node/phantom.py at 0.98 mm, 1 mm
+  slices), best of ``--repeat`` runs, with the peak resident memory.
 
     python bench/builtin_dice.py --slices 600
 """
@@ -34,12 +34,12 @@ sys.path.insert(0, str(REPO))
 
 from dicomio.codes import BUILTIN_STRUCTURES  # noqa: E402
 from inference.builtin import BuiltinSegmenter  # noqa: E402
+from node.phantom import AxialGrid, ct_phantom  # noqa: E402
 from tests.test_builtin import (  # noqa: E402
     BONE_CLASSES,
     SHARED_DATA,
     VALUE,
     classes_mask,
-    ct_phantom,
     dice,
     outside_air,
     siemens_case,
@@ -101,28 +101,35 @@ def _timed(name: str, volume) -> np.ndarray:
     return labels
 
 
-def report_phantom(slices: int, repeat: int) -> None:
-    phantom = ct_phantom(shape=(slices, 512, 512), spacing=(1.0, 0.9375, 0.9375))
+def report_phantom(grid: AxialGrid, repeat: int) -> None:
+    phantom = ct_phantom(grid)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         labels = BuiltinSegmenter().segment(phantom.volume).labels
         times.append(time.perf_counter() - start)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"phantom 512x512x{slices}: best {min(times):.1f} s of {repeat}, peak RSS {peak_gb:.1f} GB")
+    print(f"phantom 512x512x{grid.shape[0]}: best {min(times):.1f} s of {repeat}, peak RSS {peak_gb:.1f} GB")
     for name in BUILTIN_STRUCTURES:
-        truth = phantom.truth[name] | (phantom.truth["marrow"] if name == "skeleton" else False)
         predicted = labels > 0 if name == "body" else labels == VALUE[name]
-        print(f"  {name:18s} Dice {dice(predicted, truth):.3f}")
+        print(f"  {name:18s} Dice {dice(predicted, phantom.mask(name)):.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=600, help="slices of the synthetic CT (default 600)")
+    parser.add_argument(
+        "--slices", type=int, default=600, help="1 mm slices of the synthetic CT, at most 601 (default 600)"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="timed runs on the synthetic CT (default 2)")
     args = parser.parse_args()
+    try:
+        grid = AxialGrid((args.slices, 512, 512), (1.0, 0.9765625, 0.9765625))
+    except ValueError as error:
+        parser.error(f"--slices {args.slices}: {error}")
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: at least one timed run")
     report_shared_data()
-    report_phantom(args.slices, args.repeat)
+    report_phantom(grid, args.repeat)
 
 
 if __name__ == "__main__":
