@@ -508,6 +508,14 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.config)
 
 
+def _model_arguments(parser: argparse.ArgumentParser, store_help: str) -> None:
+    parser.add_argument("--model", default="builtin", help="model name (default: builtin)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)"
+    )
+    parser.add_argument("--store", type=Path, help=store_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segnode", description="DICOM node for organ segmentation."
@@ -573,11 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, metavar="LABELS.nii.gz",
         help="label map to write; LABELS.json beside it maps label values to structures",
     )
-    segment.add_argument("--model", default="builtin", help="model name (default: builtin)")
-    segment.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)"
-    )
-    segment.add_argument("--store", type=Path, help=store_help)
+    _model_arguments(segment, store_help)
     segment.set_defaults(run=_segment)
 
     run_series = commands.add_parser(
@@ -588,11 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="folder for seg.dcm, sr.dcm, measurements.csv and labels.nii.gz")
     run_series.add_argument("--pet", type=Path, metavar="DIR",
                             help="PET series folder of the same study and frame of reference")
-    run_series.add_argument("--model", default="builtin", help="model name (default: builtin)")
-    run_series.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)"
-    )
-    run_series.add_argument("--store", type=Path, help=store_help)
+    _model_arguments(run_series, store_help)
     run_series.set_defaults(run=_run_series)
 
     demo = commands.add_parser(

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.database import open_database
 from node.series_state import SeriesEvent, SeriesState, next_state
 from node.storage import StoredInstance
 
@@ -81,16 +82,7 @@ class InstanceIndex:
 
     def __init__(self, storage_dir: Path, *, read_only: bool = False):
         path = Path(storage_dir) / INDEX_FILENAME
-        if read_only:
-            self._db = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, check_same_thread=False
-            )
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA, read_only=read_only)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from config import JobSettings
+from node.database import open_database
 from node.index import INDEX_FILENAME
 from node.series_state import SeriesEvent, SeriesState, next_state
 
@@ -142,12 +143,7 @@ class JobQueue:
     processes (SQLite WAL, every change in an immediate transaction)."""
 
     def __init__(self, storage_dir: Path):
-        path = Path(storage_dir) / INDEX_FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(Path(storage_dir) / INDEX_FILENAME, _SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:
