@@ -256,3 +256,35 @@ def test_a_reference_seg_from_someone_else_gets_a_qa_report(node_factory, tmp_pa
     kinds = sorted((j["kind"], j["state"]) for j in node.status_jobs())
     assert kinds == [("qa", "done"), ("segment", "done")]
     assert node.metrics()['segnode_qa_dice{route="ct",structure="body"}'] == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_job_that_keeps_failing_is_failed_visibly_and_can_be_retried(node_factory, tmp_path, ct_series):
+    destination = StoreSCP(tmp_path)
+    node = node_factory()
+    configure(node, destination.port, model="no-such-model")
+    node.config["jobs"] = {"max_attempts": 2, "retry_base_seconds": 0.5, "retry_max_seconds": 1}
+    node.write_config()
+    node.start()
+    try:
+        storescu(node, ct_series)
+        (job,) = wait_for(lambda: [j for j in node.status_jobs() if j["state"] == "failed"], 60,
+                          "the job to fail")
+        assert job["attempts"] == 2 and "no-such-model" in job["error"]
+        cli = [sys.executable, "-m", "node.cli"]
+        status = subprocess.run([*cli, "status", "--config", str(node.config_path)], capture_output=True,
+                                text=True, check=True).stdout
+        assert f"job {job['id']} failed after 2 attempts" in status
+        assert node.metrics()['segnode_jobs{kind="segment",state="failed"}'] == 1
+        node.config["pipelines"]["organs"]["model"] = "builtin"  # the administrator fixes the pipeline
+        node.write_config()
+        time.sleep(1.5)  # the worker rereads its configuration between jobs
+        retried = subprocess.run([*cli, "jobs", "retry", str(job["id"]), "--config", str(node.config_path)],
+                                 capture_output=True, text=True)
+        assert retried.returncode == 0, retried.stderr
+        wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR"), 60, "the results")
+    finally:
+        destination.stop()
+    assert [j["state"] for j in node.status_jobs()] == ["done"]
+    missing = subprocess.run([*cli, "jobs", "retry", "999", "--config", str(node.config_path)],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "no job 999" in missing.stderr
