@@ -13,11 +13,13 @@ from collections.abc import Callable
 
 from config import SegnodeConfig
 from node.index import InstanceIndex
-from node.jobs import JobQueue
+from node.jobs import JobQueue, JobState
 from node.routing import jobs_for, series_facts
 from node.series_state import InvalidTransition, SeriesState
 
 LOG = logging.getLogger(__name__)
+
+PET_MODALITY = "PT"
 
 
 class Dispatcher:
@@ -47,5 +49,17 @@ class Dispatcher:
                          job.route, ", ".join(job.destinations))
             if not jobs:
                 LOG.info("series %s (%s): no route applies", uid, record.modality or "no modality")
+            if record.modality == PET_MODALITY:
+                self._measure_again_with_pet(record.study_instance_uid, uid)
             queued += len(jobs)
         return queued
+
+    def _measure_again_with_pet(self, study_instance_uid: str, pet_series: str) -> None:
+        """A PET series that completes after its study's CT was measured
+        without it: queue the CT's finished jobs again, now with PET (the
+        objects get new UIDs, their inputs having changed)."""
+        for job in self._queue.segmentations_in_study(study_instance_uid):
+            if job.state == JobState.DONE and job.result and not job.result.get("pet"):
+                self._queue.retry(job.id)
+                LOG.info("PET series %s arrived after job %d: queued again to add PET measurements",
+                         pet_series, job.id)

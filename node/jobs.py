@@ -329,6 +329,14 @@ class JobQueue:
             ).fetchall()
         return [_job(row) for row in rows]
 
+    def segmentations_in_study(self, study_instance_uid: str) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? AND study_instance_uid = ? ORDER BY id",
+                (JobKind.SEGMENT.value, study_instance_uid),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
     @staticmethod
     def _get(db: sqlite3.Connection, job_id: int) -> Job:
         row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()

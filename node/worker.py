@@ -149,12 +149,14 @@ class Worker:
         return {"sr": str(result.sr), "dice": result.dice_by_structure, "seconds": result.seconds}
 
     def _send(self, job: Job, files: tuple[Path, ...]) -> None:
-        """Queue the files for the node's outbox to send. A rerun of the same
-        version of the job queues nothing new; a job queued afresh (its
-        series changed) is a new version whose files go out again."""
-        version = f"{job.id}@{job.queued_at!r}"
-        for destination in job.destinations:
-            self.outbox.enqueue(version, destination, files, time.time())
+        """Queue the files for the node's outbox to send, each under its SOP
+        Instance UID: a rerun that wrote the same objects queues nothing new,
+        one whose inputs changed (new UIDs) sends its objects again."""
+        for path in files:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            uid = header.SOPInstanceUID
+            for destination in job.destinations:
+                self.outbox.enqueue(f"{job.id}/{uid}", destination, [path], time.time())
 
     def _pipeline(self, job: Job):
         pipeline = self.config.pipelines.get(job.pipeline)

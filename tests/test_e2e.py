@@ -7,6 +7,7 @@ and SR go back by C-STORE to a storescp destination, where they are checked.
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import sqlite3
@@ -28,7 +29,9 @@ from dicomio.seg_reference import read_reference_seg
 from dicomio.series import load_series
 from inference.builtin import BuiltinSegmenter
 from inference.qa import overlap
+from node.demo import DEMO_GRID
 from node.index import INDEX_FILENAME
+from node.phantom import write_study
 from node.send import send_files
 from tests.conftest import NodeProcess, StoreSCP, dcmtk, dcmtk_env, free_port
 from tests.synthetic import STORESCU_FLAGS, write_ct_series
@@ -288,3 +291,30 @@ def test_a_job_that_keeps_failing_is_failed_visibly_and_can_be_retried(node_fact
     missing = subprocess.run([*cli, "jobs", "retry", "999", "--config", str(node.config_path)],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "no job 999" in missing.stderr
+
+
+def test_a_pet_series_arriving_after_its_ct_was_measured_adds_pet_measurements(node_factory, tmp_path):
+    study = write_study(tmp_path / "study", DEMO_GRID)
+    destination = StoreSCP(tmp_path)
+    node = node_factory()
+    configure(node, destination.port)
+    node.start()
+    to_node = Destination(ae_title="SEGNODE", host="127.0.0.1", port=node.port)
+    try:
+        send = lambda files: send_files(to_node, files, calling_ae="TESTSCU", timeout=10)  # noqa: E731
+        assert all(r.delivered for r in send(study.ct.files))
+        wait_for(lambda: results(destination).get("SR"), 90, "the CT-only results")
+        assert node.status_jobs()[0]["result"]["pet"] is False
+        assert all(r.delivered for r in send(study.pet.files))
+        found = wait_for(lambda: len((r := results(destination)).get("SR", [])) == 2 and r, 90,
+                         "the results with PET")
+    finally:
+        destination.stop()
+    (job,) = node.status_jobs()
+    assert job["state"] == "done" and job["result"]["pet"] is True
+    with open(job["result"]["csv"], newline="") as table:
+        lungs = {r["structure"]: r for r in csv.DictReader(table) if r["structure"].startswith("lung")}
+    for name, row in lungs.items():
+        assert float(row["suv_mean"]) == pytest.approx(study.truth[name].suv_mean, abs=0.05)
+    seg_uids = {pydicom.dcmread(p).SOPInstanceUID for p in found["SEG"]}
+    assert len(seg_uids) == 2  # the inputs changed, so the objects are new ones
