@@ -40,8 +40,9 @@ OUTBOX_FILENAME = "outbox.sqlite3"
 
 # Files per association; a round's outcomes are committed together.
 _ROUND_SIZE = 100
-# The dispatcher looks at the queue at least this often (metrics, due retries).
-_IDLE_POLL_SECONDS = 1.0
+# The dispatcher looks at the queue at least this often: workers queue results from
+# their own processes, and due retries and metrics are found by looking.
+_IDLE_POLL_SECONDS = 0.25
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

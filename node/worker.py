@@ -5,13 +5,12 @@ whatever inference does to a process (a CUDA fault, running out of memory,
 a hung native library) leaves the node receiving. Each keeps the models it
 loaded warm for the next job. While it runs a job it renews the job's lease;
 when its node goes away it stops too, and the node that starts next queues
-the job again.
+the job again (node/worker_pool.py has the kernel kill it with its node).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -38,8 +37,7 @@ LOG = logging.getLogger("segnode.worker")
 
 #: A job whose worker has not renewed its lease for this long is taken back.
 LEASE_SECONDS = 60.0
-_IDLE_POLL_SECONDS = 0.5
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_IDLE_POLL_SECONDS = 0.25
 
 
 class _Stopping(Exception):
@@ -208,17 +206,6 @@ class Worker:
                     LOG.warning("%s", exc)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the node that started it dies,
-    so that no orphan keeps a job (or a GPU) after a crash; the next node
-    queues the job again."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: _keep_lease notices the node is gone instead
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segnode-worker", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
@@ -230,7 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     for chatty in ("pynetdicom", "highdicom"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    _die_with_parent()
     worker = Worker(args.config, args.name, args.device)
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop())
     worker.run()

@@ -9,7 +9,9 @@ earlier run and are queued again the same way.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +30,22 @@ _CHECK_SECONDS = 0.5
 #: Restart pauses double up to this; a worker alive this long before it died starts over at 1 s.
 _RESTART_PAUSE_MAX_SECONDS = 60.0
 _STOP_GRACE_SECONDS = 20.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(node_pid: int) -> Callable[[], None]:
+    """Run in the child before exec: have Linux SIGKILL the worker when the
+    node dies (kill -9 included), so that no orphan keeps a job or a GPU;
+    the next node queues the job again. Set before exec, it also covers a
+    node killed while the worker is still importing."""
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != node_pid:  # the node died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 def worker_devices() -> tuple[str, ...]:
@@ -98,7 +116,7 @@ class WorkerPool:
         slot.process = subprocess.Popen([
             sys.executable, "-m", "node.worker", "--config", str(self._config_path),
             "--name", slot.name, "--device", slot.device,
-        ])
+        ], preexec_fn=_die_with(os.getpid()))
         slot.started_at = time.monotonic()
         LOG.info("started %s on %s", slot.owner, slot.device)
 

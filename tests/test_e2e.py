@@ -318,3 +318,14 @@ def test_a_pet_series_arriving_after_its_ct_was_measured_adds_pet_measurements(n
         assert float(row["suv_mean"]) == pytest.approx(study.truth[name].suv_mean, abs=0.05)
     seg_uids = {pydicom.dcmread(p).SOPInstanceUID for p in found["SEG"]}
     assert len(seg_uids) == 2  # the inputs changed, so the objects are new ones
+
+
+def test_workers_never_outlive_their_node_even_while_starting(node_factory, tmp_path):
+    node = node_factory()
+    configure(node, free_port())
+    node.start()  # ready as soon as the workers are spawned: they are still importing
+    workers = _children(node.proc.pid)
+    assert workers
+    node.kill()
+    for pid in workers:
+        wait_for(lambda pid=pid: not _alive(pid), 10, f"worker {pid} to die with its node")
