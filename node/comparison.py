@@ -43,8 +43,11 @@ QA_SR_SERIES_NUMBER = 9003
 
 @dataclass(frozen=True)
 class ComparisonResult:
+    """The QA report and, by structure name, its Dice, Jaccard and HD95 (mm,
+    None when one side is empty)."""
+
     sr: Path
-    dice_by_structure: dict[str, float]
+    agreement: dict[str, dict[str, float | None]]
     seconds: dict[str, float]
 
 
@@ -118,4 +121,6 @@ def compare_with_reference(
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "qa-sr.dcm"
     write_dicom_atomically(sr, path)
-    return ComparisonResult(path, {m.name: m.dice for m in measurements}, clock.seconds)
+    agreement = {m.name: {"dice": m.dice, "jaccard": m.jaccard, "hd95_mm": m.hausdorff95_mm}
+                 for m in measurements}
+    return ComparisonResult(path, agreement, clock.seconds)

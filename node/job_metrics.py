@@ -31,21 +31,26 @@ class JobCollector(Collector):
         stages = CounterMetricFamily("segnode_job_stage_seconds", "Seconds spent per stage by finished jobs.",
                                      labels=["kind", "stage"])
         totals: dict[tuple[str, str], float] = {}
-        dice = GaugeMetricFamily("segnode_qa_dice",
-                                 "Dice of our structure against the latest reference SEG of it.",
-                                 labels=["route", "structure"])
-        latest: dict[tuple[str, str], float] = {}
+        agreement = {
+            measure: GaugeMetricFamily(f"segnode_qa_{measure}", f"{what} of our structure against the "
+                                       "latest reference SEG of it.", labels=["route", "structure"])
+            for measure, what in (("dice", "Dice"), ("jaccard", "Jaccard index"),
+                                  ("hd95_mm", "95th-percentile Hausdorff distance in mm"))
+        }
+        latest: dict[tuple[str, str], dict] = {}
         for job in jobs:
             if job.state != JobState.DONE or not job.result:
                 continue
             for stage, seconds in job.result.get("seconds", {}).items():
                 key = (job.kind.value, stage)
                 totals[key] = totals.get(key, 0.0) + seconds
-            for structure, value in job.result.get("dice", {}).items():
-                latest[(job.route, structure)] = value
+            for structure, values in job.result.get("agreement", {}).items():
+                latest[(job.route, structure)] = values
         for (kind, stage), seconds in sorted(totals.items()):
             stages.add_metric([kind, stage], seconds)
-        for labels, value in sorted(latest.items()):
-            dice.add_metric(list(labels), value)
+        for labels, values in sorted(latest.items()):
+            for measure, family in agreement.items():
+                if values.get(measure) is not None:
+                    family.add_metric(list(labels), values[measure])
         yield stages
-        yield dice
+        yield from agreement.values()

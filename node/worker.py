@@ -144,7 +144,7 @@ class Worker:
         result = compare_with_reference(reference, ours, ct_files, pipeline, self.device_uid,
                                         datetime.fromtimestamp(job.queued_at, timezone.utc), out_dir)
         self._send(job, (result.sr,))
-        return {"sr": str(result.sr), "dice": result.dice_by_structure, "seconds": result.seconds}
+        return {"sr": str(result.sr), "agreement": result.agreement, "seconds": result.seconds}
 
     def _send(self, job: Job, files: tuple[Path, ...]) -> None:
         """Queue the files for the node's outbox to send, each under its SOP

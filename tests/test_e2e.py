@@ -258,7 +258,10 @@ def test_a_reference_seg_from_someone_else_gets_a_qa_report(node_factory, tmp_pa
     assert float(dice[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(expected, abs=1e-4)
     kinds = sorted((j["kind"], j["state"]) for j in node.status_jobs())
     assert kinds == [("qa", "done"), ("segment", "done")]
-    assert node.metrics()['segnode_qa_dice{route="ct",structure="body"}'] == pytest.approx(expected, abs=1e-4)
+    metrics = node.metrics()
+    assert metrics['segnode_qa_dice{route="ct",structure="body"}'] == pytest.approx(expected, abs=1e-4)
+    assert 0 < metrics['segnode_qa_jaccard{route="ct",structure="body"}'] < expected
+    assert metrics['segnode_qa_hd95_mm{route="ct",structure="body"}'] > 0
 
 
 def test_a_job_that_keeps_failing_is_failed_visibly_and_can_be_retried(node_factory, tmp_path, ct_series):
