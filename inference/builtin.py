@@ -33,9 +33,13 @@ volume's affine), so the same code serves 0.8 mm and 3 mm CT:
 * **subcutaneous fat, visceral fat, skeletal muscle**: the body-composition
   HU windows (fat -190 to -30, muscle -29 to 150) split by compartment:
   subcutaneous fat is the fat reached from the skin without crossing the
-  muscle wall (its gaps closed), the wall is the tissue within 30 mm under
-  it, visceral fat is the fat deeper than the wall of the trunk, below the
-  top of the lungs and outside the space between them.
+  muscle wall (its gaps closed). Under it, the trunk's visceral space is
+  what lies deeper than the wall (15 mm: abdominal muscles, ribs) and
+  outside the back muscles (behind the spinal canal, within 70 mm of it):
+  organs, bowel, vessels, mediastinum. Skeletal muscle is the lean tissue
+  under the subcutaneous fat outside that space (the wall, the back, the
+  limbs), the spinal canal excepted; visceral fat is the fat inside it,
+  below the top of the lungs and outside the space between them.
 
 The label map is exclusive, so the body outline is the union of all labels;
 label 1 ("body") holds the body voxels that no other structure claims.
@@ -177,10 +181,24 @@ _SKIN_MM: Final = 5.0
 #: Gaps in the muscle wall (linea alba, between muscles) up to twice this
 #: are closed, so that subcutaneous fat does not leak into the abdomen.
 _WALL_GAP_MM: Final = 6.0
-#: Thickness of the muscle wall under the fascia.
-_WALL_DEPTH_MM: Final = 30.0
+#: Thickness of the muscle wall under the fascia. The rectus abdominis is
+#: about 10 mm thick, the three flank muscles together 15-20 mm; the thin
+#: end, because organs against the wall (liver, spleen, colon) are counted
+#: as muscle within it, a larger error than a thick flank's deepest layer.
+_WALL_DEPTH_MM: Final = 15.0
+#: The back muscles (erector spinae, multifidus) lie behind the spinal
+#: canal, out to the angles of the ribs, about this far from it.
+_BACK_HALF_WIDTH_MM: Final = 70.0
+#: The spinal canal: its cross-section once gaps in its bony ring up to
+#: twice _CANAL_BRIDGE_MM are bridged (adults: 1.5 to 3 cm2 before), how
+#: far its centre may lie from the body's midline, and its radius (the
+#: thoracic canal is 15-17 mm across).
+_CANAL_CM2: Final = (0.5, 5.0)
+_CANAL_BRIDGE_MM: Final = 4.0
+_CANAL_MIDLINE_MM: Final = 15.0
+_CANAL_RADIUS_MM: Final = 8.0
 #: The trunk's cross-section is at least this multiple of any other part's
-#: in the slice; where it is not (thighs), there is no abdominal cavity.
+#: in the slice; where it is not (thighs), there is no visceral space.
 _TRUNK_DOMINANCE: Final = 2.0
 
 _FULL: Final = np.ones((3, 3, 3), dtype=bool)
@@ -270,7 +288,7 @@ def _inside_body(hu: np.ndarray, body: np.ndarray, spacing: Spacing) -> np.ndarr
     skeleton = skeleton_mask(hu, body, spacing, coarse)
     lungs = lung_left | lung_right
     taken = lungs | airway.mask | skeleton
-    subcutaneous, visceral, muscle = body_composition(hu, body, taken, lungs, spacing, coarse)
+    subcutaneous, visceral, muscle = body_composition(hu, body, skeleton, taken, lungs, spacing, coarse)
     labels = np.zeros(hu.shape, dtype=np.uint8)
     labels[body] = _VALUES["body"]
     # Later assignments win: fat and muscle never overlap (disjoint windows)
@@ -989,6 +1007,7 @@ def _widest_disk_mm(part: np.ndarray, spacing: Spacing) -> float:
 def body_composition(
     hu: np.ndarray,
     body: np.ndarray,
+    skeleton: np.ndarray,
     taken: np.ndarray,
     lungs: np.ndarray,
     spacing: Spacing,
@@ -998,10 +1017,14 @@ def body_composition(
 
     The compartments are drawn on the coarse grid: the subcutaneous one is
     reached from the skin without crossing the muscle wall (non-fat tissue
-    other than skin, its gaps closed); the wall is the _WALL_DEPTH_MM under
-    it; the abdominopelvic cavity is deeper than the wall, in the trunk (see
-    :func:`_cavity`). The HU windows then apply at full resolution. Fat
-    inside the wall (intermuscular) is neither subcutaneous nor visceral.
+    other than skin, its gaps closed); under it, the trunk's visceral space
+    (see :func:`_visceral_space`) holds the organs, bowel, vessels and the
+    mediastinum, and the rest is the muscle compartment: the wall, the back
+    muscles, the limbs. Visceral fat is the fat of the visceral space below
+    the lungs' top and outside the space between them (see :func:`_cavity`).
+    The HU windows then apply at full resolution. Fat in the muscle
+    compartment (intermuscular) is neither subcutaneous nor visceral; the
+    spinal canal is in neither.
 
     Returns
     -------
@@ -1015,16 +1038,17 @@ def body_composition(
     barrier = _closed_in_slice(firm, coarse_spacing, _WALL_GAP_MM)
     subcutaneous = _reached_from(skin & ~barrier, coarse_body & ~barrier)
     inside = coarse_body & ~subcutaneous
-    deep = _eroded_in_slice(inside, coarse_spacing, _WALL_DEPTH_MM)
-    cavity = deep & _cavity(coarse_body, coarse.mean(lungs) > 0)
+    canal = _spinal_canal(coarse.mean(skeleton) >= 0.5, _midline(coarse_body), coarse_spacing)
+    visceral = _visceral_space(inside & _trunk(coarse_body), canal, coarse_spacing)
+    cavity = visceral & _cavity(coarse.mean(lungs) > 0)
+    muscle_space = inside & ~visceral
+    if canal is not None:
+        radius = _CANAL_RADIUS_MM
+        muscle_space &= ~canal.region(inside.shape, coarse_spacing, -radius, radius, radius)
     free = body & ~taken
     fat = free & (hu >= _FAT_HU[0]) & (hu <= _FAT_HU[1])
     lean = free & (hu >= _MUSCLE_HU[0]) & (hu <= _MUSCLE_HU[1])
-    return (
-        fat & coarse.up(subcutaneous),
-        fat & coarse.up(cavity),
-        lean & coarse.up(inside & ~cavity),
-    )
+    return fat & coarse.up(subcutaneous), fat & coarse.up(cavity), lean & coarse.up(muscle_space)
 
 
 def _reached_from(seeds: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -1036,15 +1060,88 @@ def _reached_from(seeds: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return reached[regions]
 
 
-def _cavity(body: np.ndarray, lungs: np.ndarray) -> np.ndarray:
-    """Where the abdominopelvic cavity can be: the trunk, below the lungs' top, not between the lungs.
+def _visceral_space(trunk: np.ndarray, canal: _Canal | None, spacing: Spacing) -> np.ndarray:
+    """The trunk's visceral space: deeper than the muscle wall, outside the back muscles.
 
-    In a slice the trunk is the body part at least _TRUNK_DOMINANCE times
-    larger than any other (arms are smaller; the two thighs are alike, so
-    there is no trunk there). The thoracic cavity is approximated by the
-    rows and columns spanned by lung, which covers the mediastinum.
+    `trunk` is the trunk under its subcutaneous fat. The wall (abdominal
+    muscles; the chest wall with the ribs) is the _WALL_DEPTH_MM under it;
+    the back muscles fill the space behind the spinal canal's centre,
+    within _BACK_HALF_WIDTH_MM of it, however deep they reach. What
+    remains, thoracic, abdominal and pelvic viscera, mediastinum and
+    retroperitoneum, holds no skeletal muscle but the psoas and the
+    diaphragm's crura.
     """
-    allowed = _trunk(body)
+    deep = _eroded_in_slice(trunk, spacing, _WALL_DEPTH_MM)
+    if canal is None:
+        return deep
+    return deep & ~canal.region(trunk.shape, spacing, 0.0, np.inf, _BACK_HALF_WIDTH_MM)
+
+
+@dataclass(frozen=True, eq=False)
+class _Canal:
+    """The spinal canal's centre in every slice: a row and a column (may be fractional)."""
+
+    rows: np.ndarray
+    columns: np.ndarray
+
+    def region(
+        self, shape: tuple[int, ...], spacing: Spacing, from_mm: float, to_mm: float, half_width_mm: float
+    ) -> np.ndarray:
+        """The voxels from `from_mm` to `to_mm` behind the centre (negative: in
+        front of it) and at most `half_width_mm` to either side of it."""
+        behind_mm = (np.arange(shape[1])[None, :] - self.rows[:, None]) * spacing[1]
+        aside_mm = np.abs(np.arange(shape[2])[None, :] - self.columns[:, None]) * spacing[2]
+        along = (behind_mm >= from_mm) & (behind_mm <= to_mm)
+        return along[:, :, None] & (aside_mm <= half_width_mm)[:, None, :]
+
+
+def _spinal_canal(bone: np.ndarray, midline: np.ndarray, spacing: Spacing) -> _Canal | None:
+    """The spinal canal's centre, or None where no vertebra encloses it.
+
+    In a slice, the canal is the most posterior region near the midline that
+    the bone encloses once gaps of up to 2x _CANAL_BRIDGE_MM are bridged (a
+    calcified aorta lies in front of the spine). Where the arch is open, at
+    a disc or between the laminae, or thin cortex is lost to partial volume,
+    the centre is interpolated from the slices that show it. Only columns
+    within 2x _CANAL_MIDLINE_MM of the midline are searched: the bony ring
+    around such a canal lies there.
+    """
+    reach = int(np.ceil(2 * _CANAL_MIDLINE_MM / spacing[2]))
+    first = max(int(midline.min()) - reach, 0)
+    band = bone[:, :, first : int(midline.max()) + reach + 1]
+    bridged = _closed_in_slice(band, spacing, _CANAL_BRIDGE_MM)
+    holes, count = ndi.label(fill_holes(bridged, HoleFilling.SLICE) & ~bridged, structure=_IN_SLICE)
+    if count == 0:
+        return None
+    z, rows, columns = np.array(ndi.center_of_mass(holes > 0, holes, np.arange(1, count + 1))).T
+    columns += first
+    area_cm2 = _component_sizes(holes, count, holes > 0)[1:] * spacing[1] * spacing[2] / 100.0
+    z = np.rint(z).astype(int)
+    fits = (
+        (area_cm2 >= _CANAL_CM2[0])
+        & (area_cm2 <= _CANAL_CM2[1])
+        & (np.abs(columns - midline[z]) * spacing[2] <= _CANAL_MIDLINE_MM)
+    )
+    found = np.unique(z[fits])
+    if found.size == 0:
+        return None
+    chosen = []
+    for k in found:
+        in_slice = np.flatnonzero(fits & (z == k))
+        chosen.append(in_slice[np.argmax(rows[in_slice])])
+    slices = np.arange(bone.shape[0])
+    return _Canal(
+        rows=np.interp(slices, found, rows[chosen]), columns=np.interp(slices, found, columns[chosen])
+    )
+
+
+def _cavity(lungs: np.ndarray) -> np.ndarray:
+    """Where the visceral space is abdominopelvic: below the lungs' top, not between the lungs.
+
+    The thoracic cavity is approximated by the rows and columns spanned by
+    lung, which covers the mediastinum.
+    """
+    allowed = np.ones(lungs.shape, dtype=bool)
     lung_slices = np.flatnonzero(lungs.any(axis=(1, 2)))
     if lung_slices.size:
         allowed[lung_slices.max() + 1 :] = False
