@@ -40,8 +40,10 @@ def _die_with(node_pid: int) -> Callable[[], None]:
     node killed while the worker is still importing."""
 
     def arm() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except AttributeError:
+            pass  # no prctl (not Linux): the worker's lease thread watches its parent instead
         if os.getppid() != node_pid:  # the node died before the signal was armed
             os._exit(1)
 
