@@ -55,13 +55,16 @@ class PredictionSettings:
     mirroring : bool
         Test-time mirroring over the axes the trainer allowed (none for
         TotalSegmentator's ``NoMirroring`` trainers); costs up to 8x.
-    batch_size : int
-        Tiles per network call.
+    batch_size : int, optional
+        Tiles per network call. By default 2 on a GPU, to keep it busy, and
+        1 on the CPU, where a second tile saves nothing measurable and
+        doubles the activations (118 output channels of a 128^3 tile are
+        1 GB in fp32).
     """
 
     tile_step: float = 0.5
     mirroring: bool = True
-    batch_size: int = 2
+    batch_size: int | None = None
 
 
 class NnUNetSegmenter:
@@ -188,7 +191,7 @@ class NnUNetSegmenter:
                 patch_size=part.configuration.patch_size,
                 step=settings.tile_step,
                 mirror_axes=part.mirror_axes if settings.mirroring else (),
-                batch_size=settings.batch_size,
+                batch_size=settings.batch_size or (2 if self._device.type == "cuda" else 1),
                 accumulate=torch.float16,
                 autocast=self._autocast,
             )
