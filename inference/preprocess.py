@@ -254,10 +254,15 @@ def _cubic_axis(image: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     length = moved.shape[-1]
     rows = moved.reshape(-1, 1, length)
     pad = 2 * _SPLINE_TAPS
-    rows = F.pad(rows, (pad, pad), mode="replicate")
+    rows = F.pad(rows, (pad, pad), mode="replicate")[:, 0]
     offsets = torch.arange(-_SPLINE_TAPS, _SPLINE_TAPS + 1, dtype=torch.float64)
-    kernel = (3**0.5 * _SPLINE_POLE ** offsets.abs()).to(rows)
-    coefficients = F.conv1d(rows, kernel.view(1, 1, -1))[:, 0]  # padded by _SPLINE_TAPS
+    kernel = 3**0.5 * _SPLINE_POLE ** offsets.abs()
+    # The filter as a sum of shifted rows: conv1d does the same sum, but on
+    # a CPU through a buffer of every row times every tap (25x the image).
+    width = length + 2 * _SPLINE_TAPS
+    coefficients = torch.zeros((rows.shape[0], width), dtype=rows.dtype, device=rows.device)
+    for shift, weight in enumerate(kernel.tolist()):
+        coefficients.add_(rows[:, shift:shift + width], alpha=weight)  # padded by _SPLINE_TAPS
     centres = (torch.arange(size, dtype=torch.float64, device=image.device) + 0.5) * (length / size) - 0.5
     centres = centres + _SPLINE_TAPS
     base = torch.floor(centres)
