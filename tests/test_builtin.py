@@ -113,11 +113,11 @@ def spine_phantom(slice_mm: float = 2.0, seed: int = 0) -> SpinePhantom:
         truth["trabecular"][k] = set(kinds) == {"trabecular"} and spine_r <= 16.5
         truth["disc"][k] = set(kinds) == {"disc"} and spine_r <= 18
         truth["rib"][k], truth["plaque"][k] = rib, plaque
-    array, affine = _noisy_ct(hu, spacing, (x[0], y[0], slice_mm / 2), seed)
-    return SpinePhantom(_ct_volume(array, affine), truth)
+    array, affine = noisy_ct(hu, spacing, (x[0], y[0], slice_mm / 2), seed)
+    return SpinePhantom(ct_volume(array, affine), truth)
 
 
-def _noisy_ct(
+def noisy_ct(
     hu: np.ndarray, spacing: tuple[float, float, float], origin: tuple[float, float, float], seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stored CT values (HU with 15 HU Gaussian noise, int16) and the affine of a canonical
@@ -130,7 +130,7 @@ def _noisy_ct(
     return array, affine
 
 
-def _ct_volume(array: np.ndarray, affine: np.ndarray) -> Volume:
+def ct_volume(array: np.ndarray, affine: np.ndarray) -> Volume:
     """A CT Volume of a phantom's array (fixed UIDs, one source image per slice)."""
     return Volume(
         array=array,
@@ -384,21 +384,24 @@ needs_shared_data = pytest.mark.skipif(
 
 @needs_shared_data
 def test_siemens_skeleton_and_body_against_totalsegmentator() -> None:
-    """Skeleton Dice 0.78 (a 200 HU threshold: 0.49).
+    """Skeleton Dice 0.786 (a 200 HU threshold: 0.49).
 
     Below the issue's 0.80. The reference was made on a 3 mm grid (runs of
     3 voxels in each slice, 13 distinct slices of 20): the skeleton
-    quantised the same way scores 0.86 against itself. What the rules call
-    bone and the reference does not is mostly real: rib heads at T11-T12
-    and the ribs' ends at the costal cartilages, which it leaves out or
-    calls cartilage; calcified aortic wall fused to T12; the
-    osteophyte-ringed T12-L1 disc, whose inside joins T12's through gaps
-    in the endplate (the T11-T12 disc is left out).
+    quantised the same way scores 0.87 against itself. The calcified
+    aortic wall fused to T12 is left out (0.780 with it). What the rules
+    call bone and the reference does not is otherwise mostly real: rib
+    heads at T11-T12 and the ribs' ends at the costal cartilages, which it
+    leaves out or calls cartilage, and T12's cortex and osteophytes where
+    the aorta lies on them; not bone are the osteophyte-ringed T12-L1 disc
+    (4 mm tall in 3 mm slices), whose inside joins T12's through gaps in
+    the endplate, and a splenic artery calcification as thick as a rib and
+    as far from other bone (the T11-T12 disc is left out).
     bench/builtin_dice.py prints the figures.
     """
     volume, reference = siemens_case()
     labels = BuiltinSegmenter().segment(volume).labels
-    assert dice(labels == VALUE["skeleton"], classes_mask(reference, BONE_CLASSES)) >= 0.775
+    assert dice(labels == VALUE["skeleton"], classes_mask(reference, BONE_CLASSES)) >= 0.78
     body = labels > 0
     assert np.mean(body[reference > 0]) >= 0.995
     assert not (body & outside_air(volume.array)).any()
