@@ -254,9 +254,14 @@ def test_rejected_association_fails_every_file(peers, result_files):
     refusing = peers.storescp("--refuse")
     results = send(refusing.destination, [result_files["seg"], result_files["sr"]])
 
-    assert [r.outcome for r in results] == [Outcome.REJECTED] * 2
-    assert "rejected the association" in results[0].detail
-    assert not results[0].permanent
+    # storescp closes the connection right after its A-ASSOCIATE-RJ; now and
+    # then pynetdicom sees the close first and reports an abort. Either way
+    # nothing was sent and the files wait for the next attempt.
+    assert results[0].outcome in (Outcome.REJECTED, Outcome.ABORTED)
+    assert results[1].outcome in (results[0].outcome, Outcome.NOT_ATTEMPTED)
+    if results[0].outcome == Outcome.REJECTED:
+        assert "rejected the association" in results[0].detail
+    assert not any(r.delivered or r.permanent for r in results)
     assert refusing.received() == {}
 
 
