@@ -15,11 +15,12 @@ a reader sees the previous file or the complete new one, never a partial one.
 from __future__ import annotations
 
 import csv
+import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from dicomio.files import write_atomically
 from dicomio.measurements import StructureMeasurements
 
 #: Header row, in column order. The bounding box is in voxel indices
@@ -124,26 +125,9 @@ def write_measurements_csv(
     OSError
         If the folder is missing or not writable; no temporary file is left.
     """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        # newline="" lets the csv module write its own \r\n line ends (RFC 4180).
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            # The permissions of stored instances (node/storage.py), not mkstemp's 0600.
-            os.fchmod(handle.fileno(), 0o640)
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            writer.writerows(_row(m) for m in measurements)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename is durable only once the folder is on disk too.
-    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-    return target
+    text = io.StringIO(newline="")
+    # newline="" lets the csv module write its own \r\n line ends (RFC 4180).
+    writer = csv.writer(text)
+    writer.writerow(COLUMNS)
+    writer.writerows(_row(m) for m in measurements)
+    return write_atomically(path, text.getvalue().encode("utf-8"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from pydicom.dataset import Dataset
 
 from config import Pipeline
 from dicomio.csv import write_measurements_csv
+from dicomio.files import write_atomically
 from dicomio.label_map import write_label_map
 from dicomio.measurements import StructureMeasurements
 from dicomio.pet import SuvVolume, load_suv_volume
@@ -106,12 +106,7 @@ def write_dicom_atomically(dataset: Dataset, path: Path) -> None:
     """Write `dataset` to `path` durably; a reader never sees a partial file."""
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as out:
-        out.write(buffer.getbuffer())
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, path)
+    write_atomically(path, buffer.getvalue())
 
 
 def date_object(dataset: Dataset, created: datetime) -> None:

@@ -337,17 +337,16 @@ def classes_mask(reference: np.ndarray, pattern: re.Pattern[str] | str) -> np.nd
 
 
 def nifti_volume(path: Path) -> Volume:
-    """A NIfTI CT as a Volume: SimpleITK puts it in LPS space, its array is [slice, row, column]."""
-    image = sitk.ReadImage(str(path))
-    array = sitk.GetArrayFromImage(image)
-    return Volume(
-        array=array,
-        affine=Volume.affine_from_sitk(image),
+    """A NIfTI CT as a Volume, with made-up UIDs so that a SEG can reference it."""
+    volume = Volume.from_sitk(sitk.ReadImage(str(path)))
+    return dataclasses.replace(
+        volume,
         frame_of_reference_uid="1.2.826.0.1.3680043.8.498.10",
         study_instance_uid="1.2.826.0.1.3680043.8.498.11",
         series_instance_uid="1.2.826.0.1.3680043.8.498.12",
-        modality="CT",
-        sources=tuple(SourceFrame("1.2.840.10008.5.1.4.1.1.2", f"1.2.4.{k}") for k in range(array.shape[0])),
+        sources=tuple(
+            SourceFrame("1.2.840.10008.5.1.4.1.1.2", f"1.2.4.{k}") for k in range(len(volume.sources))
+        ),
     )
 
 
