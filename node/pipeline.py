@@ -5,14 +5,16 @@ run-series`` for a folder, so what a PACS gets back is what a user can
 reproduce offline.
 
 A retry must not make new objects: the SEG and SR UIDs are derived from the
-source instances, the PET series, the model and the pipeline, and both are
-dated by the time the job was queued, so a second run writes the same bytes
-and a destination that already has them just gets them again. A series
-that changed (a late slice) gets new UIDs, because its instances changed.
+source instances, the PET series, the model, the pipeline and the label map
+itself, and both are dated by the time the job was queued, so a second run
+writes the same bytes and a destination that already has them just gets
+them again. A series that changed (a late slice), or a model that now
+labels it differently under the same version, gets new UIDs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -174,7 +177,8 @@ def run_pipeline(inputs: PipelineInputs, segmenter: Segmenter, out_dir: Path) ->
     measurements = clock.run("qa", lambda: _checked(measurements, segmentation, segmenter, inputs.settings))
 
     identity = (inputs.pipeline_name, segmenter.algorithm.name, segmenter.algorithm.version,
-                pet.suv_bw.series_instance_uid if pet else "")
+                pet.suv_bw.series_instance_uid if pet else "",
+                hashlib.sha256(np.ascontiguousarray(segmentation.labels).data).hexdigest())
     sources = sorted(used)
 
     def encode() -> tuple[Dataset, Dataset]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -67,3 +69,19 @@ def test_run_series_prints_the_table_and_refuses_a_missing_folder(ct_series, tmp
     done = subprocess.run([sys.executable, "-m", "node.cli", "run-series", str(tmp_path / "absent"),
                            "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 1 and "not a folder" in done.stderr
+
+
+def test_a_model_that_labels_differently_under_the_same_version_makes_new_objects(ct_series, tmp_path):
+    class Eroded(BuiltinSegmenter):
+        """The built-in with one voxel less: another result, the same identity."""
+
+        def segment(self, volume):
+            result = super().segment(volume)
+            labels = result.labels.copy()
+            labels[tuple(np.argwhere(labels > 0)[0])] = 0
+            return replace(result, labels=labels)
+
+    first = run_pipeline(inputs(ct_series), BuiltinSegmenter(), tmp_path / "a")
+    other = run_pipeline(inputs(ct_series), Eroded(), tmp_path / "b")
+    uids = lambda r: {pydicom.dcmread(p).SOPInstanceUID for p in (r.seg, r.sr)}  # noqa: E731
+    assert not uids(first) & uids(other)
