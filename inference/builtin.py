@@ -172,12 +172,17 @@ _BRANCH_MIN_SHARE: Final = 0.15
 _BONE_MIN_HALF_THICKNESS_MM: Final = 2.0
 #: Gaps in the cortex that closing bridges before the inside is filled.
 _BONE_CLOSING_MM: Final = 6.0
+#: Height of a gap in the cortex (a vascular foramen) that the slices
+#: above and below close.
+_CORTEX_GAP_MM: Final = 2.0
 #: Holes this small are marrow whatever their density (ribs, long bones).
 _MARROW_SMALL_CM2: Final = 1.0
 #: A vertebral body is at most about twice as wide as it is tall; an
 #: intervertebral disc is 3 to 6 times (lumbar 45 x 10 mm, thoracic
 #: 30 x 5 mm, cervical 18 x 5 mm).
 _DISC_FLATNESS: Final = 3.0
+#: Share of a slice that a vertebral endplate's cortex covers.
+_ENDPLATE_COVER: Final = 0.5
 #: Largest bone cross-section (vertebral body, femoral head); a larger
 #: enclosed region is a cavity ringed by bones (pelvis, thorax).
 _BONE_MAX_HOLE_CM2: Final = 30.0
@@ -871,8 +876,11 @@ def skeleton_mask(hu: np.ndarray, body: np.ndarray, spacing: Spacing, coarse: _C
     bright as its inside (see :func:`_contrast_pools`); a calcified vessel
     wall is too thin to pass the thickness test, and where it touches bone
     and passes with it, it lines a lumen (see :func:`_vessel_walls`).
+    Last, the outline loses what the filling added below the bone edge
+    (see :func:`_outline`).
     """
-    dense = body & (hu >= _bone_edge_hu(spacing))
+    edge_hu = _bone_edge_hu(spacing)
+    dense = body & (hu >= edge_hu)
     dense &= ~_contrast_pools(hu, dense, spacing, coarse)
     dense |= _small_holes(dense, spacing) & body
     core = _thick_parts(dense, hu, spacing)
@@ -882,9 +890,20 @@ def skeleton_mask(hu: np.ndarray, body: np.ndarray, spacing: Spacing, coarse: _C
     bone |= _small_holes(bone, spacing) & body
     coarse_spacing = coarse.spacing(spacing)
     canal = _spinal_canal(coarse.mean(bone) >= 0.5, _midline(coarse.mean(body) >= 0.5), coarse_spacing)
-    if canal is None:
-        return bone  # no spine, so no aorta on it
-    return bone & ~_vessel_walls(bone, hu, spacing, _canal_mm(canal, coarse, spacing))
+    if canal is not None:  # no spine, no aorta on it
+        bone &= ~_vessel_walls(bone, hu, spacing, _canal_mm(canal, coarse, spacing))
+    return bone & ~(_outline(bone) & (hu < edge_hu))
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Voxels of `mask` with a 4-neighbour outside it in their slice.
+
+    Bone's outline is its cortex, so a voxel there below the bone edge was
+    added by the filling of the inside where the cortex has a gap (a
+    foramen, the spinal canal's side of a vertebral body): it lies outside
+    the bone's surface.
+    """
+    return mask & ~ndi.binary_erosion(mask, _IN_SLICE, border_value=1)
 
 
 def _canal_mm(canal: _Canal, coarse: _Coarse, spacing: Spacing) -> np.ndarray:
@@ -1005,6 +1024,8 @@ def _bone_interior(core: np.ndarray, hu: np.ndarray, spacing: Spacing, coarse: _
     bridges = _closed_in_slice(coarse_core, coarse.spacing(spacing), _BONE_CLOSING_MM) & ~coarse_core
     bridged = core | coarse.up(bridges)
     box, regions, count = _regions_in_slice(fill_holes(bridged, HoleFilling.SLICE) & ~core)
+    if count == 0:
+        return np.zeros(core.shape, dtype=bool)
     enclosed = regions > 0
     voxels = _component_sizes(regions, count, enclosed)
     area_cm2 = voxels * spacing[1] * spacing[2] / 100.0
@@ -1013,36 +1034,80 @@ def _bone_interior(core: np.ndarray, hu: np.ndarray, spacing: Spacing, coarse: _
     whole = (area_cm2 < _MARROW_SMALL_CM2) | (mean_hu < _FAT_HU[1])
     fits = area_cm2 <= _BONE_MAX_HOLE_CM2
     whole[0] = fits[0] = False
+    inside, marrow = fits[regions], (fits & whole)[regions]
+    denser = hu[box] > _MARROW_HU
+    scan_ends = (box[0].start == 0, box[0].stop == core.shape[0])
+    discs = _disc_layers(inside & ~marrow & denser, core[box], spacing, scan_ends)
+    # Where a slice's cortex has a gap too wide to bridge (a vascular
+    # foramen, thin cortex lost to partial volume), the slices above and
+    # below still enclose its inside.
+    inside &= ~discs
+    below, above = np.zeros_like(inside), np.zeros_like(inside)
+    for step in range(1, max(1, round(_CORTEX_GAP_MM / spacing[0])) + 1):
+        below[step:] |= inside[:-step]
+        above[:-step] |= inside[step:]
+    inside |= below & above & ~core[box]
     out = np.zeros(core.shape, dtype=bool)
-    out[box] = fits[regions] & ~whole[regions] & (hu[box] > _MARROW_HU)
-    out &= ~_disc_layers(out, spacing)
-    out[box] |= fits[regions] & whole[regions]
+    out[box] = (inside & ~marrow & ~discs & denser) | marrow
     return out
 
 
-def _disc_layers(trabecular: np.ndarray, spacing: Spacing) -> np.ndarray:
-    """The connected parts of `trabecular` that are intervertebral discs.
+def _disc_layers(
+    trabecular: np.ndarray, core: np.ndarray, spacing: Spacing, scan_ends: tuple[bool, bool]
+) -> np.ndarray:
+    """The parts of `trabecular` that are intervertebral discs.
 
     Where a degenerate disc is ringed by osteophytes and the rims of the
     endplates, its slices look like the inside of a vertebral body, and
     fibrocartilage (70-120 HU) is as dense as osteoporotic trabecular bone.
     In 3-D, though, a disc is a layer at least _DISC_FLATNESS times wider
-    than tall, and the inside of a vertebral body is not. A part cut by the
-    first or last slice is kept: its height is unknown.
+    than tall, and the inside of a vertebral body is not. On thick slices
+    partial volume can join a disc to the vertebral body through its
+    endplate, so each connected part is cut at its endplates (see
+    :func:`_between_endplates`) and every layer is judged on its own. A
+    layer cut by the scan's first or last slice is kept: its height is
+    unknown (`scan_ends`: whether the arrays' first and last slices are
+    the scan's).
     """
     parts, _ = ndi.label(trabecular)
     discs = np.zeros(trabecular.shape, dtype=bool)
     for index, box in enumerate(ndi.find_objects(parts), start=1):
-        if box[0].start == 0 or box[0].stop == trabecular.shape[0]:
-            continue
-        height_mm = (box[0].stop - box[0].start) * spacing[0]
-        narrowest_mm = min((b.stop - b.start) * s for b, s in zip(box[1:], spacing[1:], strict=True))
-        if narrowest_mm < _DISC_FLATNESS * height_mm:
-            continue  # cannot be that flat: skip the costlier measure
         part = parts[box] == index
-        if _widest_disk_mm(part, spacing) >= _DISC_FLATNESS * height_mm:
-            discs[box] |= part
+        for first, stop in _between_endplates(part, core[box]):
+            first_cut = scan_ends[0] and box[0].start + first == 0
+            if first_cut or (scan_ends[1] and box[0].start + stop == trabecular.shape[0]):
+                continue
+            layer = part[first:stop]
+            height_mm = (stop - first) * spacing[0]
+            _, rows, columns = ndi.find_objects(layer.astype(np.uint8))[0]
+            narrowest_mm = min((rows.stop - rows.start) * spacing[1], (columns.stop - columns.start) * spacing[2])
+            if narrowest_mm < _DISC_FLATNESS * height_mm:
+                continue  # cannot be that flat: skip the costlier measure
+            if _widest_disk_mm(layer, spacing) >= _DISC_FLATNESS * height_mm:
+                discs[box][first:stop] |= layer
     return discs
+
+
+def _between_endplates(part: np.ndarray, core: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of slices of `part` (first, stop) between its endplates.
+
+    An endplate is a slice inside the part where cortical bone (`core`)
+    covers more than _ENDPLATE_COVER of the part's sections in the slices
+    on either side: the part passes there only through the plate's
+    partial-volume gaps. The endplate slices belong to no run.
+    """
+    beside = np.zeros(part.shape, dtype=bool)
+    beside[1:-1] = part[:-2] | part[2:]
+    covered = (core & beside).sum(axis=(1, 2)) > _ENDPLATE_COVER * beside.sum(axis=(1, 2))
+    covered[[0, -1]] = False
+    runs, first = [], 0
+    for k in np.flatnonzero(covered):
+        if k > first:
+            runs.append((first, int(k)))
+        first = int(k) + 1
+    if first < part.shape[0]:
+        runs.append((first, part.shape[0]))
+    return runs
 
 
 def _widest_disk_mm(part: np.ndarray, spacing: Spacing) -> float:
@@ -1106,17 +1171,18 @@ def _vessel_walls(bone: np.ndarray, hu: np.ndarray, spacing: Spacing, canal_mm: 
 def _lumen_seeds(
     bone: np.ndarray, hu: np.ndarray, spacing: Spacing, canal_mm: np.ndarray
 ) -> Iterator[_Lumen]:
-    """Lumens lined by a calcified wall, in slices 2x _LUMEN_RADIUS_MM[0] apart.
+    """Lumens lined by a calcified wall, in slices _LUMEN_RADIUS_MM[0] apart.
 
-    A tube that counts is at least two radii long, so it crosses one of
-    these slices (the opening costs 4 ms a slice on 1 mm pixels). In each,
+    A tube that counts is at least two radii long, so it crosses two of
+    these slices or more; calcification is patchy, so each is a chance to
+    find it (the opening costs 4 ms a slice on 1 mm pixels). In each,
     the thin shells are what an opening by _BONE_MIN_HALF_THICKNESS_MM
     removes from the bone; a shell curving around a lumen has its centre
     of curvature inside it, where the search for the lumen starts. A shell
     lining a quarter of the smallest lumen is longer than that lumen's
     radius; one flatter than the largest lumen lines none.
     """
-    step = max(1, int(2 * _LUMEN_RADIUS_MM[0] // spacing[0]))
+    step = max(1, int(_LUMEN_RADIUS_MM[0] // spacing[0]))
     sections = np.ascontiguousarray(bone[::step])
     thick = _opened_in_slice(sections, spacing, _BONE_MIN_HALF_THICKNESS_MM)
     shells, _ = ndi.label(sections & ~thick, structure=_IN_SLICE)
