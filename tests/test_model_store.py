@@ -34,6 +34,7 @@ from inference.model_store import (
     UnknownModelError,
 )
 from tests.conftest import REPO
+from tests import nnunet_models
 
 TS_TRAINER = "nnUNetTrainer_4000epochs_NoMirroring"
 ORGANS = ("spleen", "kidney_right", "kidney_left", "liver")
@@ -46,63 +47,14 @@ VERTEBRAE = ("sacrum", "vertebrae_S1", "vertebrae_L5")
 
 
 def plans_json(dataset: str, configuration: str) -> dict:
-    """A plans.json with nnU-Net v2's keys (values of a small 3d_fullres plan)."""
-    return {
-        "dataset_name": dataset,
-        "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [3.0, 3.0, 3.0],
-        "original_median_shape_after_transp": [100, 100, 100],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {
-            configuration: {
-                "data_identifier": f"nnUNetPlans_{configuration}",
-                "preprocessor_name": "DefaultPreprocessor",
-                "batch_size": 2,
-                "patch_size": [16, 16, 16],
-                "median_image_size_in_voxels": [100, 100, 100],
-                "spacing": [3.0, 3.0, 3.0],
-                "normalization_schemes": ["CTNormalization"],
-                "use_mask_for_norm": [False],
-                "resampling_fn_data": "resample_data_or_seg_to_shape",
-                "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0},
-                "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0},
-                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0},
-                "architecture": {
-                    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                    "arch_kwargs": {
-                        "n_stages": 2,
-                        "features_per_stage": [4, 8],
-                        "conv_op": "torch.nn.modules.conv.Conv3d",
-                        "kernel_sizes": [[3, 3, 3], [3, 3, 3]],
-                        "strides": [[1, 1, 1], [2, 2, 2]],
-                        "n_conv_per_stage": [1, 1],
-                        "n_conv_per_stage_decoder": [1],
-                        "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                        "dropout_op": None,
-                        "dropout_op_kwargs": None,
-                        "nonlin": "torch.nn.LeakyReLU",
-                        "nonlin_kwargs": {"inplace": True},
-                    },
-                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-                },
-                "batch_dice": True,
-            }
-        },
-        "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {
-            "0": {
-                "max": 3000.0, "mean": 100.0, "median": 80.0, "min": -1000.0,
-                "percentile_00_5": -900.0, "percentile_99_5": 1500.0, "std": 200.0,
-            }
-        },
-    }
+    """A plans.json with nnU-Net v2's keys: a small plan, under `configuration`."""
+    spec = nnunet_models.ModelSpec(
+        dataset=dataset, spacing=(3.0, 3.0, 3.0), patch_size=(16, 16, 16), features=(4, 8), labels=()
+    )
+    written = nnunet_models.plans(spec)
+    plan = written["configurations"]["3d_fullres"] | {"data_identifier": f"nnUNetPlans_{configuration}"}
+    written["configurations"] = {configuration: plan}
+    return written
 
 
 def make_model(
