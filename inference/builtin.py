@@ -27,14 +27,18 @@ volume's affine), so the same code serves 0.8 mm and 3 mm CT:
   the cortex are bridged: whole where small or fatty (marrow), elsewhere
   its voxels denser than 60 HU (trabecular bone), so that the spinal canal
   and vessel lumens (water, blood) stay out; such voxels that form a layer
-  at least 3 times wider than tall are an intervertebral disc ringed by
-  osteophytes and stay out too; then holes under 1 cm2 left in a bone
-  are marrow. Last, a calcified artery wall that touches bone and passed
+  at least 3 times wider than tall between endplates are an intervertebral
+  disc ringed by osteophytes and stay out too; a slice whose cortex has a
+  gap too wide to bridge takes its inside from the slices 2 mm above and
+  below; then holes under 1 cm2 left in a bone are marrow. A calcified
+  artery wall that touches bone and passed
   with it is taken out: it lines a lumen, a round region of blood or
   contrast 8 to 40 mm across within 80 mm of the spinal canal (aorta,
   iliac arteries), tracked slice by slice as a tube at least as long as
   it is wide; what lies in the wall (thin shells, and bone within the
   2 mm of intima and media) goes, the vertebra's thick bone beyond stays.
+  Last, filled voxels below the bone edge on the outline go: the cortex
+  is the bone's surface.
 * **subcutaneous fat, visceral fat, skeletal muscle**: the body-composition
   HU windows (fat -190 to -30, muscle -29 to 150) split by compartment:
   subcutaneous fat is the fat reached from the skin without crossing the
