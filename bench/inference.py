@@ -9,14 +9,14 @@ wall time is end to end from the array to the label map (preprocessing,
 sliding window, resampling back, argmax), model loading excluded.
 
     python3 bench/inference.py                 # 3 mm model: torso CT, 512x512x150 CT (~10 min, 2 cores)
-    python3 bench/inference.py --cases all     # + 1.5 mm model, + 512x512x600 CT (segnode only)
+    python3 bench/inference.py --cases all     # + 1.5 mm model, + 512x512x600 and x1000 CTs (segnode only)
     python3 bench/inference.py --device cuda   # segnode on the GPU (nnU-Net's reference too)
 
-The synthetic CT (0.8 x 0.8 mm pixels, 1.5 mm slices) is where nnU-Net's
-export, which resamples all 118 logit channels at full resolution at once,
-needs about 37 GB of fp16 (and float64 per channel): it is skipped for the
-reference unless ``--reference-large`` is given and the machine has the
-memory.
+The synthetic CTs (0.8 x 0.8 mm pixels, 1.5 mm slices, 600 or 1000 of
+them) are where nnU-Net's export, which resamples all 118 logit channels at
+full resolution at once, needs about 37 GB of fp16 for 600 slices (and
+float64 per channel): they are skipped for the reference unless
+``--reference-large`` is given and the machine has the memory.
 """
 
 from __future__ import annotations
@@ -44,14 +44,15 @@ class Case:
     name: str
     resolution_mm: float
     classes: int
-    image: str  # "torso", "clinical" (512x512x150) or "synthetic" (512x512x600)
+    image: str  # "torso", "clinical" (512x512x150) or "synthetic-N" (512x512xN)
 
 
 CASES = {
     "torso-3mm": Case("torso-3mm", 3.0, 117, "torso"),
     "clinical-3mm": Case("clinical-3mm", 3.0, 117, "clinical"),
     "torso-1.5mm": Case("torso-1.5mm", 1.5, 24, "torso"),
-    "synthetic-600": Case("synthetic-600", 3.0, 117, "synthetic"),
+    "synthetic-600": Case("synthetic-600", 3.0, 117, "synthetic-600"),
+    "synthetic-1000": Case("synthetic-1000", 3.0, 117, "synthetic-1000"),
 }
 
 
@@ -65,8 +66,8 @@ def load_image(kind: str) -> tuple[np.ndarray, tuple[float, float, float]]:
     from tests.synthetic import phantom_hu
 
     # A body phantom at clinical resolution: the in-plane ellipse repeated
-    # along z with noise; 150 slices of 2 mm, or 600 of 1.5 mm.
-    slices, thickness = (150, 2.0) if kind == "clinical" else (600, 1.5)
+    # along z with noise; 150 slices of 2 mm, or N of 1.5 mm.
+    slices, thickness = (150, 2.0) if kind == "clinical" else (int(kind.removeprefix("synthetic-")), 1.5)
     plane = phantom_hu(1, 512, 512)[0].astype(np.float32)
     noise = np.random.default_rng(0).normal(0, 20, (slices, 1, 512)).astype(np.float32)
     return plane[None] + noise, (thickness, 0.8, 0.8)
@@ -140,7 +141,7 @@ def main() -> None:
                   f"{case.image} image, device {args.device}")
             results = {}
             for engine in ("segnode", "nnunet"):
-                if engine == "nnunet" and case.image == "synthetic" and not args.reference_large:
+                if engine == "nnunet" and case.image.startswith("synthetic") and not args.reference_large:
                     print("  nnunet: skipped (needs ~40 GB for its export; --reference-large to try)")
                     continue
                 out = root / f"{name}-{engine}.npy"
