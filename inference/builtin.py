@@ -31,12 +31,12 @@ volume's affine), so the same code serves 0.8 mm and 3 mm CT:
   disc ringed by osteophytes and stay out too; a slice whose cortex has a
   gap too wide to bridge takes its inside from the slices 2 mm above and
   below; then holes under 1 cm2 left in a bone are marrow. A calcified
-  artery wall that touches bone and passed
-  with it is taken out: it lines a lumen, a round region of blood or
-  contrast 8 to 40 mm across within 80 mm of the spinal canal (aorta,
-  iliac arteries), tracked slice by slice as a tube at least as long as
-  it is wide; what lies in the wall (thin shells, and bone within the
-  2 mm of intima and media) goes, the vertebra's thick bone beyond stays.
+  artery wall that touches bone and passed with it is taken out: it lines
+  a lumen, a round region of blood or contrast 8 to 40 mm across within
+  80 mm of the spinal canal (aorta, iliac arteries), tracked slice by
+  slice as a tube at least as long as it is wide; what lies in the wall
+  (thin shells, and bone within the 2 mm of intima and media) goes, the
+  vertebra's thick bone beyond stays.
   Last, filled voxels below the bone edge on the outline go: the cortex
   is the bone's surface.
 * **subcutaneous fat, visceral fat, skeletal muscle**: the body-composition
