@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
@@ -47,6 +48,22 @@ def configure(node: NodeProcess, destination_port: int, **pipeline) -> None:
         sending={"retry_base_seconds": 0.5, "retry_max_seconds": 2},
     )
     node.write_config()
+
+
+@pytest.fixture
+def destination(tmp_path) -> Iterator[StoreSCP]:
+    """dcmtk's storescp as the route's destination, stopped after the test."""
+    scp = StoreSCP(tmp_path)
+    yield scp
+    scp.stop()
+
+
+def started_node(node_factory, destination: StoreSCP) -> NodeProcess:
+    """A node serving, that routes CT to `destination` through the built-in pipeline."""
+    node = node_factory()
+    configure(node, destination.port)
+    node.start()
+    return node
 
 
 def storescu(node: NodeProcess, files: list[Path]) -> None:
@@ -85,17 +102,11 @@ def ct_series(tmp_path_factory) -> list[Path]:
                            pixel_spacing=(4.0, 4.0), slice_thickness=4.0)
 
 
-def test_seg_and_sr_come_back_valid_and_on_the_source_grid(node_factory, tmp_path, ct_series):
-    destination = StoreSCP(tmp_path)
-    node = node_factory()
-    configure(node, destination.port)
-    node.start()
-    try:
-        storescu(node, ct_series)
-        found = wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR") and r, 90,
-                         "the SEG and SR at the destination")
-    finally:
-        destination.stop()
+def test_seg_and_sr_come_back_valid_and_on_the_source_grid(node_factory, destination, ct_series):
+    node = started_node(node_factory, destination)
+    storescu(node, ct_series)
+    found = wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR") and r, 90,
+                     "the SEG and SR at the destination")
     seg_path, sr_path = found["SEG"][0], found["SR"][0]
     for path in (seg_path, sr_path):
         dciodvfy(path)
@@ -166,40 +177,28 @@ def delivered_once(destination: StoreSCP) -> dict[str, set[str]]:
 
 
 def test_kill_9_of_the_node_during_a_job_then_restart_delivers_one_seg_and_one_sr(
-    node_factory, tmp_path, slow_series
+    node_factory, destination, slow_series
 ):
-    destination = StoreSCP(tmp_path)
-    node = node_factory()
-    configure(node, destination.port)
+    node = started_node(node_factory, destination)
+    storescu(node, slow_series)
+    wait_for(lambda: running_job(node), 60, "the job to start")
+    workers = _children(node.proc.pid)
+    node.kill()
+    for pid in workers:  # the workers die with their node
+        wait_for(lambda pid=pid: not _alive(pid), 10, f"worker {pid} to exit")
     node.start()
-    try:
-        storescu(node, slow_series)
-        wait_for(lambda: running_job(node), 60, "the job to start")
-        workers = _children(node.proc.pid)
-        node.kill()
-        for pid in workers:  # the workers die with their node
-            wait_for(lambda pid=pid: not _alive(pid), 10, f"worker {pid} to exit")
-        node.start()
-        uids = delivered_once(destination)
-    finally:
-        destination.stop()
+    uids = delivered_once(destination)
     assert len(uids["SEG"]) == 1 and len(uids["SR"]) == 1
     (job,) = node.status_jobs()
     assert job["state"] == "done" and job["attempts"] == 2
 
 
-def test_a_worker_killed_during_a_job_is_replaced_and_the_job_retried(node_factory, tmp_path, slow_series):
-    destination = StoreSCP(tmp_path)
-    node = node_factory()
-    configure(node, destination.port)
-    node.start()
-    try:
-        storescu(node, slow_series)
-        job = wait_for(lambda: running_job(node), 60, "the job to start")
-        os.kill(int(job["owner"].rsplit(":", 1)[1]), signal.SIGKILL)
-        uids = delivered_once(destination)
-    finally:
-        destination.stop()
+def test_a_worker_killed_during_a_job_is_replaced_and_the_job_retried(node_factory, destination, slow_series):
+    node = started_node(node_factory, destination)
+    storescu(node, slow_series)
+    job = wait_for(lambda: running_job(node), 60, "the job to start")
+    os.kill(int(job["owner"].rsplit(":", 1)[1]), signal.SIGKILL)
+    uids = delivered_once(destination)
     assert len(uids["SEG"]) == 1 and len(uids["SR"]) == 1
     (job,) = node.status_jobs()
     assert job["state"] == "done" and job["attempts"] == 2
@@ -220,34 +219,28 @@ def _alive(pid: int) -> bool:
         return stat.read().split()[2] != "Z"
 
 
-def test_a_reference_seg_from_someone_else_gets_a_qa_report(node_factory, tmp_path, ct_series):
+def test_a_reference_seg_from_someone_else_gets_a_qa_report(node_factory, destination, tmp_path, ct_series):
     """A radiologist's correction arrives as a SEG of the same series: the
     node compares it with its own and sends a QA report with the Dice."""
-    destination = StoreSCP(tmp_path)
-    node = node_factory()
-    configure(node, destination.port)
-    node.start()
-    try:
-        storescu(node, ct_series)
-        wait_for(lambda: results(destination).get("SR"), 90, "our SR")
-        volume = load_series(ct_series).volume
-        ours = BuiltinSegmenter().segment(volume)
-        body = next(s for s in ours.structures if s.code.name == "body")
-        corrected = np.where(ours.labels == body.value, 0, ours.labels)
-        corrected[:, 30:60, 30:60] = np.where(ours.labels[:, 30:60, 30:60] == body.value, body.value, 0)
-        reference = write_seg(volume, corrected, ours.structures, AlgorithmIdentity("Radiologist", "1"),
-                              [pydicom.dcmread(f, stop_before_pixels=True) for f in ct_series],
-                              series_number=77, series_description="corrected", device_serial_number="RAD1")
-        reference.Manufacturer = "Reading Room"
-        path = tmp_path / "reference-seg.dcm"
-        reference.save_as(path, enforce_file_format=True)
-        results_ = send_files(Destination(ae_title="SEGNODE", host="127.0.0.1", port=node.port), [path],
-                              calling_ae="TESTSCU", timeout=10)
-        assert results_[0].delivered, results_
-        reports = wait_for(lambda: len((r := results(destination)).get("SR", [])) == 2 and r, 90,
-                           "the QA report")
-    finally:
-        destination.stop()
+    node = started_node(node_factory, destination)
+    storescu(node, ct_series)
+    wait_for(lambda: results(destination).get("SR"), 90, "our SR")
+    volume = load_series(ct_series).volume
+    ours = BuiltinSegmenter().segment(volume)
+    body = next(s for s in ours.structures if s.code.name == "body")
+    corrected = np.where(ours.labels == body.value, 0, ours.labels)
+    corrected[:, 30:60, 30:60] = np.where(ours.labels[:, 30:60, 30:60] == body.value, body.value, 0)
+    reference = write_seg(volume, corrected, ours.structures, AlgorithmIdentity("Radiologist", "1"),
+                          [pydicom.dcmread(f, stop_before_pixels=True) for f in ct_series],
+                          series_number=77, series_description="corrected", device_serial_number="RAD1")
+    reference.Manufacturer = "Reading Room"
+    path = tmp_path / "reference-seg.dcm"
+    reference.save_as(path, enforce_file_format=True)
+    results_ = send_files(Destination(ae_title="SEGNODE", host="127.0.0.1", port=node.port), [path],
+                          calling_ae="TESTSCU", timeout=10)
+    assert results_[0].delivered, results_
+    reports = wait_for(lambda: len((r := results(destination)).get("SR", [])) == 2 and r, 90,
+                       "the QA report")
     qa = next(p for p in reports["SR"] if "QA" in str(pydicom.dcmread(p).SeriesDescription))
     dciodvfy(qa)
     expected = overlap(ours.labels == body.value, corrected == body.value, volume.spacing).dice
@@ -264,55 +257,47 @@ def test_a_reference_seg_from_someone_else_gets_a_qa_report(node_factory, tmp_pa
     assert metrics['segnode_qa_hd95_mm{route="ct",structure="body"}'] > 0
 
 
-def test_a_job_that_keeps_failing_is_failed_visibly_and_can_be_retried(node_factory, tmp_path, ct_series):
-    destination = StoreSCP(tmp_path)
+def test_a_job_that_keeps_failing_is_failed_visibly_and_can_be_retried(node_factory, destination, ct_series):
     node = node_factory()
     configure(node, destination.port, model="no-such-model")
     node.config["jobs"] = {"max_attempts": 2, "retry_base_seconds": 0.5, "retry_max_seconds": 1}
     node.write_config()
     node.start()
-    try:
-        storescu(node, ct_series)
-        (job,) = wait_for(lambda: [j for j in node.status_jobs() if j["state"] == "failed"], 60,
-                          "the job to fail")
-        assert job["attempts"] == 2 and "no-such-model" in job["error"]
-        cli = [sys.executable, "-m", "node.cli"]
-        status = subprocess.run([*cli, "status", "--config", str(node.config_path)], capture_output=True,
-                                text=True, check=True).stdout
-        assert f"job {job['id']} failed after 2 attempts" in status
-        assert node.metrics()['segnode_jobs{kind="segment",state="failed"}'] == 1
-        node.config["pipelines"]["organs"]["model"] = "builtin"  # the administrator fixes the pipeline
-        node.write_config()
-        time.sleep(1.5)  # the worker rereads its configuration between jobs
-        retried = subprocess.run([*cli, "jobs", "retry", str(job["id"]), "--config", str(node.config_path)],
-                                 capture_output=True, text=True)
-        assert retried.returncode == 0, retried.stderr
-        wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR"), 60, "the results")
-    finally:
-        destination.stop()
+    storescu(node, ct_series)
+    (job,) = wait_for(lambda: [j for j in node.status_jobs() if j["state"] == "failed"], 60,
+                      "the job to fail")
+    assert job["attempts"] == 2 and "no-such-model" in job["error"]
+    cli = [sys.executable, "-m", "node.cli"]
+    status = subprocess.run([*cli, "status", "--config", str(node.config_path)], capture_output=True,
+                            text=True, check=True).stdout
+    assert f"job {job['id']} failed after 2 attempts" in status
+    assert node.metrics()['segnode_jobs{kind="segment",state="failed"}'] == 1
+    node.config["pipelines"]["organs"]["model"] = "builtin"  # the administrator fixes the pipeline
+    node.write_config()
+    time.sleep(1.5)  # the worker rereads its configuration between jobs
+    retried = subprocess.run([*cli, "jobs", "retry", str(job["id"]), "--config", str(node.config_path)],
+                             capture_output=True, text=True)
+    assert retried.returncode == 0, retried.stderr
+    wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR"), 60, "the results")
     assert [j["state"] for j in node.status_jobs()] == ["done"]
     missing = subprocess.run([*cli, "jobs", "retry", "999", "--config", str(node.config_path)],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "no job 999" in missing.stderr
 
 
-def test_a_pet_series_arriving_after_its_ct_was_measured_adds_pet_measurements(node_factory, tmp_path):
+def test_a_pet_series_arriving_after_its_ct_was_measured_adds_pet_measurements(
+    node_factory, destination, tmp_path
+):
     study = write_study(tmp_path / "study", DEMO_GRID)
-    destination = StoreSCP(tmp_path)
-    node = node_factory()
-    configure(node, destination.port)
-    node.start()
+    node = started_node(node_factory, destination)
     to_node = Destination(ae_title="SEGNODE", host="127.0.0.1", port=node.port)
-    try:
-        send = lambda files: send_files(to_node, files, calling_ae="TESTSCU", timeout=10)  # noqa: E731
-        assert all(r.delivered for r in send(study.ct.files))
-        wait_for(lambda: results(destination).get("SR"), 90, "the CT-only results")
-        assert node.status_jobs()[0]["result"]["pet"] is False
-        assert all(r.delivered for r in send(study.pet.files))
-        found = wait_for(lambda: len((r := results(destination)).get("SR", [])) == 2 and r, 90,
-                         "the results with PET")
-    finally:
-        destination.stop()
+    send = lambda files: send_files(to_node, files, calling_ae="TESTSCU", timeout=10)  # noqa: E731
+    assert all(r.delivered for r in send(study.ct.files))
+    wait_for(lambda: results(destination).get("SR"), 90, "the CT-only results")
+    assert node.status_jobs()[0]["result"]["pet"] is False
+    assert all(r.delivered for r in send(study.pet.files))
+    found = wait_for(lambda: len((r := results(destination)).get("SR", [])) == 2 and r, 90,
+                     "the results with PET")
     (job,) = node.status_jobs()
     assert job["state"] == "done" and job["result"]["pet"] is True
     with open(job["result"]["csv"], newline="") as table:
