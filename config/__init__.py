@@ -1,6 +1,6 @@
 """segnode configuration: one YAML file, validated by pydantic, passed to every stage."""
 
-from config.loader import ConfigError, load_config, parse_config
+from config.loader import RESTART_ONLY, ConfigError, file_signature, load_config, parse_config, reloaded
 from config.schema import (
     Destination,
     JobSettings,
@@ -15,6 +15,7 @@ from config.schema import (
 )
 
 __all__ = [
+    "RESTART_ONLY",
     "ConfigError",
     "Destination",
     "JobSettings",
@@ -26,6 +27,8 @@ __all__ = [
     "RouteMatch",
     "SegnodeConfig",
     "SendingSettings",
+    "file_signature",
     "load_config",
     "parse_config",
+    "reloaded",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 import yaml
 from pydantic import ValidationError
@@ -63,3 +64,22 @@ def load_config(path: Path) -> SegnodeConfig:
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
     return parse_config(text, source=str(path))
+
+
+#: Node fields bound to sockets or files opened at start: a reload keeps them.
+RESTART_ONLY: Final = ("host", "port", "storage_dir", "metrics_port")
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What tells that a configuration file was replaced or edited (None: unreadable)."""
+    try:
+        info = Path(path).stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def reloaded(new: SegnodeConfig, running: SegnodeConfig) -> SegnodeConfig:
+    """`new` as a running process applies it: the RESTART_ONLY fields stay as in `running`."""
+    kept = {field: getattr(running.node, field) for field in RESTART_ONLY}
+    return new.model_copy(update={"node": new.node.model_copy(update=kept)})

@@ -12,7 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
-from config import ConfigError, SegnodeConfig, load_config
+from config import RESTART_ONLY, ConfigError, SegnodeConfig, file_signature, load_config, reloaded
 from node.assembly import SeriesAssembler
 from node.dispatch import Dispatcher
 from node.index import InstanceIndex
@@ -26,18 +26,7 @@ from node.worker_pool import WorkerPool, worker_devices
 
 LOG = logging.getLogger(__name__)
 
-# Fields bound to sockets or files opened at start; a reload cannot move them.
-_RESTART_ONLY = ("host", "port", "storage_dir", "metrics_port")
-# The outbox's retry policy and timeout are read at start too.
 _WATCH_INTERVAL_SECONDS = 1.0
-
-
-def _file_signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 class Node:
@@ -58,12 +47,12 @@ class Node:
         self.assembler = SeriesAssembler(
             self.index, self.metrics, config.node.series_stable_seconds, dispatcher.dispatch_complete
         )
-        sending = config.sending
+        sending = config.sending  # the outbox's retry policy and timeout are read at start only
         policy = RetryPolicy(sending.retry_base_seconds, sending.retry_max_seconds, sending.max_refusals)
         self.outbox = Outbox(config.node.storage_dir, config, self.metrics, policy=policy,
                              timeout=sending.timeout_seconds)
         self.workers = WorkerPool(self.config_path, self.queue, lambda: self.config.jobs, worker_devices())
-        self._config_signature = _file_signature(self.config_path)
+        self._config_signature = file_signature(self.config_path)
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -96,7 +85,7 @@ class Node:
         while not self._stop_requested:
             self._wake.wait(_WATCH_INTERVAL_SECONDS)
             self._wake.clear()
-            signature = _file_signature(self.config_path)
+            signature = file_signature(self.config_path)
             if signature != self._config_signature and signature is not None:
                 self._config_signature = signature
                 self._reload_requested = True
@@ -115,7 +104,7 @@ class Node:
             LOG.error("keeping the configuration in force")
             self.metrics.config_reloads.labels("refused").inc()
             return False
-        for field in _RESTART_ONLY:
+        for field in RESTART_ONLY:
             old_value, new_value = getattr(self.config.node, field), getattr(new.node, field)
             if old_value != new_value:
                 LOG.warning(
@@ -124,8 +113,7 @@ class Node:
                     old_value,
                     new_value,
                 )
-        kept = {field: getattr(self.config.node, field) for field in _RESTART_ONLY}
-        effective = new.model_copy(update={"node": new.node.model_copy(update=kept)})
+        effective = reloaded(new, self.config)
         self.scp.apply(effective)
         self.outbox.apply(effective)
         self.assembler.stable_seconds = effective.node.series_stable_seconds

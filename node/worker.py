@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pydicom
 
-from config import ConfigError, load_config
+from config import ConfigError, file_signature, load_config, reloaded
 from inference.model_store import ModelStore, default_store_dir, open_segmenter
 from inference.segmenter import Segmenter
 from node.comparison import compare_with_reference
@@ -57,7 +57,7 @@ class Worker:
         self.owner = f"{name}:{os.getpid()}"
         self.device = device
         self.config = load_config(self.config_path)
-        self._config_mtime = self.config_path.stat().st_mtime_ns
+        self._config_signature = file_signature(self.config_path)
         storage = self.config.node.storage_dir
         self.queue = JobQueue(storage)
         self.index = InstanceIndex(storage)
@@ -183,12 +183,14 @@ class Worker:
         return self._segmenters[key]
 
     def _reload_if_changed(self) -> None:
+        """Apply an edited configuration as the node does (its store stays where it is)."""
+        signature = file_signature(self.config_path)
+        if signature is None or signature == self._config_signature:
+            return
+        self._config_signature = signature
         try:
-            mtime = self.config_path.stat().st_mtime_ns
-            if mtime != self._config_mtime:
-                self._config_mtime = mtime
-                self.config = load_config(self.config_path)
-        except (OSError, ConfigError) as exc:
+            self.config = reloaded(load_config(self.config_path), self.config)
+        except ConfigError as exc:
             LOG.error("keeping the configuration in force: %s", exc)
 
     def _keep_lease(self) -> None:

@@ -6,6 +6,10 @@ import copy
 import signal
 import time
 
+import yaml
+
+from node.worker import Worker
+from tests.conftest import REPO
 from tests.test_association_control import echoscu
 
 
@@ -52,3 +56,24 @@ def test_restart_only_settings_are_kept_with_a_warning(node):
     _wait_for_log(node, "configuration reloaded")
     assert "node.port changed" in node.log()
     assert echoscu(node, "LATER").returncode == 0  # still on the old port
+
+
+def test_a_worker_applies_an_edited_pipeline_but_keeps_its_store(tmp_path):
+    """Like the node, a worker cannot move its store on a reload: it would
+    write results where the queue, index and outbox are not."""
+    config = yaml.safe_load((REPO / "config" / "segnode.example.yaml").read_text())
+    config["node"]["storage_dir"] = str(tmp_path / "store")
+    config_path = tmp_path / "segnode.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    worker = Worker(config_path, "worker-test", "cpu")
+    edited = copy.deepcopy(config)
+    edited["node"]["storage_dir"] = str(tmp_path / "elsewhere")
+    edited["node"]["port"] += 1
+    (pipeline,) = edited["pipelines"].values()
+    pipeline["device"] = "cpu"
+    config_path.write_text(yaml.safe_dump(edited))
+    worker._reload_if_changed()
+    (applied,) = worker.config.pipelines.values()
+    assert applied.device == "cpu"
+    assert worker.config.node.storage_dir == tmp_path / "store"
+    assert worker.config.node.port == config["node"]["port"]
