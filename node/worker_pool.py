@@ -111,9 +111,6 @@ class WorkerPool:
                 slot.process.kill()
                 slot.process.wait()
 
-    def owners(self) -> tuple[str, ...]:
-        return tuple(slot.owner for slot in self._slots if slot.owner is not None)
-
     def _spawn(self, slot: _Slot) -> None:
         slot.process = subprocess.Popen([
             sys.executable, "-m", "node.worker", "--config", str(self._config_path),
