@@ -47,8 +47,8 @@ __all__ = [
     "ReferenceSegment",
     "ReferenceSegmentation",
     "SEGMENTATION_SOP_CLASSES",
-    "is_reference_seg",
     "read_reference_seg",
+    "reference_subjects",
 ]
 
 #: Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
@@ -147,8 +147,9 @@ class ReferenceSegmentation:
     segments: tuple[ReferenceSegment, ...]
 
 
-def is_reference_seg(dataset: Dataset, series_instance_uid: str) -> bool:
-    """Whether `dataset` is a SEG of `series_instance_uid` written by someone else.
+def reference_subjects(dataset: Dataset) -> set[str]:
+    """The series that `dataset` is a reference segmentation of: none unless
+    it is a SEG written by someone else.
 
     A SEG names the series it was derived from in its Referenced Series
     Sequence (Common Instance Reference Module; Type 1C, present whenever
@@ -159,10 +160,10 @@ def is_reference_seg(dataset: Dataset, series_instance_uid: str) -> bool:
     read with ``stop_before_pixels`` will do.
     """
     if dataset.get("SOPClassUID") not in SEGMENTATION_SOP_CLASSES:
-        return False
+        return set()
     if dataset.get("Manufacturer") == MANUFACTURER:
-        return False
-    return series_instance_uid in _referenced_series(dataset)
+        return set()
+    return _referenced_series(dataset)
 
 
 def read_reference_seg(path: str | os.PathLike[str], volume: Volume) -> ReferenceSegmentation:

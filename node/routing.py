@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pydicom
 
 from config import RouteMatch, SegnodeConfig
-from dicomio.seg import MANUFACTURER
+from dicomio.seg_reference import reference_subjects
 from node.index import InstanceIndex, SeriesRecord
 from node.jobs import JobKind, JobQueue, NewJob
 
@@ -38,8 +38,8 @@ class SeriesFacts:
     modality: str
     series_description: str
     body_part_examined: str
-    manufacturer: str
-    referenced_series: tuple[str, ...]
+    #: The series this is someone else's SEG of (see dicomio.seg_reference).
+    reference_subjects: tuple[str, ...]
 
 
 def series_facts(record: SeriesRecord, index: InstanceIndex, called_ae: str) -> SeriesFacts:
@@ -50,19 +50,13 @@ def series_facts(record: SeriesRecord, index: InstanceIndex, called_ae: str) -> 
     """
     first = index.instances_of(record.series_instance_uid)[0]
     header = pydicom.dcmread(first.path, stop_before_pixels=True)
-    referenced = tuple(
-        str(item.SeriesInstanceUID)
-        for item in header.get("ReferencedSeriesSequence", [])
-        if "SeriesInstanceUID" in item
-    )
     return SeriesFacts(
         calling_ae=first.calling_ae,
         called_ae=called_ae,
         modality=record.modality,
         series_description=str(header.get("SeriesDescription", "")),
         body_part_examined=str(header.get("BodyPartExamined", "")),
-        manufacturer=str(header.get("Manufacturer", "")),
-        referenced_series=referenced,
+        reference_subjects=tuple(sorted(reference_subjects(header))),
     )
 
 
@@ -95,10 +89,8 @@ def jobs_for(
             for route in config.routes
             if route_matches(route.match, facts)
         ]
-    if facts.modality == "SEG" and facts.manufacturer != MANUFACTURER:
-        return [
-            NewJob(JobKind.QA, job.route, job.pipeline, job.destinations, subject)
-            for subject in facts.referenced_series
-            for job in queue.segmentations_of(subject)
-        ]
-    return []
+    return [
+        NewJob(JobKind.QA, job.route, job.pipeline, job.destinations, subject)
+        for subject in facts.reference_subjects
+        for job in queue.segmentations_of(subject)
+    ]

@@ -21,7 +21,7 @@ routes:
 def facts(**changes) -> SeriesFacts:
     values = dict(calling_ae="SCANNER2", called_ae="SEGNODE", modality="CT",
                   series_description="Thorax 1.0 Br40", body_part_examined="chest",
-                  manufacturer="Siemens", referenced_series=())
+                  reference_subjects=())
     return SeriesFacts(**{**values, **changes})
 
 
@@ -67,8 +67,9 @@ def test_a_seg_of_ours_gets_no_qa_and_a_foreign_one_only_for_series_we_segmented
                 route, pipeline, destinations = "all-ct", "organs", ("PACS",)
             return [Job()]
 
-    foreign = facts(modality="SEG", manufacturer="Reading Room", referenced_series=("9.9", "8.8"))
+    foreign = facts(modality="SEG", reference_subjects=("8.8", "9.9"))
     (job,) = jobs_for(_Record(), foreign, CONFIG, Segmented())
     assert (job.kind, job.route, job.subject) == (JobKind.QA, "all-ct", "9.9")
-    ours = facts(modality="SEG", manufacturer="segnode", referenced_series=("9.9",))
+    # Our own SEG is no reference (dicomio.seg_reference.reference_subjects; tests/test_seg_reference.py).
+    ours = facts(modality="SEG", reference_subjects=())
     assert jobs_for(_Record(), ours, CONFIG, Segmented()) == []

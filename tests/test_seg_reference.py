@@ -25,8 +25,8 @@ from dicomio.seg_reference import (
     ReferenceProblem,
     ReferenceSegError,
     ReferenceSegmentation,
-    is_reference_seg,
     read_reference_seg,
+    reference_subjects,
 )
 from dicomio.series import load_series
 from dicomio.volume import Volume
@@ -213,11 +213,10 @@ def test_which_datasets_are_references(series, tmp_path: Path) -> None:
     volume, paths, labels = series
     path = write_other(volume, labels, ["liver"], paths, tmp_path / "seg.dcm")
     header = pydicom.dcmread(path, stop_before_pixels=True)
-    assert is_reference_seg(header, volume.series_instance_uid)
-    assert not is_reference_seg(header, "1.2.3.4")
+    assert reference_subjects(header) == {volume.series_instance_uid}
     header.Manufacturer = "segnode"  # our own result
-    assert not is_reference_seg(header, volume.series_instance_uid)
-    assert not is_reference_seg(pydicom.dcmread(paths[0]), volume.series_instance_uid)  # a CT image
+    assert reference_subjects(header) == set()
+    assert reference_subjects(pydicom.dcmread(paths[0])) == set()  # a CT image
 
 
 def test_seg_of_another_series_is_refused(series, tmp_path: Path) -> None:
