@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from config import JobSettings
+from node.backoff import doubling_delay
 from node.database import open_database
 from node.index import INDEX_FILENAME
 from node.series_state import SeriesEvent, SeriesState, next_state
@@ -135,7 +136,7 @@ def _job(row: tuple) -> Job:
 
 def retry_delay(attempts: int, settings: JobSettings) -> float:
     """Seconds to wait after the `attempts`-th failed attempt (1, 2, ...)."""
-    return min(settings.retry_base_seconds * 2 ** (attempts - 1), settings.retry_max_seconds)
+    return doubling_delay(attempts, settings.retry_base_seconds, settings.retry_max_seconds)
 
 
 class JobQueue:

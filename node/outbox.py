@@ -30,6 +30,7 @@ from enum import Enum
 from pathlib import Path
 
 from config import Destination, SegnodeConfig
+from node.backoff import doubling_delay
 from node.database import open_database
 from node.metrics import NodeMetrics
 from node.send import Outcome, SendResult, send_files
@@ -97,7 +98,7 @@ class RetryPolicy:
             raise ValueError(f"max_refusals must be at least 1, not {self.max_refusals}")
 
     def delay(self, attempts: int) -> float:
-        return min(self.max_seconds, self.base_seconds * 2 ** min(attempts - 1, 32))
+        return doubling_delay(attempts, self.base_seconds, self.max_seconds)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import JobSettings
+from node.backoff import doubling_delay
 from node.jobs import JobQueue, JobState
 
 LOG = logging.getLogger(__name__)
 
 _CHECK_SECONDS = 0.5
 #: Restart pauses double up to this; a worker alive this long before it died starts over at 1 s.
+_RESTART_PAUSE_SECONDS = 1.0
 _RESTART_PAUSE_MAX_SECONDS = 60.0
 _STOP_GRACE_SECONDS = 20.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -142,7 +144,7 @@ class WorkerPool:
             # A worker that ran a while before dying is not crash-looping.
             healthy = time.monotonic() - slot.started_at > _RESTART_PAUSE_MAX_SECONDS
             slot.restarts = 1 if healthy else slot.restarts + 1
-            pause = min(2.0 ** (slot.restarts - 1), _RESTART_PAUSE_MAX_SECONDS)
+            pause = doubling_delay(slot.restarts, _RESTART_PAUSE_SECONDS, _RESTART_PAUSE_MAX_SECONDS)
             slot.start_after = time.monotonic() + pause
             LOG.error("%s exited with status %s; restarting it in %.0f s", owner, code, pause)
             for job in self._queue.recover(self._settings(), dead_owners=(owner,)):
