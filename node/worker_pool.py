@@ -28,7 +28,8 @@ from node.jobs import JobQueue, JobState
 LOG = logging.getLogger(__name__)
 
 _CHECK_SECONDS = 0.5
-#: Restart pauses double up to this; a worker alive this long before it died starts over at 1 s.
+#: Restart pauses start here and double up to the max; a worker alive as
+#: long as the max before it died starts over.
 _RESTART_PAUSE_SECONDS = 1.0
 _RESTART_PAUSE_MAX_SECONDS = 60.0
 _STOP_GRACE_SECONDS = 20.0
