@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.database import open_database
+from node.database import open_database, transaction
 from node.series_state import SeriesEvent, SeriesState, next_state
 from node.storage import StoredInstance
 
@@ -94,52 +94,49 @@ class InstanceIndex:
         ident = stored.identity
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                row = self._db.execute(
-                    "SELECT state FROM series WHERE series_instance_uid = ?",
-                    (ident.series_instance_uid,),
-                ).fetchone()
-                previous = SeriesState(row[0]) if row else None
-                state = next_state(previous, SeriesEvent.INSTANCE_RECEIVED)
-                if row is None:
+                with transaction(self._db):
+                    row = self._db.execute(
+                        "SELECT state FROM series WHERE series_instance_uid = ?",
+                        (ident.series_instance_uid,),
+                    ).fetchone()
+                    previous = SeriesState(row[0]) if row else None
+                    state = next_state(previous, SeriesEvent.INSTANCE_RECEIVED)
+                    if row is None:
+                        self._db.execute(
+                            "INSERT INTO series VALUES (?, ?, ?, ?, ?, ?)",
+                            (
+                                ident.series_instance_uid,
+                                ident.study_instance_uid,
+                                ident.modality,
+                                state.value,
+                                stored.received_at,
+                                stored.received_at,
+                            ),
+                        )
+                    else:
+                        self._db.execute(
+                            "UPDATE series SET state = ?, last_received = ? "
+                            "WHERE series_instance_uid = ?",
+                            (state.value, stored.received_at, ident.series_instance_uid),
+                        )
+                    old = self._db.execute(
+                        "SELECT path FROM instances WHERE sop_instance_uid = ?",
+                        (ident.sop_instance_uid,),
+                    ).fetchone()
                     self._db.execute(
-                        "INSERT INTO series VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (
+                            ident.sop_instance_uid,
                             ident.series_instance_uid,
-                            ident.study_instance_uid,
-                            ident.modality,
-                            state.value,
-                            stored.received_at,
+                            ident.sop_class_uid,
+                            stored.transfer_syntax_uid,
+                            str(stored.path),
+                            stored.size,
+                            stored.calling_ae,
                             stored.received_at,
                         ),
                     )
-                else:
-                    self._db.execute(
-                        "UPDATE series SET state = ?, last_received = ? "
-                        "WHERE series_instance_uid = ?",
-                        (state.value, stored.received_at, ident.series_instance_uid),
-                    )
-                old = self._db.execute(
-                    "SELECT path FROM instances WHERE sop_instance_uid = ?",
-                    (ident.sop_instance_uid,),
-                ).fetchone()
-                self._db.execute(
-                    "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        ident.sop_instance_uid,
-                        ident.series_instance_uid,
-                        ident.sop_class_uid,
-                        stored.transfer_syntax_uid,
-                        str(stored.path),
-                        stored.size,
-                        stored.calling_ae,
-                        stored.received_at,
-                    ),
-                )
-                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
                 raise IndexWriteError(f"cannot index {ident.sop_instance_uid}: {exc}") from exc
         replaced = Path(old[0]) if old and old[0] != str(stored.path) else None
         return RecordedInstance(previous, state, replaced)
@@ -154,8 +151,7 @@ class InstanceIndex:
     def complete_stable_series(self, received_before: float) -> list[SeriesRecord]:
         """Move every receiving series quiet since ``received_before`` to complete."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._db):
                 rows = self._db.execute(
                     "SELECT series_instance_uid FROM series "
                     "WHERE state = ? AND last_received < ?",
@@ -167,10 +163,6 @@ class InstanceIndex:
                         "UPDATE series SET state = ? WHERE series_instance_uid = ?",
                         (state.value, uid),
                     )
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                self._db.execute("ROLLBACK")
-                raise
             return [self._series(uid) for (uid,) in rows]
 
     def _series(self, series_instance_uid: str) -> SeriesRecord:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from config import JobSettings
 from node.backoff import doubling_delay
-from node.database import open_database
+from node.database import open_database, transaction
 from node.index import INDEX_FILENAME
 from node.series_state import SeriesEvent, SeriesState, next_state
 
@@ -153,15 +153,8 @@ class JobQueue:
 
     def _write(self, sql_steps) -> object:
         """Run ``sql_steps(db)`` in one immediate transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                value = sql_steps(self._db)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return value
+        with self._lock, transaction(self._db):
+            return sql_steps(self._db)
 
     def dispatch(self, series_instance_uid: str, jobs: list[NewJob], now: float | None = None) -> list[int]:
         """Queue `jobs` for a complete series and mark it dispatched, together.

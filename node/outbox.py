@@ -31,7 +31,7 @@ from pathlib import Path
 
 from config import Destination, SegnodeConfig
 from node.backoff import doubling_delay
-from node.database import open_database
+from node.database import open_database, transaction
 from node.metrics import NodeMetrics
 from node.send import Outcome, SendResult, send_files
 
@@ -159,7 +159,7 @@ class OutboxStore:
             if not path.is_file():
                 raise OutboxError(f"job {job_id}: {path} is not a file on disk; nothing was queued")
         rows = [(job_id, destination, str(path), ItemState.PENDING.value, now, now) for path in paths]
-        with self._lock, self._transaction():
+        with self._lock, transaction(self._db):
             before = self._db.total_changes
             self._db.executemany(
                 "INSERT OR IGNORE INTO outbox (job_id, destination, path, state, enqueued, next_attempt) "
@@ -203,7 +203,7 @@ class OutboxStore:
         """Commit one round's outcomes: delivered, retry later, or failed for good."""
         if len(items) != len(results):
             raise ValueError(f"{len(items)} items but {len(results)} results")
-        with self._lock, self._transaction():
+        with self._lock, transaction(self._db):
             for item, result in zip(items, results, strict=True):
                 if result.outcome is Outcome.NOT_ATTEMPTED:
                     continue
@@ -273,25 +273,6 @@ class OutboxStore:
                 (ItemState.FAILED.value,),
             ).fetchall()
         return [FailedItem(row[0], row[1], Path(row[2]), row[3], row[4]) for row in rows]
-
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            self._db.execute("COMMIT")
-        elif self._db.in_transaction:
-            self._db.execute("ROLLBACK")
 
 
 class Outbox:
