@@ -151,6 +151,18 @@ class JobQueue:
         with self._lock:
             self._db.close()
 
+    def _write_if_found(self, probe: str, parameters: tuple, sql_steps) -> object | None:
+        """``_write(sql_steps)`` only if `probe` finds a row, else None.
+
+        Workers poll for jobs and the pool for lost leases several times a
+        second; a poll that finds nothing reads without the write lock, which
+        every C-STORE's indexing needs. `sql_steps` must look again.
+        """
+        with self._lock:
+            if self._db.execute(probe, parameters).fetchone() is None:
+                return None
+        return self._write(sql_steps)
+
     def _write(self, sql_steps) -> object:
         """Run ``sql_steps(db)`` in one immediate transaction."""
         with self._lock, transaction(self._db):
@@ -202,14 +214,16 @@ class JobQueue:
         """Take the oldest due job whose study has stopped arriving, or None."""
         now = time.time() if now is None else now
 
+        oldest_due = (
+            "SELECT id FROM jobs j WHERE state = ? AND not_before <= ? AND NOT EXISTS ("
+            "SELECT 1 FROM series s WHERE s.study_instance_uid = j.study_instance_uid AND s.state = ?) "
+            "ORDER BY not_before, id LIMIT 1"
+        )
+        parameters = (JobState.QUEUED.value, now, SeriesState.RECEIVING.value)
+
         def steps(db: sqlite3.Connection) -> Job | None:
-            row = db.execute(
-                "SELECT id FROM jobs j WHERE state = ? AND not_before <= ? AND NOT EXISTS ("
-                "SELECT 1 FROM series s WHERE s.study_instance_uid = j.study_instance_uid AND s.state = ?) "
-                "ORDER BY not_before, id LIMIT 1",
-                (JobState.QUEUED.value, now, SeriesState.RECEIVING.value),
-            ).fetchone()
-            if row is None:
+            row = db.execute(oldest_due, parameters).fetchone()
+            if row is None:  # another worker took it meanwhile
                 return None
             db.execute(
                 "UPDATE jobs SET state = ?, owner = ?, lease_until = ?, attempts = attempts + 1, "
@@ -218,7 +232,7 @@ class JobQueue:
             )
             return self._get(db, row[0])
 
-        return self._write(steps)
+        return self._write_if_found(oldest_due, parameters, steps)
 
     def renew(self, job_id: int, owner: str, lease_seconds: float, now: float | None = None) -> None:
         """Extend a running job's lease; raises LeaseLostError if it is no longer ours."""
@@ -261,12 +275,12 @@ class JobQueue:
         known dead or whose lease expired; returns them as they now are."""
         now = time.time() if now is None else now
 
+        marks = ",".join("?" * len(dead_owners))
+        lost = f"SELECT id FROM jobs WHERE state = ? AND (lease_until < ? OR owner IN ({marks}))"
+        parameters = (JobState.RUNNING.value, now, *dead_owners)
+
         def steps(db: sqlite3.Connection) -> list[Job]:
-            marks = ",".join("?" * len(dead_owners))
-            rows = db.execute(
-                f"SELECT id FROM jobs WHERE state = ? AND (lease_until < ? OR owner IN ({marks}))",
-                (JobState.RUNNING.value, now, *dead_owners),
-            ).fetchall()
+            rows = db.execute(lost, parameters).fetchall()
             recovered = []
             for (job_id,) in rows:
                 job = self._get(db, job_id)
@@ -274,7 +288,7 @@ class JobQueue:
                 recovered.append(self._get(db, job_id))
             return recovered
 
-        return self._write(steps)
+        return self._write_if_found(lost, parameters, steps) or []
 
     def retry(self, job_id: int, now: float | None = None) -> Job:
         """Queue a failed (or finished) job again, with its attempts reset."""
