@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from node.jobs import JobKind, JobQueue, JobState
+from node.jobs import JobQueue, JobState
 
 
 class JobCollector(Collector):
@@ -21,12 +21,9 @@ class JobCollector(Collector):
         self._queue = queue
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        jobs = self._queue.jobs()
         states = GaugeMetricFamily("segnode_jobs", "Jobs by kind and state.", labels=["kind", "state"])
-        for kind in JobKind:
-            for state in JobState:
-                states.add_metric([kind.value, state.value],
-                                  sum(j.kind == kind and j.state == state for j in jobs))
+        for (kind, state), count in self._queue.counts().items():
+            states.add_metric([kind.value, state.value], count)
         yield states
         stages = CounterMetricFamily("segnode_job_stage_seconds", "Seconds spent per stage by finished jobs.",
                                      labels=["kind", "stage"])
@@ -38,8 +35,8 @@ class JobCollector(Collector):
                                   ("hd95_mm", "95th-percentile Hausdorff distance in mm"))
         }
         latest: dict[tuple[str, str], dict] = {}
-        for job in jobs:
-            if job.state != JobState.DONE or not job.result:
+        for job in self._queue.jobs(JobState.DONE):
+            if not job.result:
                 continue
             for stage, seconds in job.result.get("seconds", {}).items():
                 key = (job.kind.value, stage)

@@ -320,11 +320,12 @@ class JobQueue:
                                         (state.value,)).fetchall()
         return [_job(row) for row in rows]
 
-    def counts(self) -> dict[JobState, int]:
+    def counts(self) -> dict[tuple[JobKind, JobState], int]:
+        """Jobs by kind and state, every pair present."""
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        counts = dict.fromkeys(JobState, 0)
-        counts.update({JobState(state): count for state, count in rows})
+            rows = self._db.execute("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state").fetchall()
+        counts = {(kind, state): 0 for kind in JobKind for state in JobState}
+        counts.update({(JobKind(kind), JobState(state)): count for kind, state, count in rows})
         return counts
 
     def segmentations_of(self, series_instance_uid: str) -> list[Job]:

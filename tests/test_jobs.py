@@ -76,7 +76,7 @@ def test_failures_back_off_then_fail_for_good_and_retry_requeues(queue):
     job = jobs.fail(job_id, "w", "still broken", SETTINGS, now=now)
     assert (job.state, job.error, job.attempts) == (JobState.FAILED, "still broken", 3)
     assert jobs.claim("w", 60, now=now + 10_000) is None
-    assert jobs.counts()[JobState.FAILED] == 1
+    assert jobs.counts()[(JobKind.SEGMENT, JobState.FAILED)] == 1
     job = jobs.retry(job_id, now=now)
     assert (job.state, job.attempts, job.error) == (JobState.QUEUED, 0, None)
     assert jobs.claim("w", 60, now=now).id == job_id
