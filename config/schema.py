@@ -63,6 +63,14 @@ class NodeSettings(_Strict):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(30.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
+    # Connections that have not yet become an association (no valid
+    # A-ASSOCIATE-RQ from a listed peer so far): they never count against
+    # max_associations, and these bound what they can hold.
+    max_pending_per_address: int = Field(4, ge=1)
+    max_pending_connections: int = Field(64, ge=1)
+    # The largest instance accepted, as sent and, for deflated data sets,
+    # once inflated. Received data sets are spooled to disk, not memory.
+    max_instance_bytes: int = Field(1 << 30, ge=1 << 20)
 
 
 class Peer(_Strict):

@@ -65,6 +65,49 @@ class NodeMetrics:
             ["result"],
             registry=r,
         )
+        self.config_refused = Gauge(
+            "segnode_config_refused",
+            "1 while the configuration file was refused and an earlier configuration is in force.",
+            registry=r,
+        )
+        self.pending_connections = Gauge(
+            "segnode_pending_connections",
+            "Connections not yet accepted as an association.",
+            registry=r,
+        )
+        self.connections_dropped = Counter(
+            "segnode_connections_dropped_total",
+            "Connections closed or aborted by the node before or outside a normal release, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.storage_bytes = Gauge(
+            "segnode_storage_bytes",
+            "Bytes stored, by kind (instances, results).",
+            ["kind"],
+            registry=r,
+        )
+        self.storage_freed_bytes = Counter(
+            "segnode_storage_freed_bytes_total",
+            "Bytes removed by the retention policy, by kind (instances, results).",
+            ["kind"],
+            registry=r,
+        )
+        self.storage_free_bytes = Gauge(
+            "segnode_storage_free_bytes",
+            "Free bytes on the storage folder's file system.",
+            registry=r,
+        )
+        self.storage_seconds_to_full = Gauge(
+            "segnode_storage_seconds_to_full",
+            "Time until the file system is full at the rate of the last hour (+Inf when not filling).",
+            registry=r,
+        )
+        self.storage_low_space = Gauge(
+            "segnode_storage_low_space",
+            "1 while free space is below the low watermark and new instances are refused.",
+            registry=r,
+        )
         self.outbox_pending = Gauge(
             "segnode_outbox_pending",
             "Files waiting in the outbox, by destination.",
