@@ -1,6 +1,16 @@
 """segnode configuration: one YAML file, validated by pydantic, passed to every stage."""
 
-from config.loader import RESTART_ONLY, ConfigError, file_signature, load_config, parse_config, reloaded
+from config.loader import (
+    RESTART_ONLY,
+    ConfigError,
+    ConfigFile,
+    file_signature,
+    load_config,
+    parse_config,
+    read_config,
+    reloaded,
+)
+from config.reload_guard import GUARDED, read_for_reload, reload_refusals, sets_nothing
 from config.schema import (
     Destination,
     JobSettings,
@@ -15,8 +25,10 @@ from config.schema import (
 )
 
 __all__ = [
+    "GUARDED",
     "RESTART_ONLY",
     "ConfigError",
+    "ConfigFile",
     "Destination",
     "JobSettings",
     "NodeSettings",
@@ -30,5 +42,9 @@ __all__ = [
     "file_signature",
     "load_config",
     "parse_config",
+    "read_config",
+    "read_for_reload",
+    "reload_refusals",
     "reloaded",
+    "sets_nothing",
 ]

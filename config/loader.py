@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -12,12 +14,27 @@ from config.schema import SegnodeConfig
 
 
 class ConfigError(Exception):
-    """A configuration file that cannot be used; ``errors`` holds one line per problem."""
+    """A configuration file that cannot be used; ``errors`` holds one line per problem.
 
-    def __init__(self, source: str, errors: list[str]):
+    ``sha256`` is the digest of the bytes that were refused, when they could be
+    read, so that a node can say which version of the file it turned down.
+    """
+
+    def __init__(self, source: str, errors: list[str], sha256: str | None = None):
         super().__init__(f"{source}: " + "; ".join(errors))
         self.source = source
         self.errors = errors
+        self.sha256 = sha256
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A configuration file as read: its content and the SHA-256 of its bytes,
+    which ``sha256sum`` on the file reproduces."""
+
+    path: Path
+    sha256: str
+    config: SegnodeConfig
 
 
 def _location(loc: tuple[str | int, ...]) -> str:
@@ -57,13 +74,27 @@ def parse_config(text: str, source: str = "<config>") -> SegnodeConfig:
         raise ConfigError(source, errors) from exc
 
 
-def load_config(path: Path) -> SegnodeConfig:
-    """Read and validate a configuration file."""
+def read_config(path: Path) -> ConfigFile:
+    """Read and validate a configuration file, once, keeping the digest of what was read."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
-    return parse_config(text, source=str(path))
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8: byte {exc.start}"], digest) from exc
+    try:
+        config = parse_config(text, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(exc.source, exc.errors, digest) from exc
+    return ConfigFile(Path(path), digest, config)
+
+
+def load_config(path: Path) -> SegnodeConfig:
+    """Read and validate a configuration file."""
+    return read_config(path).config
 
 
 #: Node fields bound to sockets or files opened at start: a reload keeps them.

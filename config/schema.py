@@ -156,6 +156,51 @@ class SendingSettings(_Strict):
     max_refusals: int = Field(10, ge=1)
 
 
+class RetentionSettings(_Strict):
+    """How long stored files are kept once nothing needs them any more.
+
+    A study's instances are kept ``instances_hours`` from the moment its last
+    job finished and its last result was delivered (or given up on), or from
+    its last instance when no route applied; while one of its jobs has
+    failed, ``failed_hours`` from that failure, so that ``segnode jobs
+    retry`` still finds its inputs. A job's results are kept
+    ``results_hours`` after the last of them was delivered (or given up on),
+    a failed job's ``failed_hours`` after the failure. Nothing that a queued
+    or running job, or a result not yet delivered, needs is ever removed.
+    """
+
+    instances_hours: float = Field(72.0, ge=0)
+    results_hours: float = Field(720.0, ge=0)
+    failed_hours: float = Field(336.0, ge=0)
+
+    @model_validator(mode="after")
+    def _failed_outlasts_instances(self) -> RetentionSettings:
+        if self.failed_hours < self.instances_hours:
+            raise PydanticCustomError(
+                "retention",
+                "failed_hours ({failed}) must be at least instances_hours ({instances}): a failed "
+                "job keeps its inputs longer than a finished one",
+                {"failed": self.failed_hours, "instances": self.instances_hours},
+            )
+        return self
+
+
+class StorageSettings(_Strict):
+    """Retention, and the free space that incoming instances may not use.
+
+    Below ``low_watermark_bytes`` free on the storage file system, new
+    associations are rejected as transient, C-STOREs are answered "out of
+    resources" and retention removes what it may, oldest first, early. The
+    space under the watermark is thus left to results: a running job never
+    fails for want of space, as long as the watermark exceeds what the jobs
+    running at once write (tens of MB per CT) plus about one second of
+    incoming instances (free space is measured once a second).
+    """
+
+    retention: RetentionSettings = RetentionSettings()
+    low_watermark_bytes: int = Field(10 << 30, gt=0)
+
+
 class SegnodeConfig(_Strict):
     """The whole configuration file."""
 
@@ -166,6 +211,7 @@ class SegnodeConfig(_Strict):
     routes: list[Route] = []
     jobs: JobSettings = JobSettings()
     sending: SendingSettings = SendingSettings()
+    storage: StorageSettings = StorageSettings()
 
     @model_validator(mode="after")
     def _check_references(self) -> SegnodeConfig:

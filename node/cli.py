@@ -1,4 +1,4 @@
-"""The ``segnode`` command line: serve, check-config, status, jobs, pet-suv, models, segment,
+"""The ``segnode`` command line: serve, check-config, status, jobs, storage, pet-suv, models, segment,
 run-series, demo."""
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from config import ConfigError, SegnodeConfig, load_config
+from config import GUARDED, ConfigError, SegnodeConfig, load_config, sets_nothing
 from dicomio.measurements import StructureMeasurements
 from dicomio.suv import SuvError, SuvFactors, earliest_acquisition, suv_factors
+from node.config_record import ConfigReading, ConfigRecordError, read_record
 from node.index import INDEX_FILENAME, InstanceIndex
 from node.jobs import Job, JobNotFoundError, JobQueue, JobState
 from node.outbox import OUTBOX_FILENAME, OutboxStore
@@ -58,14 +59,20 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  {len(config.peers)} peer(s): " + ", ".join(p.ae_title for p in config.peers))
     print(f"  {len(config.destinations)} destination(s): " + ", ".join(config.destinations))
     print(f"  {len(config.routes)} route(s): " + ", ".join(r.name for r in config.routes))
+    if sets_nothing(config):
+        print("  warning: the file sets no key; a running node refuses it as a reload")
+    else:
+        for key in GUARDED:
+            if key not in config.model_fields_set:
+                print(f"  warning: no '{key}' key; a running node that has {key} refuses this file as a "
+                      "reload (a file cut short loses its last keys); write it empty to mean none")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.config)
-    if config is None:
+    storage_dir = _status_storage_dir(args)
+    if storage_dir is None:
         return 1
-    storage_dir = config.node.storage_dir
     if not (storage_dir / INDEX_FILENAME).exists():
         series = []
     else:
@@ -94,9 +101,21 @@ def _status(args: argparse.Namespace) -> int:
         finally:
             queue.close()
     outbox, failed = _outbox_status(storage_dir)
+    configuration = _config_status(storage_dir)
     if args.json:
-        print(json.dumps({"series": rows, "jobs": jobs, "outbox": outbox, "outbox_failed": failed}, indent=2))
+        print(json.dumps({"configuration": configuration, "series": rows, "jobs": jobs, "outbox": outbox,
+                          "outbox_failed": failed}, indent=2))
         return 0
+    if configuration is not None:
+        in_force = configuration["in_force"]
+        print(f"configuration {configuration['file']} in force, read {in_force['read_at']} "
+              f"(sha256 {in_force['sha256']})")
+        refused = configuration["refused"]
+        if refused is not None:
+            print(f"configuration file REFUSED, read {refused['read_at']} (sha256 {refused['sha256']}); "
+                  "the one above stays in force:")
+            for reason in refused["reasons"]:
+                print(f"  {reason}")
     if not rows:
         print("no series received yet")
         return 0
@@ -122,6 +141,46 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  not sent to {item['destination']} after {item['attempts']} attempts: {item['path']}: "
               f"{item['reason']}")
     return 0
+
+
+def _status_storage_dir(args: argparse.Namespace) -> Path | None:
+    """The storage folder to report on: --storage-dir, else the one the file names.
+
+    A file the node refused may name none: an emptied one would send status to
+    the default folder, where no node runs, so it is refused here too.
+    """
+    if args.storage_dir is not None:
+        return args.storage_dir
+    hint = "a running node keeps the configuration in force; read its state with --storage-dir DIR"
+    config = _load_or_report(args.config)
+    if config is None:
+        print(f"segnode status: {hint}", file=sys.stderr)
+        return None
+    if sets_nothing(config):
+        print(f"segnode status: {args.config} sets no key (it is empty or holds only comments), so it names "
+              f"no storage folder; {hint}", file=sys.stderr)
+        return None
+    return config.node.storage_dir
+
+
+def _config_status(storage_dir: Path) -> dict | None:
+    """The configuration the node runs and the file it last refused, from its record."""
+    try:
+        record = read_record(storage_dir)
+    except (OSError, ConfigRecordError) as exc:
+        print(f"segnode status: cannot read the configuration record: {exc}", file=sys.stderr)
+        return None
+    if record is None:
+        return None
+
+    def reading(value: ConfigReading) -> dict:
+        return {"read_at": _iso(value.read_at), "sha256": value.sha256, "reasons": list(value.reasons)}
+
+    return {
+        "file": str(record.config_path),
+        "in_force": reading(record.in_force),
+        "refused": None if record.refused is None else reading(record.refused),
+    }
 
 
 def _outbox_status(storage_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -201,6 +260,92 @@ def _job_queue(args: argparse.Namespace) -> JobQueue | None:
         print(f"no segnode storage at {config.node.storage_dir}", file=sys.stderr)
         return None
     return JobQueue(config.node.storage_dir)
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "never at this rate"
+    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.1f} days"
+
+
+def _storage(args: argparse.Namespace) -> int:
+    """Usage and what the retention policy removes now; with purge --yes, remove it."""
+    from node.disk_space import DiskSpace
+    from node.removal import RemovalStore
+    from node.retention import plan
+    from node.storage_keeper import purge
+
+    if args.action != "purge" and (args.yes or args.dry_run):
+        print("segnode storage: --yes and --dry-run go with 'purge'", file=sys.stderr)
+        return 2
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    storage_dir = config.node.storage_dir
+    if not (storage_dir / INDEX_FILENAME).exists():
+        print(f"no segnode storage at {storage_dir}", file=sys.stderr)
+        return 1
+    settings = config.storage
+    disk = DiskSpace(storage_dir, settings.low_watermark_bytes)
+    store = RemovalStore(storage_dir)
+    index = InstanceIndex(storage_dir, read_only=True)
+    try:
+        now = time.time()
+        stored = store.stored_bytes()
+        free = disk.free_bytes()
+        intake = index.bytes_received_since(now - 3600)  # per hour
+        shortfall = disk.shortfall_bytes()
+        removing = args.action == "purge" and args.yes
+        removals = purge(store, disk, settings.retention) if removing else plan(
+            store.activity(), settings.retention, now, shortfall)
+        recent = store.removals(10)
+    finally:
+        index.close()
+        store.close()
+    usage = {
+        "storage_dir": str(storage_dir), "instances_bytes": stored.instances, "results_bytes": stored.results,
+        "free_bytes": free, "low_watermark_bytes": settings.low_watermark_bytes, "low_space": shortfall > 0,
+        "received_bytes_last_hour": intake,
+        "seconds_to_full": free / (intake / 3600) if intake else None,
+    }
+    rows = [{"kind": r.kind.value, "study_instance_uid": r.study_instance_uid,
+             "series_instance_uid": r.series_instance_uid, "job_id": r.job_id,
+             "path": str(r.path) if r.path else None, "files": r.files, "bytes": r.bytes,
+             "reason": r.reason.value, "settled_at": _iso(r.settled_at), "due_at": _iso(r.due_at)}
+            for r in removals]
+    if args.json:
+        recent_rows = [{**dataclasses.asdict(r), "path": str(r.path) if r.path else None} for r in recent]
+        print(json.dumps({"usage": usage, "removed" if removing else "would_remove": rows,
+                          "recent_removals": recent_rows}, indent=2))
+        return 0
+    print(f"storage {storage_dir}: instances {_size(stored.instances)}, results {_size(stored.results)}")
+    print(f"free {_size(free)}, low watermark {_size(settings.low_watermark_bytes)}"
+          + (": BELOW IT, new instances are refused" if shortfall else ""))
+    print(f"received in the last hour {_size(intake)}; full in "
+          + (_duration(free / (intake / 3600)) if intake else _duration(float("inf"))))
+    retention = settings.retention
+    print(f"retention: instances {retention.instances_hours:g} h, results {retention.results_hours:g} h, "
+          f"failed jobs {retention.failed_hours:g} h")
+    if not rows:
+        print("nothing to remove now")
+    else:
+        print(("removed:" if removing else "would remove:")
+              + f" {_size(sum(r.bytes for r in removals))} in {len(rows)} item(s)")
+        for row in rows:
+            what = f"results of job {row['job_id']}" if row["kind"] == "results" else "instances"
+            print(f"  {what} of series {row['series_instance_uid']} (study {row['study_instance_uid']}): "
+                  f"{row['files']} files, {_size(row['bytes'])}, {row['reason']}, due {row['due_at']}")
+    if args.action == "purge" and not removing:
+        print("dry run: nothing was removed (--yes removes)")
+    return 0
 
 
 def _per_frame(factors: SuvFactors, field: str) -> float | list[float | None] | None:
@@ -531,8 +676,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(run=_check_config)
 
-    status = commands.add_parser("status", help="received series, jobs and what waits to be sent")
-    status.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+    status = commands.add_parser(
+        "status", help="the configuration in force, received series, jobs and what waits to be sent"
+    )
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="YAML configuration file")
+    where.add_argument("--storage-dir", type=Path, metavar="DIR",
+                       help="the node's storage folder, where its configuration file was refused")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(run=_status)
 
@@ -547,6 +697,18 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("id", type=int, metavar="ID")
     retry.add_argument("--config", type=Path, required=True, help="YAML configuration file")
     retry.set_defaults(run=_jobs_retry)
+
+    storage = commands.add_parser(
+        "storage", help="storage usage and what the retention policy removes; purge removes it"
+    )
+    storage.add_argument("action", nargs="?", choices=("show", "purge"), default="show",
+                         help="show (the default) or purge: a dry run unless --yes")
+    storage.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+    sure = storage.add_mutually_exclusive_group()
+    sure.add_argument("--dry-run", action="store_true", help="purge: only say what would go (the default)")
+    sure.add_argument("--yes", action="store_true", help="purge: remove it")
+    storage.add_argument("--json", action="store_true", help="print JSON")
+    storage.set_defaults(run=_storage)
 
     pet_suv = commands.add_parser(
         "pet-suv", help="SUV factors (SUVbw, SUL, SUVbsa) of PET image files"

@@ -30,6 +30,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
 from config import Destination
+from dicomio.files import write_atomically
 from node.phantom import AxialGrid, PhantomStudy, write_study
 from node.send import send_files
 
@@ -123,7 +124,7 @@ def _node(workdir: Path, pacs: DemoPacs) -> Iterator[tuple[Destination, Path]]:
         "sending": {"retry_base_seconds": 1, "retry_max_seconds": 5},
     }
     config_path = workdir / "segnode.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    write_atomically(config_path, yaml.safe_dump(config).encode())
     log_path = workdir / "segnode.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(config_path)],

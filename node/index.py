@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.database import open_database, transaction
-from node.series_state import SeriesEvent, SeriesState, next_state
+from node.series_state import InvalidTransition, SeriesEvent, SeriesState, next_state
 from node.storage import StoredInstance
 
 INDEX_FILENAME = "index.sqlite3"
@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_instance_uid);
 CREATE INDEX IF NOT EXISTS series_by_state ON series(state, last_received);
+CREATE INDEX IF NOT EXISTS series_by_study ON series(study_instance_uid);
 """
 
 
@@ -100,7 +101,7 @@ class InstanceIndex:
                         (ident.series_instance_uid,),
                     ).fetchone()
                     previous = SeriesState(row[0]) if row else None
-                    state = next_state(previous, SeriesEvent.INSTANCE_RECEIVED)
+                    state = self._received_state(previous, stored)
                     if row is None:
                         self._db.execute(
                             "INSERT INTO series VALUES (?, ?, ?, ?, ?, ?)",
@@ -140,6 +141,30 @@ class InstanceIndex:
                 raise IndexWriteError(f"cannot index {ident.sop_instance_uid}: {exc}") from exc
         replaced = Path(old[0]) if old and old[0] != str(stored.path) else None
         return RecordedInstance(previous, state, replaced)
+
+    @staticmethod
+    def _received_state(previous: SeriesState | None, stored: StoredInstance) -> SeriesState:
+        """The series' state once ``stored`` is in it; raises IndexWriteError,
+        which the sender is told is transient, while retention removes the series.
+
+        A removal deletes the files its index rows list, outside the index's
+        lock (node/removal.py). An instance sent again under the same SOP
+        Instance UID while that happens may have been written over a file
+        that was then deleted: it is refused rather than indexed without its file.
+        """
+        ident = stored.identity
+        try:
+            state = next_state(previous, SeriesEvent.INSTANCE_RECEIVED)
+        except InvalidTransition:
+            raise IndexWriteError(
+                f"series {ident.series_instance_uid} is being removed by the retention policy; "
+                f"{ident.sop_instance_uid} must be sent again"
+            ) from None
+        if previous == SeriesState.REMOVED and not stored.path.exists():
+            raise IndexWriteError(
+                f"{stored.path} was removed with series {ident.series_instance_uid} as it arrived"
+            )
+        return state
 
     def is_indexed(self, sop_instance_uid: str) -> bool:
         with self._lock:
@@ -199,6 +224,14 @@ class InstanceIndex:
                 (study_instance_uid,),
             ).fetchall()
             return [self._series(uid) for (uid,) in uids]
+
+    def bytes_received_since(self, since: float) -> int:
+        """Bytes of the instances received since ``since`` that are still stored."""
+        with self._lock:
+            (total,) = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM instances WHERE received >= ?", (since,)
+            ).fetchone()
+        return total
 
     def series_in_state(self, state: SeriesState) -> list[SeriesRecord]:
         with self._lock:

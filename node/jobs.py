@@ -346,6 +346,19 @@ class JobQueue:
             ).fetchall()
         return [_job(row) for row in rows]
 
+    def jobs_reading(self, study_instance_uids: list[str]) -> list[Job]:
+        """The jobs that read a series of these studies: the studies' own jobs,
+        and QA jobs whose subject is one of their series (retention, node/retention.py)."""
+        studies = json.dumps(study_instance_uids)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid IN (SELECT value FROM json_each(?)) "
+                f"UNION SELECT {_COLUMNS} FROM jobs WHERE subject IN (SELECT series_instance_uid FROM series "
+                "WHERE study_instance_uid IN (SELECT value FROM json_each(?))) ORDER BY id",
+                (studies, studies),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
     @staticmethod
     def _get(db: sqlite3.Connection, job_id: int) -> Job:
         row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -20,8 +20,8 @@ survives power loss, one connection serialised by a lock.
 
 from __future__ import annotations
 
+import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -132,6 +132,16 @@ class FailedItem:
     path: Path
     attempts: int
     reason: str
+
+
+@dataclass(frozen=True)
+class JobDeliveries:
+    """Where one job's result files stand: how many still wait, and when the
+    last of the others was delivered or given up on."""
+
+    job_id: int
+    pending: int
+    last_settled: float | None
 
 
 class OutboxStore:
@@ -264,6 +274,20 @@ class OutboxStore:
                     )
                 )
         return backlog
+
+    def deliveries(self, job_ids: Sequence[int]) -> list[JobDeliveries]:
+        """Delivery of the files of these jobs (queued by workers as
+        ``"<job id>/<SOP Instance UID>"``); jobs with no file are left out."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT CAST(substr(job_id, 1, instr(job_id, '/') - 1) AS INTEGER) AS job, SUM(state = ?), "
+                "MAX(CASE WHEN state = ? THEN delivered WHEN state = ? THEN last_attempt END) "
+                "FROM outbox WHERE instr(job_id, '/') > 0 GROUP BY job "
+                "HAVING job IN (SELECT value FROM json_each(?))",
+                (ItemState.PENDING.value, ItemState.DELIVERED.value, ItemState.FAILED.value,
+                 json.dumps(list(job_ids))),
+            ).fetchall()
+        return [JobDeliveries(*row) for row in rows]
 
     def failed_items(self) -> list[FailedItem]:
         with self._lock:

@@ -21,8 +21,11 @@ LOG = logging.getLogger(__name__)
 REJECT_CALLING_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x07)
 
+#: The A-ASSOCIATE-RJ parameters of a refused request and the reason to log.
+Rejection = tuple[tuple[int, int, int], str]
 
-def _normalise_address(address: str) -> str:
+
+def normalise_address(address: str) -> str:
     """``::ffff:10.0.0.1`` and ``10.0.0.1`` are the same peer."""
     try:
         ip = ipaddress.ip_address(address)
@@ -40,7 +43,7 @@ def _resolve(host: str) -> frozenset[str]:
     except OSError as exc:
         LOG.warning("peer host %r cannot be resolved (%s); it will match no connection", host, exc)
         return frozenset()
-    return frozenset(_normalise_address(str(info[4][0])) for info in infos)
+    return frozenset(normalise_address(str(info[4][0])) for info in infos)
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,7 @@ class PeerTable:
             peers[peer.ae_title] = None if peer.host is None else _resolve(peer.host)
         return cls(config.node.ae_title, peers)
 
-    def rejection(
-        self, calling_ae: str, called_ae: str, address: str
-    ) -> tuple[tuple[int, int, int], str] | None:
+    def rejection(self, calling_ae: str, called_ae: str, address: str) -> Rejection | None:
         """Return the A-ASSOCIATE-RJ parameters and a log reason, or None to accept."""
         calling = calling_ae.strip()
         if called_ae.strip() != self.called_ae_title:
@@ -73,7 +74,7 @@ class PeerTable:
         if calling not in self.peers:
             return REJECT_CALLING_AE_NOT_RECOGNIZED, f"calling AE {calling!r} is not a configured peer"
         allowed = self.peers[calling]
-        if allowed is not None and _normalise_address(address) not in allowed:
+        if allowed is not None and normalise_address(address) not in allowed:
             return REJECT_CALLING_AE_NOT_RECOGNIZED, (
                 f"calling AE {calling!r} is not allowed from {address}"
             )

@@ -10,9 +10,11 @@ Error Comment, so the sender knows what happened and nothing is half stored.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 import weakref
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -34,23 +36,29 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
 from config import SegnodeConfig
+from node.dataset_check import check_instance
+from node.disk_space import DiskSpace
 from node.index import IndexWriteError, InstanceIndex
 from node.metrics import NodeMetrics
-from node.peers import PeerTable
+from node.peers import PeerTable, Rejection
 from node.storage import InstanceStore, StorageError, StoredInstance
-from node.validation import (
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_OUT_OF_RESOURCES,
-    InvalidDataset,
-    identify,
+from node.transport import (
+    ConnectionGate,
+    GatedAssociationServer,
+    GuardedSocket,
+    Limits,
+    Violation,
+    reject_reason,
 )
+from node.validation import STATUS_OUT_OF_RESOURCES, InvalidDataset, modality_label
 
 LOG = logging.getLogger(__name__)
 
@@ -73,19 +81,6 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     RLELossless,
 ]
 
-# A-ASSOCIATE-RJ (source, diagnostic) -> metric label, PS3.8 section 9.3.4.
-_REJECT_REASONS = {
-    (1, 1): "no-reason-given",
-    (1, 2): "application-context-not-supported",
-    (1, 3): "calling-ae-not-recognized",
-    (1, 7): "called-ae-not-recognized",
-    (2, 1): "acse-no-reason-given",
-    (2, 2): "protocol-version-not-supported",
-    (3, 1): "temporary-congestion",
-    (3, 2): "local-limit-exceeded",
-}
-
-
 def _status(code: int, comment: str) -> Dataset:
     """A C-STORE response status with an Error Comment (LO: at most 64 characters)."""
     status = Dataset()
@@ -104,6 +99,8 @@ class StorageSCP:
         effect on new associations.
     store, index, metrics
         The receive stage's collaborators, shared with the rest of the node.
+    disk_space : DiskSpace
+        Free space against the low watermark, under which instances are refused.
     """
 
     def __init__(
@@ -112,16 +109,19 @@ class StorageSCP:
         store: InstanceStore,
         index: InstanceIndex,
         metrics: NodeMetrics,
+        disk_space: DiskSpace,
     ):
         self._store = store
         self._index = index
         self._metrics = metrics
+        self._disk_space = disk_space
         self._ae = AE(ae_title=config.node.ae_title)
         for context in AllStoragePresentationContexts:
             self._ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         self._ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
         self._peers = PeerTable.from_config(config)
-        self._server: ThreadedAssociationServer | None = None
+        self._gate = ConnectionGate(Limits.from_settings(config.node), self._admission, metrics)
+        self._server: GatedAssociationServer | None = None
         self._address = (config.node.host, config.node.port)
         self._in_flight = 0
         self._stopping = False
@@ -133,6 +133,8 @@ class StorageSCP:
         """Take on a new configuration for associations requested from now on."""
         node = config.node
         self._peers = PeerTable.from_config(config)
+        self._gate.limits = Limits.from_settings(node)
+        self._max_instance_bytes = node.max_instance_bytes
         self._ae.maximum_associations = node.max_associations
         self._ae.maximum_pdu_size = node.max_pdu_size
         self._ae.acse_timeout = node.acse_timeout
@@ -150,7 +152,6 @@ class StorageSCP:
     def start(self) -> None:
         """Listen in background threads; one thread per association."""
         handlers = [
-            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACSE_SENT, self._on_acse_sent),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_ended),
@@ -158,9 +159,18 @@ class StorageSCP:
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = self._ae.start_server(
-            self._address, block=False, evt_handlers=handlers, ae_title=self._peers.called_ae_title
+        # Data sets are spooled to a file as they arrive, not held in
+        # memory; the spool is in the store, so keeping one is a rename.
+        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self._store.spool_dir)
+        server = self._ae.make_server(
+            self._address, ae_title=self._peers.called_ae_title, evt_handlers=handlers,
+            server_class=GatedAssociationServer, gate=self._gate, watcher=self,
         )
+        threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
+        # As AE.start_server does: the server's shutdown takes itself off this list.
+        self._ae._servers.append(server)
+        self._server = server
         LOG.info(
             "listening as %s on %s:%d", self._peers.called_ae_title, self._address[0], self.port
         )
@@ -195,44 +205,65 @@ class StorageSCP:
 
     # Association events -------------------------------------------------
 
-    def _on_requested(self, event: Event) -> None:
-        """Reject an unknown calling AE or a wrong called AE before negotiation.
-
-        pynetdicom skips its own negotiation when this handler has rejected
-        (association.py, ``run_reactor``).
-        """
-        assoc = event.assoc
-        request = assoc.requestor.primitive
-        assert request is not None
-        verdict = self._peers.rejection(
-            request.calling_ae_title, request.called_ae_title, assoc.requestor.address
-        )
-        if verdict is None:
-            return
-        (result, source, diagnostic), reason = verdict
-        LOG.warning("rejecting association from %s: %s", assoc.requestor.address, reason)
-        assoc.acse.send_reject(result, source, diagnostic)
-        assoc.kill()
+    def _admission(self, calling_ae: str, called_ae: str, address: str) -> Rejection | None:
+        """Whether an association request may go on to pynetdicom (asked by
+        the transport's gate, before the association takes a slot)."""
+        verdict = self._peers.rejection(calling_ae, called_ae, address)
+        if verdict is None and self._disk_space.is_low():
+            # Rejected-transient, service-provider (presentation), temporary
+            # congestion (PS3.8 section 9.3.4): the sender tries again later.
+            verdict = (0x02, 0x03, 0x01), "storage below its low watermark"
+        return verdict
 
     def _on_acse_sent(self, event: Event) -> None:
         primitive = event.primitive
         if isinstance(primitive, A_ASSOCIATE) and primitive.result not in (None, 0x00):
-            reason = _REJECT_REASONS.get(
-                (primitive.result_source, primitive.diagnostic),
-                f"source-{primitive.result_source}-diagnostic-{primitive.diagnostic}",
-            )
+            reason = reject_reason(primitive.result_source, primitive.diagnostic)
             self._metrics.associations_rejected.labels(reason).inc()
+
+    # The transport's watcher (node/transport.py) ---------------------------
+
+    def dropped(self, violation: Violation, peer: str) -> None:
+        """A connection the transport closed or aborted."""
+        self._metrics.connections_dropped.labels(violation.reason).inc()
+        level = logging.DEBUG if violation.reason == "closed" else logging.WARNING
+        LOG.log(level, "dropped a connection from %s: %s", peer, violation.detail)
+
+    def closed(self, sock: GuardedSocket) -> None:
+        """A connection ended: forget its association and remove what it was
+        still spooling.
+
+        pynetdicom leaves the spooled file of a data set that never arrived
+        whole (an abort, a full disk), and when its reader thread fails it
+        ends the association without EVT_ABORTED, which would leave it
+        counted as active.
+        """
+        association = sock.association
+        if association is None:
+            return
+        self._on_ended_association(association)
+        message = association.dimse.message
+        unfinished = getattr(message, "_data_set_path", None)
+        if unfinished is not None:
+            Path(unfinished).unlink(missing_ok=True)
 
     def _on_established(self, event: Event) -> None:
         self._metrics.associations_accepted.labels(event.assoc.requestor.ae_title).inc()
         self._metrics.active_associations.inc()
-        self._established.add(event.assoc)
+        with self._in_flight_changed:
+            self._established.add(event.assoc)
 
     def _on_ended(self, event: Event) -> None:
-        # Aborts also end associations that were never established.
-        if event.assoc in self._established:
-            self._established.discard(event.assoc)
-            self._metrics.active_associations.dec()
+        self._on_ended_association(event.assoc)
+
+    def _on_ended_association(self, association: Association) -> None:
+        # Aborts also end associations that were never established; an
+        # association may end twice (its event, then its socket's close).
+        with self._in_flight_changed:
+            if association not in self._established:
+                return
+            self._established.discard(association)
+        self._metrics.active_associations.dec()
 
     # C-STORE ---------------------------------------------------------------
 
@@ -241,6 +272,9 @@ class StorageSCP:
             if self._stopping:
                 self._metrics.store_failures.labels("shutting-down").inc()
                 return _status(STATUS_OUT_OF_RESOURCES, "node is shutting down; send again later")
+            if self._disk_space.is_low():
+                self._metrics.store_failures.labels("low-space").inc()
+                return _status(STATUS_OUT_OF_RESOURCES, "storage below its low watermark; send again later")
             self._in_flight += 1
         try:
             return self._store_instance(event)
@@ -251,29 +285,23 @@ class StorageSCP:
 
     def _store_instance(self, event: Event) -> Dataset | int:
         calling_ae = event.assoc.requestor.ae_title
-        request = event.request
+        spooled = event.dataset_path
         try:
-            dataset = event.dataset
-            identity = identify(
-                dataset, event.context.abstract_syntax, str(request.AffectedSOPInstanceUID)
-            )
+            identity = check_instance(spooled, event.context.abstract_syntax,
+                                      str(event.request.AffectedSOPInstanceUID), self._max_instance_bytes)
         except InvalidDataset as exc:
             return self._refuse(exc.status, exc.reason, exc.detail, calling_ae)
-        except Exception as exc:  # pydicom could not parse the byte stream at all
-            return self._refuse(
-                STATUS_CANNOT_UNDERSTAND, "cannot-decode", f"dataset cannot be decoded: {exc}", calling_ae
-            )
 
-        data = event.encoded_dataset(include_meta=True)
+        size = spooled.stat().st_size
         received_at = time.time()
         try:
-            path = self._store.write(identity, data)
+            path = self._store.keep(identity, spooled)
         except StorageError as exc:
             LOG.error("from %s: %s", calling_ae, exc)
             self._metrics.store_failures.labels("out-of-resources").inc()
             return _status(STATUS_OUT_OF_RESOURCES, "cannot store the instance: out of resources")
         stored = StoredInstance(
-            identity, str(event.context.transfer_syntax), path, len(data), calling_ae, received_at
+            identity, str(event.context.transfer_syntax), path, size, calling_ae, received_at
         )
         try:
             recorded = self._index.record_instance(stored)
@@ -294,8 +322,8 @@ class StorageSCP:
                 identity.series_instance_uid,
                 recorded.previous_state,
             )
-        self._metrics.instances_received.labels(identity.modality or "unknown").inc()
-        self._metrics.received_bytes.inc(len(data))
+        self._metrics.instances_received.labels(modality_label(identity.modality)).inc()
+        self._metrics.received_bytes.inc(size)
         return 0x0000
 
     def _refuse(self, status: int, reason: str, detail: str, calling_ae: str) -> Dataset:

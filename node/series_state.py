@@ -15,12 +15,19 @@ class SeriesState(StrEnum):
     COMPLETE = "complete"
     # Routed: its jobs (none when no route matched) are in the queue.
     DISPATCHED = "dispatched"
+    # The retention policy decided to remove its files (node/removal.py);
+    # it is refused new instances until they are gone.
+    REMOVING = "removing"
+    # Its files are gone; the index keeps the series and a record of the removal.
+    REMOVED = "removed"
 
 
 class SeriesEvent(StrEnum):
     INSTANCE_RECEIVED = "instance-received"
     STABLE_PERIOD_ELAPSED = "stable-period-elapsed"
     ROUTED = "routed"
+    RETENTION_DUE = "retention-due"
+    FILES_REMOVED = "files-removed"
 
 
 class InvalidTransition(Exception):
@@ -36,6 +43,12 @@ TRANSITIONS: dict[tuple[SeriesState | None, SeriesEvent], SeriesState] = {
     (SeriesState.DISPATCHED, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
     (SeriesState.RECEIVING, SeriesEvent.STABLE_PERIOD_ELAPSED): SeriesState.COMPLETE,
     (SeriesState.COMPLETE, SeriesEvent.ROUTED): SeriesState.DISPATCHED,
+    (SeriesState.DISPATCHED, SeriesEvent.RETENTION_DUE): SeriesState.REMOVING,
+    (SeriesState.REMOVING, SeriesEvent.FILES_REMOVED): SeriesState.REMOVED,
+    # Sent again after its removal: it starts a new life with what arrives.
+    # (A series being removed has no such entry: its instances are refused
+    # until the removal is over.)
+    (SeriesState.REMOVED, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
 }
 
 

@@ -10,23 +10,39 @@ import logging
 import os
 import signal
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
-from config import RESTART_ONLY, ConfigError, SegnodeConfig, file_signature, load_config, reloaded
+from config import (
+    RESTART_ONLY,
+    ConfigError,
+    SegnodeConfig,
+    file_signature,
+    read_config,
+    read_for_reload,
+    reloaded,
+    sets_nothing,
+)
 from node.assembly import SeriesAssembler
+from node.config_record import ConfigReading, ConfigRecord, in_force_path, write_in_force, write_record
+from node.disk_space import DiskSpace
 from node.dispatch import Dispatcher
 from node.index import InstanceIndex
 from node.job_metrics import JobCollector
 from node.jobs import JobQueue
 from node.metrics import NodeMetrics
 from node.outbox import Outbox, RetryPolicy
+from node.removal import RemovalStore
 from node.scp import StorageSCP
 from node.storage import InstanceStore
+from node.storage_keeper import StorageKeeper
 from node.worker_pool import WorkerPool, worker_devices
 
 LOG = logging.getLogger(__name__)
 
 _WATCH_INTERVAL_SECONDS = 1.0
+_SPOOL_CHECK_SECONDS = 60.0
 
 
 class Node:
@@ -38,9 +54,10 @@ class Node:
         self.config = config
         self.metrics = NodeMetrics()
         self.store = InstanceStore(config.node.storage_dir)
-        self.store.remove_partial_files()
+        self.store.clear_spool()
         self.index = InstanceIndex(config.node.storage_dir)
-        self.scp = StorageSCP(config, self.store, self.index, self.metrics)
+        self.disk_space = DiskSpace(config.node.storage_dir, config.storage.low_watermark_bytes)
+        self.scp = StorageSCP(config, self.store, self.index, self.metrics, self.disk_space)
         self.queue = JobQueue(config.node.storage_dir)
         self.metrics.registry.register(JobCollector(self.queue))
         dispatcher = Dispatcher(self.index, self.queue, lambda: self.config)
@@ -51,8 +68,14 @@ class Node:
         policy = RetryPolicy(sending.retry_base_seconds, sending.retry_max_seconds, sending.max_refusals)
         self.outbox = Outbox(config.node.storage_dir, config, self.metrics, policy=policy,
                              timeout=sending.timeout_seconds)
-        self.workers = WorkerPool(self.config_path, self.queue, lambda: self.config.jobs, worker_devices())
+        # Workers run the node's copy of the configuration in force, never a file it refused.
+        self.workers = WorkerPool(in_force_path(config.node.storage_dir), self.queue,
+                                  lambda: self.config.jobs, worker_devices())
+        removals = RemovalStore(config.node.storage_dir)
+        removals.finish_interrupted()  # before a worker could write a folder being removed
+        self.keeper = StorageKeeper(removals, self.disk_space, self.metrics, lambda: self.config.storage)
         self._config_signature = file_signature(self.config_path)
+        self._config_record: ConfigRecord | None = None  # set by serve, then by each reload
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -61,6 +84,7 @@ class Node:
         self.metrics.serve(self.config.node.host, self.config.node.metrics_port)
         self.scp.start()
         self.outbox.start()
+        self.keeper.start()
         self.workers.start()
         self.assembler.start()
         LOG.info(
@@ -81,10 +105,15 @@ class Node:
         self._wake.set()
 
     def run_until_stopped(self) -> None:
-        """Serve until :meth:`request_stop`; reload on request or when the file changes."""
+        """Serve until :meth:`request_stop`; reload on request or when the file changes;
+        clear the spool of transfers that ended unfinished."""
+        spool_checked = time.monotonic()
         while not self._stop_requested:
             self._wake.wait(_WATCH_INTERVAL_SECONDS)
             self._wake.clear()
+            if time.monotonic() - spool_checked > _SPOOL_CHECK_SECONDS:
+                spool_checked = time.monotonic()
+                self.store.remove_orphaned_spool_files(time.time())
             signature = file_signature(self.config_path)
             if signature != self._config_signature and signature is not None:
                 self._config_signature = signature
@@ -95,15 +124,23 @@ class Node:
         self.stop()
 
     def reload(self) -> bool:
-        """Apply the configuration file if it is valid; otherwise keep the current one."""
+        """Apply the configuration file if it is valid and config/reload_guard.py lets
+        it replace the running one; otherwise keep the running one, and say so in the
+        log, the metrics and the record that ``segnode status`` reads."""
+        read_at = time.time()
         try:
-            new = load_config(self.config_path)
+            loaded = read_for_reload(self.config_path, self.config)
         except ConfigError as exc:
             for error in exc.errors:
                 LOG.error("configuration reload refused: %s: %s", exc.source, error)
             LOG.error("keeping the configuration in force")
             self.metrics.config_reloads.labels("refused").inc()
+            self.metrics.config_refused.set(1)
+            if self._config_record is not None:
+                refused = ConfigReading(read_at, exc.sha256, tuple(exc.errors))
+                self._keep_record(replace(self._config_record, refused=refused))
             return False
+        new = loaded.config
         for field in RESTART_ONLY:
             old_value, new_value = getattr(self.config.node, field), getattr(new.node, field)
             if old_value != new_value:
@@ -116,14 +153,39 @@ class Node:
         effective = reloaded(new, self.config)
         self.scp.apply(effective)
         self.outbox.apply(effective)
+        self.disk_space.set_low_watermark(effective.storage.low_watermark_bytes)
         self.assembler.stable_seconds = effective.node.series_stable_seconds
         self.config = effective
         self.metrics.config_reloads.labels("applied").inc()
-        LOG.info("configuration reloaded from %s", self.config_path)
+        self.metrics.config_refused.set(0)
+        try:
+            write_in_force(self.config.node.storage_dir, effective)
+        except OSError as exc:
+            LOG.error("the workers keep the configuration of before: cannot write %s: %s",
+                      in_force_path(self.config.node.storage_dir), exc)
+        self._keep_record(ConfigRecord(self.config_path, ConfigReading(read_at, loaded.sha256)))
+        LOG.info("configuration reloaded from %s (sha256 %s)", self.config_path, loaded.sha256)
         return True
+
+    def started_with(self, sha256: str, read_at: float) -> None:
+        """Record the file the node started with; before :meth:`start`, as the workers read
+        its copy. Raises OSError: a node that cannot write to its storage cannot start."""
+        write_in_force(self.config.node.storage_dir, self.config)
+        self._config_record = ConfigRecord(self.config_path, ConfigReading(read_at, sha256))
+        write_record(self.config.node.storage_dir, self._config_record)
+
+    def _keep_record(self, record: ConfigRecord) -> None:
+        """Write which configuration is in force where ``segnode status`` reads it.
+        A full disk must not stop a reload: the record is then only logged."""
+        self._config_record = record
+        try:
+            write_record(self.config.node.storage_dir, record)
+        except OSError as exc:
+            LOG.error("cannot write the configuration record in %s: %s", self.config.node.storage_dir, exc)
 
     def stop(self) -> None:
         self.scp.shutdown()
+        self.keeper.stop()
         self.assembler.stop()
         self.workers.stop()
         self.outbox.stop()
@@ -134,14 +196,20 @@ class Node:
 
 def serve(config_path: Path) -> int:
     """Run a node in the foreground until SIGTERM or SIGINT; SIGHUP reloads."""
+    read_at = time.time()
     try:
-        config = load_config(config_path)
+        loaded = read_config(config_path)
     except ConfigError as exc:
         for error in exc.errors:
             LOG.error("%s: %s", exc.source, error)
         return 1
+    if sets_nothing(loaded.config):
+        # An emptied file (a truncating editor) would start a node that refuses every scanner.
+        LOG.error("%s sets no key (it is empty or holds only comments): not starting", config_path)
+        return 1
     try:
-        node = Node(config_path, config)
+        node = Node(config_path, loaded.config)
+        node.started_with(loaded.sha256, read_at)
         node.start()
     except OSError as exc:
         LOG.error("cannot start: %s", exc)

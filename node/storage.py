@@ -1,9 +1,11 @@
 """Durable storage of received instances, exactly as they arrived.
 
-An instance is acknowledged only once it would survive a crash: its bytes are
-written to a temporary name in the series folder, fsync'ed, renamed into place
-and the folder fsync'ed, so a reader (or a restart) sees either the whole
-file or nothing.
+pynetdicom spools each received data set to a file in ``root/spool`` as its
+fragments arrive (node/scp.py), so an instance never has to fit in memory.
+An instance is acknowledged only once it would survive a crash: its spooled
+file is fsync'ed, renamed into place in the series folder (the same file
+system, so no copy) and the folder fsync'ed, so a reader (or a restart) sees
+either the whole file or nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from node.validation import InstanceIdentity
 LOG = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+#: A spooled file untouched this long belongs to no transfer any more: a
+#: transfer writes at every fragment, and a whole one is kept or refused
+#: within seconds. Files of aborted transfers are left behind by pynetdicom.
+SPOOL_ORPHAN_SECONDS = 600.0
 
 
 class StorageError(Exception):
@@ -58,6 +64,8 @@ class InstanceStore:
         self.root = Path(root).resolve()
         self.instances_dir = self.root / "instances"
         self.instances_dir.mkdir(parents=True, exist_ok=True)
+        self.spool_dir = self.root / "spool"
+        self.spool_dir.mkdir(exist_ok=True)
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
 
@@ -95,46 +103,59 @@ class InstanceStore:
                 _fsync_dir(folder.parent)
             self._known_dirs.add(directory)
 
-    def write(self, identity: InstanceIdentity, data: bytes) -> Path:
-        """Write ``data`` durably at the instance's path, replacing an earlier copy.
+    def keep(self, identity: InstanceIdentity, spooled: Path) -> Path:
+        """Move a spooled instance durably to its path, replacing an earlier copy.
 
         Raises :class:`StorageError` (with the OS reason) when the disk is
-        full or not writable; the temporary file is removed in that case.
+        full or not writable; the spooled file is removed in that case.
         """
-        path = self.path_for(identity)
-        partial = path.with_name(
-            f".{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}"
-        )
+        try:
+            path = self.path_for(identity)
+        except StorageError:
+            spooled.unlink(missing_ok=True)
+            raise
         try:
             self._ensure_dir(path.parent)
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            fd = os.open(spooled, os.O_RDONLY)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                os.fchmod(fd, 0o640)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(partial, path)
+            os.replace(spooled, path)
             _fsync_dir(path.parent)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            spooled.unlink(missing_ok=True)
+            raise StorageError(f"cannot store {path}: {exc.strerror or exc}") from exc
         return path
 
     def remove(self, path: Path) -> None:
         """Delete a stored file (used when its index row could not be written)."""
         path.unlink(missing_ok=True)
 
-    def remove_partial_files(self) -> int:
-        """Delete temporary files left by a crash; they were never acknowledged."""
+    def clear_spool(self) -> int:
+        """Delete what an earlier run was receiving when it stopped; none of it was acknowledged."""
         count = 0
-        for partial in self.instances_dir.rglob(f"*{PARTIAL_SUFFIX}"):
-            partial.unlink(missing_ok=True)
+        for spooled in self.spool_dir.iterdir():
+            spooled.unlink(missing_ok=True)
             count += 1
         if count:
-            LOG.info("removed %d partial files left by an earlier run", count)
+            LOG.info("removed %d spooled files left by an earlier run", count)
+        return count
+
+    def remove_orphaned_spool_files(self, now: float) -> int:
+        """Delete spooled files of transfers that ended without their instance
+        being kept or refused (an abort, a dropped connection)."""
+        count = 0
+        for spooled in self.spool_dir.iterdir():
+            try:
+                if now - spooled.stat().st_mtime > SPOOL_ORPHAN_SECONDS:
+                    spooled.unlink()
+                    count += 1
+            except FileNotFoundError:
+                pass  # kept or refused meanwhile
+        if count:
+            LOG.warning("removed %d spooled files of unfinished transfers", count)
         return count
 
 

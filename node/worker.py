@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pydicom
 
-from config import ConfigError, file_signature, load_config, reloaded
+from config import ConfigError, file_signature, load_config, read_for_reload, reloaded
 from inference.model_store import ModelStore, default_store_dir, open_segmenter
 from inference.segmenter import Segmenter
 from node.comparison import compare_with_reference
@@ -166,9 +166,11 @@ class Worker:
         """The newest complete PET series of the job's study in the CT's frame of reference."""
         frame = pydicom.dcmread(ct_file, stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
         for series in reversed(self.index.series_of_study(job.study_instance_uid)):
-            if series.modality != "PT" or series.state == SeriesState.RECEIVING:
-                continue
+            if series.modality != "PT" or series.state not in (SeriesState.COMPLETE, SeriesState.DISPATCHED):
+                continue  # still arriving, or removed by retention
             files = tuple(i.path for i in self.index.instances_of(series.series_instance_uid))
+            if not files:
+                continue
             header = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
             if header.get("FrameOfReferenceUID") == frame.get("FrameOfReferenceUID"):
                 return files
@@ -183,13 +185,14 @@ class Worker:
         return self._segmenters[key]
 
     def _reload_if_changed(self) -> None:
-        """Apply an edited configuration as the node does (its store stays where it is)."""
+        """Apply an edited configuration as the node does (its store stays where it is),
+        refusing what the node refuses: the same rule, config/reload_guard.py."""
         signature = file_signature(self.config_path)
         if signature is None or signature == self._config_signature:
             return
         self._config_signature = signature
         try:
-            self.config = reloaded(load_config(self.config_path), self.config)
+            self.config = reloaded(read_for_reload(self.config_path, self.config).config, self.config)
         except ConfigError as exc:
             LOG.error("keeping the configuration in force: %s", exc)
 

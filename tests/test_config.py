@@ -84,3 +84,19 @@ def test_ae_titles_are_stripped_of_padding():
     config = parse_config("node: {ae_title: ' SEGNODE  '}\npeers: [{ae_title: 'A '}]\n")
     assert config.node.ae_title == "SEGNODE"
     assert config.peers[0].ae_title == "A"
+
+
+def test_a_file_a_running_node_would_refuse_is_flagged(tmp_path):
+    """check-config runs before a file is put in place: it warns of what a
+    reload would refuse (config/reload_guard.py) though the file is valid."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# peers: [{ae_title: SCANNER1}]\n")
+    result = check_config(empty)
+    assert result.returncode == 0
+    assert "warning: the file sets no key; a running node refuses it as a reload" in result.stdout
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("peers: [{ae_title: SCANNER1}]\ndestinations: {}\n")
+    warnings = [line for line in check_config(partial).stdout.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("  warning: no 'routes' key;")
+    example = check_config(REPO / "config" / "segnode.example.yaml")
+    assert "warning" not in example.stdout

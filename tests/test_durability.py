@@ -127,20 +127,16 @@ def _send_until_full(node, files: list[Path]) -> Sender:
     return sender
 
 
-def _assert_full_disk_handled(node, sender: Sender) -> None:
+def _assert_nothing_half_stored(node, sender: Sender) -> None:
     acknowledged = sender.acknowledged()
-    refused = [p for p, status in sender.statuses.items() if status == 0xA700]
     assert acknowledged, "nothing fitted at all"
-    assert refused, "the disk never filled up"
-    assert node.partial_files() == []
     assert_on_disk_and_indexed(node, acknowledged)
     assert len(node.stored_files()) == len(acknowledged)
-    metrics = node.metrics()
-    assert metrics['segnode_store_failures_total{reason="out-of-resources"}'] == len(refused)
-    # The node keeps serving: a C-ECHO still works.
-    assoc = scu().associate("127.0.0.1", node.port, ae_title="SEGNODE")
-    assert assoc.send_c_echo().Status == 0x0000
-    assoc.release()
+    # The transfer cut short leaves no spooled part behind.
+    deadline = time.monotonic() + 5
+    while list((node.storage_dir / "spool").iterdir()):
+        assert time.monotonic() < deadline, list((node.storage_dir / "spool").iterdir())
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -157,15 +153,43 @@ def small_tmpfs(tmp_path) -> Path:
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_full_disk_answers_out_of_resources_with_nothing_half_written(node_factory, tmp_path, small_tmpfs):
-    node = node_factory(storage_dir=str(small_tmpfs / "store")).start()
-    node.storage_dir = small_tmpfs / "store"
-    # 30 slices of 512 KiB into a 3 MiB filesystem.
+def _node_on(node_factory, storage_dir: Path, low_watermark_bytes: int):
+    node = node_factory(storage_dir=str(storage_dir))
+    node.config["storage"] = {"low_watermark_bytes": low_watermark_bytes}
+    node.write_config()
+    node.storage_dir = storage_dir
+    return node.start()
+
+
+def test_the_low_watermark_refuses_instances_before_the_disk_is_full(node_factory, tmp_path, small_tmpfs):
+    node = _node_on(node_factory, small_tmpfs / "store", low_watermark_bytes=1 << 20)
+    # 30 slices of 512 KiB into a 3 MiB file system that keeps 1 MiB free.
     files = write_ct_series(tmp_path / "ct", EXPLICIT_LE, slices=30, rows=512, columns=512)
-    _assert_full_disk_handled(node, _send_until_full(node, files))
+    sender = _send_until_full(node, files)
+    statuses = list(sender.statuses.values())
+    first_refused = statuses.index(0xA700)
+    assert statuses[:first_refused] == [0x0000] * first_refused
+    # The association stays up; every later instance is refused the same way.
+    assert statuses[first_refused:] == [0xA700] * (len(files) - first_refused)
+    _assert_nothing_half_stored(node, sender)
+    assert node.metrics()['segnode_store_failures_total{reason="low-space"}'] == len(files) - first_refused
 
 
-def test_failing_write_answers_out_of_resources(node_factory, tmp_path):
+def test_a_disk_that_fills_anyway_loses_nothing_and_frees_the_spool(node_factory, tmp_path, small_tmpfs):
+    """With no watermark to speak of, the disk fills while an instance is spooled:
+    the transfer is aborted (pynetdicom's spooling cannot answer a status), what
+    was acknowledged is intact, and the node serves on."""
+    node = _node_on(node_factory, small_tmpfs / "store", low_watermark_bytes=1)
+    files = write_ct_series(tmp_path / "ct", EXPLICIT_LE, slices=30, rows=512, columns=512)
+    sender = _send_until_full(node, files)
+    assert None in sender.statuses.values() or 0xA700 in sender.statuses.values(), sender.statuses
+    _assert_nothing_half_stored(node, sender)
+    # It answers: a full disk is below any watermark, so as a transient rejection.
+    assoc = scu().associate("127.0.0.1", node.port, ae_title="SEGNODE")
+    assert assoc.is_rejected and assoc.acceptor.primitive.result == 0x02
+
+
+def test_failing_write_loses_nothing(node_factory, tmp_path):
     """RLIMIT_FSIZE makes the kernel fail a write part-way (EFBIG), as a full disk would."""
     node = node_factory()
     limit = 400 * 1024
@@ -179,5 +203,8 @@ def test_failing_write_answers_out_of_resources(node_factory, tmp_path):
     large = write_ct_series(tmp_path / "large", EXPLICIT_LE, slices=2, rows=512, columns=512)
     sender = _send_until_full(node, small + large)
     assert [sender.statuses[p] for p in small] == [0x0000] * 3
-    assert [sender.statuses[p] for p in large] == [0xA700] * 2
-    _assert_full_disk_handled(node, sender)
+    assert sender.statuses[large[0]] in (None, 0xA700)
+    _assert_nothing_half_stored(node, sender)
+    assoc = scu().associate("127.0.0.1", node.port, ae_title="SEGNODE")
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()

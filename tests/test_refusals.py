@@ -95,9 +95,69 @@ def test_undecodable_dataset_answers_cannot_understand(node, tmp_path):
     corrupt.write_bytes(data[:end] + bytes(b ^ 0x5A for b in data[end:]))
     status = _send_raw(node, corrupt)
     assert status.Status == 0xC000
-    assert status.ErrorComment.startswith("dataset cannot be decoded")
+    assert status.ErrorComment.startswith("deflated data set is corrupt")
     assert node.stored_files() == []
     assert node.metrics()['segnode_store_failures_total{reason="cannot-decode"}'] == 1
+
+
+def test_an_element_the_pipeline_cannot_decode_is_refused_naming_it(node, ct_files, tmp_path):
+    """Finding 6: such instances were acknowledged, and their series' job failed later."""
+    dataset = pydicom.dcmread(ct_files[0])
+    dataset.PixelSpacing = [0.5, 0.5]
+    path = tmp_path / "bad-spacing.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    # A DS the pipeline's float() fails on; pydicom itself would not write it.
+    path.write_bytes(path.read_bytes().replace(b"0.5\\0.5", b"0.5\\abc"))
+    status = _send_raw(node, path)
+    assert status.Status == 0xC000
+    assert status.ErrorComment.startswith("(0028,0030) PixelSpacing")
+    assert node.stored_files() == []
+    # Pixel Data shorter than its rows and columns say.
+    dataset = pydicom.dcmread(ct_files[1])
+    dataset.PixelData = dataset.PixelData[:-100]
+    path = tmp_path / "short-pixels.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    assert _send_raw(node, path).Status == 0xC000
+    assert node.metrics()['segnode_store_failures_total{reason="invalid-pixel-data"}'] == 1
+    # What does get success is readable as the pipeline reads it.
+    status = _send(node, ct_files[2])
+    assert status.Status == 0x0000
+    [stored] = node.stored_files()
+    assert pydicom.dcmread(stored).pixel_array.shape == (32, 32)
+
+
+def test_a_deflated_data_set_inflating_past_the_limit_is_refused_in_bounded_memory(node_factory, tmp_path):
+    """Finding 3: 0.27 MB inflating to 256 MiB cost +507 MB; now it is refused, costing almost nothing."""
+    from tests.test_hostile_peers import rss_bytes
+
+    node = node_factory(max_instance_bytes=64 << 20).start()
+    [sent] = write_ct_series(tmp_path / "ct", DeflatedExplicitVRLittleEndian, slices=1, rows=32, columns=32)
+    dataset = pydicom.dcmread(sent)
+    dataset.add_new(0x00091010, "OB", bytes(256 << 20))  # a private element of zeros: deflates to ~0.25 MB
+    bomb = tmp_path / "bomb.dcm"
+    dataset.save_as(bomb, enforce_file_format=True)
+    assert bomb.stat().st_size < 1 << 20
+    before = rss_bytes(node.proc.pid)
+    status = _send_raw(node, bomb)
+    assert status.Status == 0xA700
+    assert "inflates beyond" in status.ErrorComment
+    assert rss_bytes(node.proc.pid) - before < 32 << 20
+    assert node.stored_files() == []
+
+
+def test_a_modality_label_is_a_defined_term_or_other(node, ct_files, tmp_path):
+    """Finding 5: a 60 kB Modality became a metric label as sent."""
+    for index, modality in enumerate(["X" * 60000, "CT", "ZZ"]):
+        dataset = pydicom.dcmread(ct_files[index])
+        dataset.Modality = modality
+        path = tmp_path / f"modality{index}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        assert _send_raw(node, path).Status == 0x0000
+    received = {k: v for k, v in node.metrics().items() if k.startswith("segnode_instances_received_total")}
+    assert received == {
+        'segnode_instances_received_total{modality="other"}': 2.0,
+        'segnode_instances_received_total{modality="CT"}': 1.0,
+    }
 
 
 def test_sop_class_that_does_not_match_the_context_is_refused(node, ct_files, tmp_path):

@@ -1,0 +1,94 @@
+"""The node's retention thread: removes what the policy allows, and keeps
+the storage metrics.
+
+It runs a pass every :func:`pass_interval` seconds, at once when the SCP
+finds free space under the low watermark, and every second while it stays
+there: early removals become possible as deliveries complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from config.schema import RetentionSettings, StorageSettings
+from node.disk_space import MEASURE_SECONDS, DiskSpace
+from node.metrics import NodeMetrics
+from node.removal import RemovalStore
+from node.retention import Removal, RemovalKind, plan
+
+LOG = logging.getLogger(__name__)
+
+_MAX_INTERVAL_SECONDS = 60.0
+_MIN_INTERVAL_SECONDS = 0.1
+
+
+def pass_interval(retention: RetentionSettings) -> float:
+    """A minute, or a quarter of the shortest period when that is shorter,
+    so that nothing outstays its period by more than a quarter of it."""
+    shortest = min(retention.instances_hours, retention.results_hours) * 3600.0
+    return max(_MIN_INTERVAL_SECONDS, min(_MAX_INTERVAL_SECONDS, shortest / 4))
+
+
+def purge(store: RemovalStore, disk: DiskSpace, retention: RetentionSettings) -> list[Removal]:
+    """One pass: finish interrupted removals, then carry out what the policy
+    allows now (early ones too while under the low watermark); returns what
+    was removed."""
+    store.finish_interrupted()
+    now = time.time()
+    removed = []
+    for removal in plan(store.activity(), retention, now, disk.shortfall_bytes()):
+        if store.remove(removal, retention, now):
+            LOG.info("removed the %s of series %s (study %s): %d files, %d bytes (%s)", removal.kind.value,
+                     removal.series_instance_uid, removal.study_instance_uid, removal.files, removal.bytes,
+                     removal.reason.value)
+            removed.append(removal)
+    return removed
+
+
+class StorageKeeper:
+    """The thread; ``settings`` is read at each pass, so a reload applies."""
+
+    def __init__(self, store: RemovalStore, disk: DiskSpace, metrics: NodeMetrics,
+                 settings: Callable[[], StorageSettings]):
+        self._store = store
+        self._disk = disk
+        self._metrics = metrics
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="storage-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._disk.became_low.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._store.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            settings = self._settings()
+            try:
+                for removal in purge(self._store, self._disk, settings.retention):
+                    self._metrics.storage_freed_bytes.labels(removal.kind.value).inc(removal.bytes)
+                self._update_gauges()
+            except Exception:  # a dead keeper would let the disk fill, silently
+                LOG.exception("retention pass failed; trying again")
+            self._disk.became_low.clear()
+            if self._disk.is_low():
+                self._stop.wait(MEASURE_SECONDS)
+            else:
+                self._disk.became_low.wait(pass_interval(settings.retention))
+
+    def _update_gauges(self) -> None:
+        stored = self._store.stored_bytes()
+        self._metrics.storage_bytes.labels(RemovalKind.INSTANCES.value).set(stored.instances)
+        self._metrics.storage_bytes.labels(RemovalKind.RESULTS.value).set(stored.results)
+        self._metrics.storage_free_bytes.set(self._disk.free_bytes())
+        self._metrics.storage_seconds_to_full.set(self._disk.seconds_to_full())
+        self._metrics.storage_low_space.set(int(self._disk.is_low()))

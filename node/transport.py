@@ -1,0 +1,601 @@
+"""The transport under the SCP: what a connection may cost before and after it
+becomes an association.
+
+pynetdicom gives every TCP connection an association thread that counts
+against ``maximum_associations`` before a single byte has arrived, reads a
+PDU's body from a socket without a timeout, and buffers a PDU of whatever
+length its header declares. So a handful of silent connections locked out
+every scanner, a peer that stopped half-way through a PDU held its slot for
+ever, and one header claiming 256 MiB cost 256 MiB. Two pieces fix this
+below pynetdicom, without changing it:
+
+- :class:`ConnectionGate` owns a connection until its A-ASSOCIATE-RQ has
+  arrived whole (ARTIM, PS3.8 section 9.1.5: ``acse_timeout`` from the
+  connection) and names a listed peer and this node. Only then does
+  pynetdicom see it, so unfinished and unknown connections never count
+  against ``max_associations``; they are bounded per source address and in
+  all, and one that closes is forgotten at once. The gate reads the request
+  with ``MSG_PEEK``, so pynetdicom later reads the same bytes from the
+  kernel untouched.
+- :class:`GuardedSocket` is the socket pynetdicom reads and writes. It
+  follows the byte stream PDU by PDU (:class:`PduStream`): a PDU longer than
+  its bound, one of an unknown type, a message larger than
+  ``max_instance_bytes`` or a PDU not finished within ``network_timeout`` is
+  answered with an A-ABORT and the connection is closed before anything is
+  buffered; sends have the same deadline.
+
+What we would propose upstream (pynetdicom 3.0.4): check the PDU length
+against the negotiated maximum in ``DULServiceProvider._read_pdu_data``
+before reading the body, put a deadline on the body read, count
+associations from ``EVT_ESTABLISHED`` rather than from live threads, and end
+the acceptor's wait for the A-ASSOCIATE-RQ when the transport closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Protocol
+
+from pydicom.filereader import read_dataset
+from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from config import NodeSettings
+from node.metrics import NodeMetrics
+from node.peers import Rejection, normalise_address
+
+LOG = logging.getLogger(__name__)
+
+# PDU types, PS3.8 table 9-11.
+_ASSOCIATE_RQ = 0x01
+_P_DATA_TF = 0x04
+_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+#: The longest A-ASSOCIATE-RQ (and any PDU but P-DATA-TF) accepted. 128
+#: presentation contexts (the most PS3.8 allows: odd ids 1-255) of one
+#: abstract and three transfer syntaxes, each a full 64-character UID, come
+#: to about 36 KiB.
+REQUEST_BOUND = 64 * 1024
+#: A command set is a few hundred bytes (PS3.7 section 9.3).
+_COMMAND_BOUND = 64 * 1024
+#: Only a C-STORE-RQ carries a data set we accept; any other message's data
+#: set (a C-ECHO has none) is held in memory by pynetdicom, so it stays small.
+_OTHER_DATASET_BOUND = 64 * 1024
+_C_STORE_RQ = 0x0001
+_C_ECHO_RQ = 0x0030
+
+# A-ABORT (source, reason), PS3.8 section 9.3.8 and the state table's AA-1 and AA-8.
+ABORT_BY_USER = (0x00, 0x00)
+ABORT_UNRECOGNIZED_PDU = (0x02, 0x01)
+ABORT_UNEXPECTED_PDU = (0x02, 0x02)
+ABORT_INVALID_PARAMETER = (0x02, 0x06)
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 section 9.3.4.
+REJECT_NO_REASON = (0x01, 0x01, 0x01)
+
+#: How often a gate that has part of a request looks for the rest.
+_PEEK_INTERVAL_SECONDS = 0.01
+#: How long a rejected peer is given to read the rejection and close.
+_LINGER_SECONDS = 1.0
+
+
+def abort_pdu(source: int, reason: int) -> bytes:
+    """An A-ABORT PDU (PS3.8 section 9.3.8)."""
+    return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, source, reason)
+
+
+def reject_pdu(result: int, source: int, diagnostic: int) -> bytes:
+    """An A-ASSOCIATE-RJ PDU (PS3.8 section 9.3.4)."""
+    return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, result, source, diagnostic)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may cost; taken from the configuration when it is accepted."""
+
+    acse_timeout: float
+    network_timeout: float
+    max_pdu_size: int
+    max_instance_bytes: int
+    max_pending_per_address: int
+    max_pending_connections: int
+
+    @classmethod
+    def from_settings(cls, node: NodeSettings) -> Limits:
+        return cls(node.acse_timeout, node.network_timeout, node.max_pdu_size, node.max_instance_bytes,
+                   node.max_pending_per_address, node.max_pending_connections)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """Why a connection is dropped: a metric label, a log line, and the
+    A-ABORT (source, reason) to send first, or None to just close."""
+
+    reason: str
+    detail: str
+    abort: tuple[int, int] | None
+
+
+class PduStream:
+    """Follows the bytes a peer sends, PDU by PDU and PDV by PDV (PS3.8
+    section 9.3 and annex E), and says when they break a bound.
+
+    It holds no data beyond the current command set, so following a stream
+    costs the same whatever the peer sends.
+    """
+
+    def __init__(self, limits: Limits, check_command: Callable[[int, bytes], Violation | None]):
+        self._limits = limits
+        self._check_command = check_command
+        self._header = bytearray()
+        self._type = 0
+        self._body_left = 0
+        self.started: float | None = None  # when the PDU being read began
+        self._item_header = bytearray()
+        self._item_left = 0
+        self._item_context = 0
+        self._item_is_command = False
+        self._item_is_last = False
+        self._command = bytearray()
+        self._dataset_bytes = 0
+        self._dataset_bound = _OTHER_DATASET_BOUND
+
+    def feed(self, data: bytes) -> Violation | None:
+        view = memoryview(data)
+        while view:
+            if self._body_left == 0:
+                take = 6 - len(self._header)
+                if self.started is None:
+                    self.started = time.monotonic()
+                self._header += view[:take]
+                view = view[take:]
+                if len(self._header) == 6:
+                    violation = self._begin_pdu()
+                    if violation is not None:
+                        return violation
+                continue
+            take = min(len(view), self._body_left)
+            if self._type == _P_DATA_TF:
+                violation = self._items(view[:take])
+                if violation is not None:
+                    return violation
+            self._body_left -= take
+            view = view[take:]
+            if self._body_left == 0:
+                self._end_pdu()
+        return None
+
+    def _begin_pdu(self) -> Violation | None:
+        self._type, _, length = struct.unpack(">BBL", self._header)
+        self._header.clear()
+        if self._type not in _KNOWN_PDU_TYPES:
+            return Violation("unrecognized-pdu", f"PDU type {self._type:#04x} is not DICOM",
+                             ABORT_UNRECOGNIZED_PDU)
+        bound = self._limits.max_pdu_size if self._type == _P_DATA_TF else REQUEST_BOUND
+        if length > bound:
+            return Violation("pdu-too-long", f"a PDU of type {self._type:#04x} declares {length} bytes, "
+                             f"more than the {bound} accepted", ABORT_INVALID_PARAMETER)
+        self._body_left = length
+        if length == 0:
+            self._end_pdu()
+        return None
+
+    def _end_pdu(self) -> None:
+        self.started = None
+        if self._item_left or self._item_header:
+            # A PDV item cut by the end of its PDU; pynetdicom rejects the
+            # PDU (PS3.8 table 9-22), and the next PDU starts afresh.
+            self._item_header.clear()
+            self._item_left = 0
+
+    def _items(self, body: memoryview) -> Violation | None:
+        """Presentation-data-value items of a P-DATA-TF (PS3.8 section 9.3.5.1)."""
+        while body:
+            if self._item_left == 0:
+                take = 6 - len(self._item_header)
+                self._item_header += body[:take]
+                body = body[take:]
+                if len(self._item_header) < 6:
+                    continue
+                length, self._item_context, control = struct.unpack(">LBB", self._item_header)
+                self._item_header.clear()
+                if length < 2:
+                    return Violation("invalid-pdu", f"a PDV item declares length {length}",
+                                     ABORT_INVALID_PARAMETER)
+                self._item_left = length - 2
+                self._item_is_command = bool(control & 0x01)
+                self._item_is_last = bool(control & 0x02)
+                if self._item_left == 0:
+                    violation = self._end_item()
+                    if violation is not None:
+                        return violation
+                continue
+            take = min(len(body), self._item_left)
+            violation = self._fragment(body[:take])
+            if violation is not None:
+                return violation
+            self._item_left -= take
+            body = body[take:]
+            if self._item_left == 0:
+                violation = self._end_item()
+                if violation is not None:
+                    return violation
+        return None
+
+    def _fragment(self, data: memoryview) -> Violation | None:
+        if self._item_is_command:
+            self._command += data
+            if len(self._command) > _COMMAND_BOUND:
+                return Violation("invalid-pdu", f"a command set longer than {_COMMAND_BOUND} bytes",
+                                 ABORT_INVALID_PARAMETER)
+            return None
+        self._dataset_bytes += len(data)
+        if self._dataset_bytes > self._dataset_bound:
+            return Violation(
+                "instance-too-large",
+                f"a data set longer than {self._dataset_bound} bytes (node.max_instance_bytes for C-STORE)",
+                ABORT_BY_USER,
+            )
+        return None
+
+    def _end_item(self) -> Violation | None:
+        if not self._item_is_last:
+            return None
+        self._dataset_bytes = 0
+        if not self._item_is_command:
+            return None
+        command = bytes(self._command)
+        self._command.clear()
+        store = command_field(command) == _C_STORE_RQ
+        self._dataset_bound = self._limits.max_instance_bytes if store else _OTHER_DATASET_BOUND
+        return self._check_command(self._item_context, command)
+
+
+def command_field(command: bytes) -> int | None:
+    """The Command Field (0000,0100) of an implicit VR little endian command
+    set (PS3.7 section 6.3.1), or None if it has none."""
+    offset = 0
+    while offset + 8 <= len(command):
+        group, element, length = struct.unpack_from("<HHL", command, offset)
+        offset += 8
+        if (group, element) == (0x0000, 0x0100) and length == 2 and offset + 2 <= len(command):
+            return struct.unpack_from("<H", command, offset)[0]
+        offset += length
+    return None
+
+
+#: What a request of the services served here must carry, PS3.7 tables
+#: 9.1-1 (C-STORE-RQ) and 9.3-12 (C-ECHO-RQ).
+_REQUIRED = {
+    _C_STORE_RQ: ("AffectedSOPClassUID", "MessageID", "Priority", "AffectedSOPInstanceUID"),
+    _C_ECHO_RQ: ("AffectedSOPClassUID", "MessageID"),
+}
+
+
+def request_problem(command: bytes, context_id: int, accepted: frozenset[int]) -> str | None:
+    """What makes a C-STORE or C-ECHO request unservable, or None.
+
+    pynetdicom drops such a request without an answer (a missing
+    parameter), or, spooling a C-STORE's data set, fails inside its reader
+    thread (a blank SOP Instance UID, an unaccepted context) and closes the
+    connection without an A-ABORT. A UID that is there but malformed is the
+    C-STORE handler's to refuse with a status (node/validation.py). Other
+    commands are pynetdicom's to answer.
+    """
+    try:
+        dataset = read_dataset(BytesIO(command), is_implicit_VR=True, is_little_endian=True)
+        field = dataset.get("CommandField")
+        required = _REQUIRED.get(field, ())
+        missing = [k for k in required if dataset.get(k) is None or str(dataset[k].value).strip() == ""]
+    except Exception as exc:  # whatever the bytes provoke in pydicom's reader
+        return f"a command set that cannot be decoded: {exc}"
+    if missing:
+        return f"command {field:#06x} without {', '.join(missing)}"
+    if field == _C_STORE_RQ and dataset.get("CommandDataSetType") == 0x0101:
+        return "a C-STORE request without a data set"
+    if required and context_id not in accepted:
+        return f"command {field:#06x} on presentation context {context_id}, which was not accepted"
+    return None
+
+
+class ConnectionWatcher(Protocol):
+    """What the SCP hears from the transport."""
+
+    def dropped(self, violation: Violation, peer: str) -> None:
+        """A connection broke a bound and is being aborted or closed."""
+
+    def closed(self, sock: GuardedSocket) -> None:
+        """A connection's socket was closed, for whatever reason."""
+
+
+class GuardedSocket(socket.socket):
+    """The socket of one connection, with deadlines on every read and send
+    and the bounds of :class:`PduStream` on what is read.
+
+    pynetdicom reads it through ``select`` and ``recv``; a connection that
+    breaks a bound is sent an A-ABORT and shut down, and pynetdicom then
+    reads the end of the stream, as if the peer had closed it.
+    """
+
+    peer: str
+    limits: Limits
+    watcher: ConnectionWatcher
+    #: Set once pynetdicom has made the association (its accepted contexts).
+    association: Association | None
+
+    @classmethod
+    def adopt(cls, conn: socket.socket, peer: str, limits: Limits,
+              watcher: ConnectionWatcher) -> GuardedSocket:
+        guarded = cls(conn.family, conn.type, conn.proto, fileno=conn.detach())
+        guarded.peer = peer
+        guarded.limits = limits
+        guarded.watcher = watcher
+        guarded.association = None
+        guarded._closed_once = threading.Lock()
+        guarded._stream = PduStream(limits, guarded._check_command)
+        guarded._dropped = False
+        guarded.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return guarded
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if flags & socket.MSG_PEEK:
+            return super().recv(bufsize, flags)
+        if self._dropped:
+            return b""
+        started = self._stream.started
+        timeout = self.limits.network_timeout
+        if started is not None:
+            timeout = started + timeout - time.monotonic()
+        try:
+            if timeout <= 0:
+                raise TimeoutError
+            super().settimeout(timeout)
+            data = super().recv(bufsize, flags)
+        except TimeoutError:
+            self.drop(Violation("stalled", f"no complete PDU within {self.limits.network_timeout:g} s "
+                                "(node.network_timeout)", ABORT_BY_USER))
+            return b""
+        violation = self._stream.feed(data) if data else None
+        if violation is not None:
+            self.drop(violation)
+            return b""
+        return data
+
+    def _check_command(self, context_id: int, command: bytes) -> Violation | None:
+        accepted = frozenset()
+        if self.association is not None:
+            accepted = frozenset(cx.context_id for cx in self.association.accepted_contexts)
+        problem = request_problem(command, context_id, accepted)
+        return None if problem is None else Violation("invalid-request", problem, ABORT_BY_USER)
+
+    def close(self) -> None:
+        """Close, and tell the watcher once: however an association ended
+        (pynetdicom skips its end events when its reader thread fails), its
+        socket is closed."""
+        super().close()
+        if self._closed_once.acquire(blocking=False):
+            self.watcher.closed(self)
+
+    def send(self, data, flags: int = 0) -> int:
+        super().settimeout(self.limits.network_timeout)
+        return super().send(data, flags)
+
+    def sendall(self, data, flags: int = 0) -> None:
+        super().settimeout(self.limits.network_timeout)
+        super().sendall(data, flags)
+
+    def drop(self, violation: Violation) -> None:
+        """Send the violation's A-ABORT (if any) and shut the connection down."""
+        self._dropped = True
+        self.watcher.dropped(violation, self.peer)
+        try:
+            if violation.abort is not None:
+                super().settimeout(_LINGER_SECONDS)
+                super().sendall(abort_pdu(*violation.abort))
+            self.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the peer is gone already
+
+
+@dataclass(frozen=True)
+class Request:
+    """A whole A-ASSOCIATE-RQ, still unread in the kernel's buffer."""
+
+    pdu: bytes
+    calling_ae_title: str
+    called_ae_title: str
+
+
+class ConnectionGate:
+    """Connections that have not yet become associations: how many, from
+    where, and whether each may go on to pynetdicom.
+
+    ``enter`` and ``leave`` run on the accepting thread and the connection's
+    own thread; ``admit`` holds the connection's thread until its
+    A-ASSOCIATE-RQ is whole, at most ``acse_timeout``; ``admission``
+    (calling AE, called AE, address) then says whether it may go on.
+    """
+
+    def __init__(self, limits: Limits, admission: Callable[[str, str, str], Rejection | None],
+                 metrics: NodeMetrics):
+        self.limits = limits
+        self._admission = admission
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._pending: Counter[str] = Counter()
+
+    def enter(self, address: str) -> Violation | None:
+        """Count a new connection from `address`, or say why it is refused."""
+        with self._lock:
+            if sum(self._pending.values()) >= self.limits.max_pending_connections:
+                return Violation("pending-limit", f"{self.limits.max_pending_connections} connections are "
+                                 "already waiting to associate (node.max_pending_connections)", None)
+            if self._pending[address] >= self.limits.max_pending_per_address:
+                return Violation("pending-per-address", f"{self._pending[address]} connections from "
+                                 f"{address} are already waiting to associate (node.max_pending_per_address)",
+                                 None)
+            self._pending[address] += 1
+            self._metrics.pending_connections.inc()
+        return None
+
+    def leave(self, address: str) -> None:
+        with self._lock:
+            self._pending[address] -= 1
+            if self._pending[address] <= 0:
+                del self._pending[address]
+            self._metrics.pending_connections.dec()
+
+    def admit(self, sock: GuardedSocket, address: str) -> bool:
+        """Wait for the connection's A-ASSOCIATE-RQ and decide: True hands it
+        to pynetdicom; False means it was answered (or closed) here."""
+        request = self._read_request(sock, time.monotonic() + self.limits.acse_timeout)
+        if isinstance(request, Violation):
+            sock.drop(request)
+            return False
+        verdict = self._admission(request.calling_ae_title, request.called_ae_title, address)
+        if verdict is None:
+            return True
+        (result, source, diagnostic), reason = verdict
+        LOG.warning("rejecting association from %s: %s", address, reason)
+        self.reject(sock, request, (result, source, diagnostic))
+        return False
+
+    def reject(self, sock: GuardedSocket, request: Request, parameters: tuple[int, int, int]) -> None:
+        """Answer A-ASSOCIATE-RJ, give the peer a moment to read it, close.
+
+        The request is read off the socket first: closing a socket with
+        unread data sends a reset, which can destroy the rejection before
+        the peer has read it.
+        """
+        self._metrics.associations_rejected.labels(reject_reason(*parameters[1:])).inc()
+        try:
+            sock.settimeout(_LINGER_SECONDS)
+            remaining = len(request.pdu)
+            while remaining > 0:
+                chunk = socket.socket.recv(sock, min(remaining, 65536))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+            sock.sendall(reject_pdu(*parameters))
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(_LINGER_SECONDS)
+            while socket.socket.recv(sock, 4096):
+                pass
+        except OSError:
+            pass  # the peer closed first, or never read
+
+    def _read_request(self, sock: GuardedSocket, deadline: float) -> Request | Violation:
+        """Peek until a whole A-ASSOCIATE-RQ is in the buffer (state Sta2, PS3.8 section 9.2)."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                # ARTIM expiry in Sta2 closes without an A-ABORT (AA-2).
+                return Violation("request-timeout", f"no A-ASSOCIATE-RQ within "
+                                 f"{self.limits.acse_timeout:g} s (node.acse_timeout)", None)
+            try:
+                readable, _, _ = select.select([sock], [], [], remaining)
+                if not readable:
+                    continue
+                data = sock.recv(6 + REQUEST_BOUND, socket.MSG_PEEK)
+            except OSError as exc:
+                return Violation("closed", f"connection failed before its request: {exc}", None)
+            if not data:
+                return Violation("closed", "closed before sending a request", None)
+            if len(data) >= 6:
+                pdu_type, _, length = struct.unpack_from(">BBL", data)
+                if pdu_type != _ASSOCIATE_RQ:
+                    # Any other PDU in Sta2 is AA-1: an A-ABORT from the service user.
+                    kind = "unexpected-pdu" if pdu_type in _KNOWN_PDU_TYPES else "unrecognized-pdu"
+                    return Violation(kind, f"PDU type {pdu_type:#04x} before an A-ASSOCIATE-RQ",
+                                     ABORT_BY_USER)
+                if length > REQUEST_BOUND:
+                    return Violation("pdu-too-long", f"an A-ASSOCIATE-RQ of {length} bytes, more than the "
+                                     f"{REQUEST_BOUND} accepted", ABORT_BY_USER)
+                if len(data) >= 6 + length:
+                    return self._decode(data[: 6 + length])
+            time.sleep(min(_PEEK_INTERVAL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    @staticmethod
+    def _decode(data: bytes) -> Request | Violation:
+        pdu = A_ASSOCIATE_RQ()
+        try:
+            pdu.decode(data)
+            calling, called = pdu.calling_ae_title, pdu.called_ae_title
+        except Exception as exc:  # pynetdicom's decoder raises whatever the bytes provoke
+            return Violation("invalid-pdu", f"an A-ASSOCIATE-RQ that cannot be decoded: {exc}", ABORT_BY_USER)
+        return Request(data, calling, called)
+
+
+_REJECT_REASONS = {
+    (1, 1): "no-reason-given",
+    (1, 2): "application-context-not-supported",
+    (1, 3): "calling-ae-not-recognized",
+    (1, 7): "called-ae-not-recognized",
+    (2, 1): "acse-no-reason-given",
+    (2, 2): "protocol-version-not-supported",
+    (3, 1): "temporary-congestion",
+    (3, 2): "local-limit-exceeded",
+}
+
+
+def reject_reason(source: int, diagnostic: int) -> str:
+    """A-ASSOCIATE-RJ (source, diagnostic) as a metric label, PS3.8 section 9.3.4."""
+    return _REJECT_REASONS.get((source, diagnostic), f"source-{source}-diagnostic-{diagnostic}")
+
+
+class GatedRequestHandler(RequestHandler):
+    """pynetdicom's handler, run only for connections the gate admits."""
+
+    server: GatedAssociationServer
+
+    def handle(self) -> None:
+        try:
+            admitted = self.server.gate.admit(self.request, self.request.peer)
+        finally:
+            self.server.gate.leave(self.request.peer)
+        if admitted:
+            super().handle()
+
+    def _create_association(self) -> Association:
+        association = super()._create_association()
+        self.request.association = association
+        return association
+
+
+class GatedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a :class:`ConnectionGate` in front.
+
+    A connection over the gate's limits is closed on the accepting thread,
+    before a thread is spent on it.
+    """
+
+    daemon_threads = True
+    # Connections still at the gate must not hold up shutdown.
+    block_on_close = False
+
+    def __init__(self, *args, gate: ConnectionGate, watcher: ConnectionWatcher, **kwargs):
+        self.gate = gate
+        self._watcher = watcher
+        super().__init__(*args, request_handler=GatedRequestHandler, **kwargs)
+
+    def get_request(self) -> tuple[GuardedSocket, tuple[str, int]]:
+        conn, address = self.socket.accept()
+        peer = normalise_address(str(address[0]))
+        return GuardedSocket.adopt(conn, peer, self.gate.limits, self._watcher), address
+
+    def process_request(self, request: GuardedSocket, client_address) -> None:
+        refusal = self.gate.enter(request.peer)
+        if refusal is not None:
+            request.drop(refusal)
+            request.close()
+            return
+        super().process_request(request, client_address)
