@@ -6,9 +6,19 @@
 #   docker build -t segnode:cuda \
 #     --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 .
+# Without a registry or the package indexes (docker/ci-check.sh does this): a
+# base made by docker/build-base.sh, and every wheel from a folder filled by
+# docker/wheelhouse.sh DIR and served by python3 -m http.server -b 127.0.0.1 -d DIR 8000:
+#   docker build --network host -t segnode \
+#     --build-arg BASE_IMAGE=segnode-base:bookworm \
+#     --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=http://127.0.0.1:8000/ .
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# pip reads these from the environment (build arguments are, during RUN only);
+# unset, as normally, they change nothing.
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 
 # Python comes from the base image where it has one (python:*), else from apt.
 RUN apt-get update \
@@ -44,8 +54,9 @@ VOLUME ["/var/lib/segnode", "/var/lib/segnode-models"]
 # DICOM, Prometheus metrics.
 EXPOSE 11112 9102
 
-HEALTHCHECK --interval=30s --timeout=10s --start-period=30s \
-  CMD echoscu -aet SEGNODE-HEALTH -aec SEGNODE 127.0.0.1 11112 || exit 1
+# A C-ECHO to the AE title and port of the configuration in use (docker/healthcheck.py).
+COPY docker/healthcheck.py /usr/local/bin/segnode-healthcheck
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s CMD ["segnode-healthcheck"]
 
 ENTRYPOINT ["segnode"]
 CMD ["serve", "--config", "/etc/segnode/segnode.yaml"]

@@ -56,6 +56,7 @@ from node.transport import (
     GuardedSocket,
     Limits,
     Violation,
+    contain_thread_failures,
     reject_reason,
 )
 from node.validation import STATUS_OUT_OF_RESOURCES, InvalidDataset, modality_label
@@ -163,6 +164,7 @@ class StorageSCP:
         # memory; the spool is in the store, so keeping one is a rename.
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self._store.spool_dir)
+        contain_thread_failures()
         server = self._ae.make_server(
             self._address, ae_title=self._peers.called_ae_title, evt_handlers=handlers,
             server_class=GatedAssociationServer, gate=self._gate, watcher=self,

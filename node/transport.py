@@ -47,6 +47,7 @@ from typing import Protocol
 
 from pydicom.filereader import read_dataset
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -73,6 +74,12 @@ _COMMAND_BOUND = 64 * 1024
 _OTHER_DATASET_BOUND = 64 * 1024
 _C_STORE_RQ = 0x0001
 _C_ECHO_RQ = 0x0030
+# Command Field, Command Data Set Type and its "no data set" value, PS3.7 section 9.3.
+_COMMAND_FIELD = 0x0100
+_COMMAND_DATA_SET_TYPE = 0x0800
+_NO_DATA_SET = 0x0101
+_ABORT = 0x07
+_ABORT_REASONS = frozenset((0, 1, 2, 4, 5, 6))
 
 # A-ABORT (source, reason), PS3.8 section 9.3.8 and the state table's AA-1 and AA-8.
 ABORT_BY_USER = (0x00, 0x00)
@@ -148,6 +155,8 @@ class PduStream:
         self._command = bytearray()
         self._dataset_bytes = 0
         self._dataset_bound = _OTHER_DATASET_BOUND
+        self._expect_dataset = False
+        self._abort_body = bytearray()
 
     def feed(self, data: bytes) -> Violation | None:
         view = memoryview(data)
@@ -168,10 +177,14 @@ class PduStream:
                 violation = self._items(view[:take])
                 if violation is not None:
                     return violation
+            elif self._type == _ABORT:
+                self._abort_body += view[:take]
             self._body_left -= take
             view = view[take:]
             if self._body_left == 0:
-                self._end_pdu()
+                violation = self._end_pdu()
+                if violation is not None:
+                    return violation
         return None
 
     def _begin_pdu(self) -> Violation | None:
@@ -186,16 +199,23 @@ class PduStream:
                              f"more than the {bound} accepted", ABORT_INVALID_PARAMETER)
         self._body_left = length
         if length == 0:
-            self._end_pdu()
+            return self._end_pdu()
         return None
 
-    def _end_pdu(self) -> None:
+    def _end_pdu(self) -> Violation | None:
         self.started = None
         if self._item_left or self._item_header:
             # A PDV item cut by the end of its PDU; pynetdicom rejects the
             # PDU (PS3.8 table 9-22), and the next PDU starts afresh.
             self._item_header.clear()
             self._item_left = 0
+        if self._type == _ABORT:
+            body, self._abort_body = bytes(self._abort_body), bytearray()
+            # Source 0 or 2, and from the provider a defined reason (PS3.8
+            # section 9.3.8): pynetdicom's reader fails on anything else.
+            if len(body) != 4 or body[2] not in (0, 2) or (body[2] == 2 and body[3] not in _ABORT_REASONS):
+                return Violation("invalid-pdu", f"an A-ABORT with source and reason {body[2:4].hex()}", None)
+        return None
 
     def _items(self, body: memoryview) -> Violation | None:
         """Presentation-data-value items of a P-DATA-TF (PS3.8 section 9.3.5.1)."""
@@ -238,6 +258,10 @@ class PduStream:
                 return Violation("invalid-pdu", f"a command set longer than {_COMMAND_BOUND} bytes",
                                  ABORT_INVALID_PARAMETER)
             return None
+        if not self._expect_dataset:
+            # PS3.7 section 6.3.1 / PS3.8 annex E: a message's data set follows its command.
+            return Violation("invalid-pdu", "a data set fragment without a command announcing it",
+                             ABORT_BY_USER)
         self._dataset_bytes += len(data)
         if self._dataset_bytes > self._dataset_bound:
             return Violation(
@@ -252,22 +276,24 @@ class PduStream:
             return None
         self._dataset_bytes = 0
         if not self._item_is_command:
+            self._expect_dataset = False
             return None
         command = bytes(self._command)
         self._command.clear()
-        store = command_field(command) == _C_STORE_RQ
+        store = command_value(command, _COMMAND_FIELD) == _C_STORE_RQ
         self._dataset_bound = self._limits.max_instance_bytes if store else _OTHER_DATASET_BOUND
+        self._expect_dataset = command_value(command, _COMMAND_DATA_SET_TYPE) not in (None, _NO_DATA_SET)
         return self._check_command(self._item_context, command)
 
 
-def command_field(command: bytes) -> int | None:
-    """The Command Field (0000,0100) of an implicit VR little endian command
-    set (PS3.7 section 6.3.1), or None if it has none."""
+def command_value(command: bytes, element: int) -> int | None:
+    """An US element of group 0000 in an implicit VR little endian command set
+    (PS3.7 section 6.3.1), or None if it has none."""
     offset = 0
     while offset + 8 <= len(command):
-        group, element, length = struct.unpack_from("<HHL", command, offset)
+        group, number, length = struct.unpack_from("<HHL", command, offset)
         offset += 8
-        if (group, element) == (0x0000, 0x0100) and length == 2 and offset + 2 <= len(command):
+        if (group, number) == (0x0000, element) and length == 2 and offset + 2 <= len(command):
             return struct.unpack_from("<H", command, offset)[0]
         offset += length
     return None
@@ -294,13 +320,13 @@ def request_problem(command: bytes, context_id: int, accepted: frozenset[int]) -
     try:
         dataset = read_dataset(BytesIO(command), is_implicit_VR=True, is_little_endian=True)
         field = dataset.get("CommandField")
-        required = _REQUIRED.get(field, ())
+        required = ("CommandField", "CommandDataSetType", *_REQUIRED.get(field, ()))
         missing = [k for k in required if dataset.get(k) is None or str(dataset[k].value).strip() == ""]
     except Exception as exc:  # whatever the bytes provoke in pydicom's reader
         return f"a command set that cannot be decoded: {exc}"
     if missing:
-        return f"command {field:#06x} without {', '.join(missing)}"
-    if field == _C_STORE_RQ and dataset.get("CommandDataSetType") == 0x0101:
+        return f"command {field or 0:#06x} without {', '.join(missing)}"
+    if field == _C_STORE_RQ and dataset.get("CommandDataSetType") == _NO_DATA_SET:
         return "a C-STORE request without a data set"
     if required and context_id not in accepted:
         return f"command {field:#06x} on presentation context {context_id}, which was not accepted"
@@ -520,8 +546,13 @@ class ConnectionGate:
                 if length > REQUEST_BOUND:
                     return Violation("pdu-too-long", f"an A-ASSOCIATE-RQ of {length} bytes, more than the "
                                      f"{REQUEST_BOUND} accepted", ABORT_BY_USER)
-                if len(data) >= 6 + length:
-                    return self._decode(data[: 6 + length])
+                if len(data) > 6 + length:
+                    # The requestor waits for the answer (Sta5, PS3.8 section 9.2); pynetdicom
+                    # fails in its state machine when more arrives before it has answered.
+                    return Violation("unexpected-pdu", "data after the A-ASSOCIATE-RQ before its answer",
+                                     ABORT_BY_USER)
+                if len(data) == 6 + length:
+                    return self._decode(data)
             time.sleep(min(_PEEK_INTERVAL_SECONDS, max(0.0, deadline - time.monotonic())))
 
     @staticmethod
@@ -530,8 +561,15 @@ class ConnectionGate:
         try:
             pdu.decode(data)
             calling, called = pdu.calling_ae_title, pdu.called_ae_title
+            contexts = pdu.to_primitive().presentation_context_definition_list
         except Exception as exc:  # pynetdicom's decoder raises whatever the bytes provoke
             return Violation("invalid-pdu", f"an A-ASSOCIATE-RQ that cannot be decoded: {exc}", ABORT_BY_USER)
+        for context in contexts:
+            # pynetdicom's negotiation fails in its acceptor thread on these,
+            # leaving the connection open and unanswered.
+            if context.abstract_syntax is None or not context.transfer_syntax:
+                return Violation("invalid-pdu", f"presentation context {context.context_id} without an "
+                                 "abstract syntax or transfer syntaxes", ABORT_BY_USER)
         return Request(data, calling, called)
 
 
@@ -599,3 +637,47 @@ class GatedAssociationServer(ThreadedAssociationServer):
             request.close()
             return
         super().process_request(request, client_address)
+
+
+def contain_thread_failures() -> None:
+    """End the connection of a pynetdicom thread that dies of an exception.
+
+    pynetdicom's association and reader threads run its state machine; a
+    local event arriving in a state the machine has left (the peer aborted
+    while the node was answering, PS3.8 section 9.2) raises
+    ``InvalidEventError`` and ends the thread, leaving the other one and the
+    connection behind, unanswered. This hook (Python's
+    :func:`threading.excepthook`, installed once by the node) aborts such a
+    connection and stops what is left of it; other threads' failures go to
+    the previous hook.
+    """
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        thread = args.thread
+        if isinstance(thread, Association):
+            association, dul_socket = thread, thread.dul.socket
+        elif isinstance(thread, DULServiceProvider):
+            association, dul_socket = thread.assoc, thread.socket
+        else:
+            previous(args)
+            return
+        sock = getattr(dul_socket, "socket", None)
+        if not isinstance(sock, GuardedSocket):
+            previous(args)
+            return
+        LOG.debug("pynetdicom's %s failed", thread.name,
+                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        sock.drop(Violation("internal-failure", f"pynetdicom's {type(thread).__name__} thread failed: "
+                            f"{args.exc_type.__name__}: {args.exc_value}", ABORT_BY_USER))
+        if thread is association:
+            # The reader thread would otherwise run on, and nothing would close
+            # the socket; it is closed only once the reader has stopped, so
+            # that its descriptor cannot be reused under it.
+            association.dul.kill_dul()
+            association.dul.join(_LINGER_SECONDS)
+            if not association.dul.is_alive():
+                sock.close()
+        # A failed reader: the association thread sees it and closes the socket.
+
+    threading.excepthook = hook
