@@ -35,12 +35,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.ingest import DCMTK, ENV, free_port, wait_for_echo  # noqa: E402
+from bench.ingest import DCMTK, ENV, start_segnode, start_storescp  # noqa: E402
 from tests.synthetic import write_ct_series  # noqa: E402
 
 SAMPLE_SECONDS = 0.05
@@ -96,7 +94,9 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         for name, measure in self.groups.items():
-            self.peaks[name].final = measure()
+            peak = self.peaks[name]
+            peak.final = measure()
+            peak.peak = max(peak.peak, peak.final)  # a run shorter than one sample
         return self.peaks
 
 
@@ -125,48 +125,6 @@ def send_all(series: list[list[Path]], port: int, called_ae: str) -> float:
     return elapsed
 
 
-def start_storescp(workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    out = workdir / "storescp"
-    out.mkdir()
-    proc = subprocess.Popen(
-        [DCMTK / "storescp", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_echo(port, "STORESCP")
-    return proc, port
-
-
-def start_segnode(workdir: Path, associations: int) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    config = {
-        "node": {
-            "ae_title": "SEGNODE",
-            "host": "127.0.0.1",
-            "port": port,
-            "storage_dir": str(workdir / "segnode"),
-            "metrics_port": free_port(),
-            "max_associations": associations,
-            # All storescu processes connect from 127.0.0.1 at the same moment.
-            "max_pending_per_address": associations,
-            "max_pending_connections": associations,
-        },
-        "peers": [{"ae_title": "STORESCU"}],
-    }
-    config_path = workdir / "segnode.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "serve", "--config", str(config_path)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "segnode.log").open("w"),
-    )
-    wait_for_echo(port, "SEGNODE")
-    return proc, port
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--associations", type=int, default=64)
@@ -185,8 +143,11 @@ def main() -> int:
     print(f"{args.associations} associations at once, each {args.slices} slices of 512x512 "
           f"({megabytes:.1f} MB in all), sent by dcmtk storescu")
 
-    storescp, storescp_port = start_storescp(workdir)
-    segnode, segnode_port = start_segnode(workdir, args.associations)
+    storescp, storescp_port = start_storescp(workdir, "--fork")
+    # All storescu processes connect from 127.0.0.1 at the same moment.
+    segnode, segnode_port = start_segnode(workdir, max_associations=args.associations,
+                                          max_pending_per_address=args.associations,
+                                          max_pending_connections=args.associations)
     worker = children(segnode.pid)
     rows = []
     try:

@@ -82,12 +82,12 @@ def send(files: list[Path], port: int, called_ae: str, receiver_pid: int) -> tup
     return elapsed, cpu_seconds(receiver_pid) - cpu_before
 
 
-def start_storescp(workdir: Path) -> tuple[subprocess.Popen, int]:
+def start_storescp(workdir: Path, *options: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     out = workdir / "storescp"
     out.mkdir()
     proc = subprocess.Popen(
-        [DCMTK / "storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
+        [DCMTK / "storescp", *options, "-aet", "STORESCP", "-od", str(out), str(port)],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -96,7 +96,7 @@ def start_storescp(workdir: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_segnode(workdir: Path) -> tuple[subprocess.Popen, int]:
+def start_segnode(workdir: Path, **node_settings: object) -> tuple[subprocess.Popen, int]:
     port = free_port()
     config = {
         "node": {
@@ -105,6 +105,7 @@ def start_segnode(workdir: Path) -> tuple[subprocess.Popen, int]:
             "port": port,
             "storage_dir": str(workdir / "segnode"),
             "metrics_port": free_port(),
+            **node_settings,
         },
         "peers": [{"ae_title": "STORESCU"}],
     }

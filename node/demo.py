@@ -122,6 +122,8 @@ def _node(workdir: Path, pacs: DemoPacs) -> Iterator[tuple[Destination, Path]]:
         "routes": [{"name": "ct-organs", "match": {"modality": "CT"}, "pipeline": "organs",
                     "send_to": ["PACS"]}],
         "sending": {"retry_base_seconds": 1, "retry_max_seconds": 5},
+        # The demo writes a few hundred MB: a laptop need not keep a production node's 10 GiB free.
+        "storage": {"low_watermark_bytes": 512 << 20},
     }
     config_path = workdir / "segnode.yaml"
     write_atomically(config_path, yaml.safe_dump(config).encode())

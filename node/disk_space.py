@@ -71,10 +71,6 @@ class DiskSpace:
         self._samples: deque[SpaceSample] = deque()
         self.became_low = threading.Event()
 
-    @property
-    def low_watermark_bytes(self) -> int:
-        return self._low_watermark
-
     def set_low_watermark(self, low_watermark_bytes: int) -> None:
         """A reloaded configuration's watermark, in force from the next check."""
         with self._lock:

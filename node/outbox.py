@@ -277,13 +277,19 @@ class OutboxStore:
 
     def deliveries(self, job_ids: Sequence[int]) -> list[JobDeliveries]:
         """Delivery of the files of these jobs (queued by workers as
-        ``"<job id>/<SOP Instance UID>"``); jobs with no file are left out."""
+        ``"<job id>/<SOP Instance UID>"``); jobs with no file are left out.
+
+        Each job's files are the keys from "<id>/" up to "<id>0" ('0' follows
+        '/' in ASCII), a range of the table's unique index: retention asks
+        under the index database's write lock, and grouping the whole outbox,
+        which is never emptied, took 200-500 ms at 200,000 files.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT CAST(substr(job_id, 1, instr(job_id, '/') - 1) AS INTEGER) AS job, SUM(state = ?), "
+                "SELECT CAST(job.value AS INTEGER), SUM(state = ?), "
                 "MAX(CASE WHEN state = ? THEN delivered WHEN state = ? THEN last_attempt END) "
-                "FROM outbox WHERE instr(job_id, '/') > 0 GROUP BY job "
-                "HAVING job IN (SELECT value FROM json_each(?))",
+                "FROM json_each(?) AS job JOIN outbox "
+                "ON job_id >= job.value || '/' AND job_id < job.value || '0' GROUP BY job.value",
                 (ItemState.PENDING.value, ItemState.DELIVERED.value, ItemState.FAILED.value,
                  json.dumps(list(job_ids))),
             ).fetchall()

@@ -16,8 +16,8 @@ A kill between 1 and 3 leaves a row without ``removed_at``;
 :meth:`RemovalStore.finish_interrupted` (at the node's start and before
 each pass) deletes again, skipping what is gone, and records.
 
-Series folders are left, empty: the instance store remembers the folders it
-has made (node/storage.py) and would not make one again.
+Emptied series and study folders are removed too; the instance store makes
+one again if an instance of the series comes later (node/storage.py).
 """
 
 from __future__ import annotations
@@ -302,6 +302,15 @@ class RemovalStore:
                 folders.add(instance.path.parent)
             for folder in folders:
                 _fsync_dir(folder)
+                # The series' folder, and its study's once empty: a store that
+                # runs for months would otherwise keep a folder per series.
+                # InstanceStore.keep makes a folder again if an instance comes.
+                for emptied in (folder, folder.parent):
+                    try:
+                        emptied.rmdir()
+                    except OSError:
+                        break  # not empty: a new instance, or the study's other series
+                    _fsync_dir(emptied.parent)
         else:
             folder = Path(path)
             shutil.rmtree(folder, ignore_errors=True)

@@ -59,7 +59,7 @@ from node.transport import (
     contain_thread_failures,
     reject_reason,
 )
-from node.validation import STATUS_OUT_OF_RESOURCES, InvalidDataset, modality_label
+from node.validation import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, InvalidDataset, modality_label
 
 LOG = logging.getLogger(__name__)
 
@@ -293,6 +293,10 @@ class StorageSCP:
                                       str(event.request.AffectedSOPInstanceUID), self._max_instance_bytes)
         except InvalidDataset as exc:
             return self._refuse(exc.status, exc.reason, exc.detail, calling_ae)
+        except Exception as exc:  # a data set that breaks the check itself is no readable one
+            LOG.exception("checking an instance from %s failed", calling_ae)
+            return self._refuse(STATUS_CANNOT_UNDERSTAND, "cannot-decode",
+                                f"data set cannot be decoded: {type(exc).__name__}", calling_ae)
 
         size = spooled.stat().st_size
         received_at = time.time()

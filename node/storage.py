@@ -11,6 +11,7 @@ either the whole file or nothing.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -85,6 +86,10 @@ class InstanceStore:
                 raise StorageError(f"refusing a path outside the store: {name!r}")
         return self.instances_dir / names[0] / names[1] / f"{names[2]}.dcm"
 
+    def _forget_dir(self, directory: Path) -> None:
+        with self._dirs_lock:
+            self._known_dirs.discard(directory)
+
     def _ensure_dir(self, directory: Path) -> None:
         """Create ``directory`` durably: each new folder's parent is fsync'ed."""
         with self._dirs_lock:
@@ -115,14 +120,20 @@ class InstanceStore:
             spooled.unlink(missing_ok=True)
             raise
         try:
-            self._ensure_dir(path.parent)
             fd = os.open(spooled, os.O_RDONLY)
             try:
                 os.fchmod(fd, 0o640)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(spooled, path)
+            self._ensure_dir(path.parent)
+            try:
+                os.replace(spooled, path)
+            except FileNotFoundError:
+                # Retention removed the emptied series folder meanwhile (node/removal.py).
+                self._forget_dir(path.parent)
+                self._ensure_dir(path.parent)
+                os.replace(spooled, path)
             _fsync_dir(path.parent)
         except OSError as exc:
             spooled.unlink(missing_ok=True)
@@ -135,10 +146,7 @@ class InstanceStore:
 
     def clear_spool(self) -> int:
         """Delete what an earlier run was receiving when it stopped; none of it was acknowledged."""
-        count = 0
-        for spooled in self.spool_dir.iterdir():
-            spooled.unlink(missing_ok=True)
-            count += 1
+        count = self._remove_spooled(math.inf)
         if count:
             LOG.info("removed %d spooled files left by an earlier run", count)
         return count
@@ -146,16 +154,31 @@ class InstanceStore:
     def remove_orphaned_spool_files(self, now: float) -> int:
         """Delete spooled files of transfers that ended without their instance
         being kept or refused (an abort, a dropped connection)."""
-        count = 0
-        for spooled in self.spool_dir.iterdir():
-            try:
-                if now - spooled.stat().st_mtime > SPOOL_ORPHAN_SECONDS:
-                    spooled.unlink()
-                    count += 1
-            except FileNotFoundError:
-                pass  # kept or refused meanwhile
+        count = self._remove_spooled(now - SPOOL_ORPHAN_SECONDS)
         if count:
             LOG.warning("removed %d spooled files of unfinished transfers", count)
+        return count
+
+    def _remove_spooled(self, before: float) -> int:
+        """Delete the spooled files last written before ``before``.
+
+        The spool is tempfile's folder for the whole node process
+        (node/scp.py), so a folder in it is left, and a file that cannot be
+        removed is logged: neither may stop the node or keep it from starting.
+        """
+        count = 0
+        with os.scandir(self.spool_dir) as entries:
+            for entry in entries:
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    if entry.stat(follow_symlinks=False).st_mtime < before:
+                        os.unlink(entry.path)
+                        count += 1
+                except FileNotFoundError:
+                    pass  # kept or refused meanwhile
+                except OSError as exc:
+                    LOG.error("cannot remove %s from the spool: %s", entry.path, exc)
         return count
 
 

@@ -84,13 +84,13 @@ _ABORT_REASONS = frozenset((0, 1, 2, 4, 5, 6))
 # A-ABORT (source, reason), PS3.8 section 9.3.8 and the state table's AA-1 and AA-8.
 ABORT_BY_USER = (0x00, 0x00)
 ABORT_UNRECOGNIZED_PDU = (0x02, 0x01)
-ABORT_UNEXPECTED_PDU = (0x02, 0x02)
 ABORT_INVALID_PARAMETER = (0x02, 0x06)
-# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 section 9.3.4.
-REJECT_NO_REASON = (0x01, 0x01, 0x01)
 
-#: How often a gate that has part of a request looks for the rest.
+#: How often a gate that has part of a request looks for the rest: soon at
+#: first, then, while nothing more comes, less often (each look copies what
+#: has arrived, and a trickling peer must not make the gate spin).
 _PEEK_INTERVAL_SECONDS = 0.01
+_PEEK_INTERVAL_MAX_SECONDS = 0.25
 #: How long a rejected peer is given to read the rejection and close.
 _LINGER_SECONDS = 1.0
 
@@ -513,14 +513,19 @@ class ConnectionGate:
                 remaining -= len(chunk)
             sock.sendall(reject_pdu(*parameters))
             sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(_LINGER_SECONDS)
-            while socket.socket.recv(sock, 4096):
-                pass
+            # Until the peer closes, but no longer than the linger: a peer that
+            # keeps sending must not keep its place at the gate.
+            deadline = time.monotonic() + _LINGER_SECONDS
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not socket.socket.recv(sock, 4096):
+                    break
         except OSError:
             pass  # the peer closed first, or never read
 
     def _read_request(self, sock: GuardedSocket, deadline: float) -> Request | Violation:
         """Peek until a whole A-ASSOCIATE-RQ is in the buffer (state Sta2, PS3.8 section 9.2)."""
+        interval, seen = _PEEK_INTERVAL_SECONDS, 0
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -553,7 +558,10 @@ class ConnectionGate:
                                      ABORT_BY_USER)
                 if len(data) == 6 + length:
                     return self._decode(data)
-            time.sleep(min(_PEEK_INTERVAL_SECONDS, max(0.0, deadline - time.monotonic())))
+            grew = len(data) > seen
+            interval = _PEEK_INTERVAL_SECONDS if grew else min(2 * interval, _PEEK_INTERVAL_MAX_SECONDS)
+            seen = len(data)
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
     @staticmethod
     def _decode(data: bytes) -> Request | Violation:
@@ -602,6 +610,10 @@ class GatedRequestHandler(RequestHandler):
             self.server.gate.leave(self.request.peer)
         if admitted:
             super().handle()
+        else:
+            # Answered or dropped by the gate; pynetdicom's server closes a
+            # request only when its handler raises.
+            self.request.close()
 
     def _create_association(self) -> Association:
         association = super()._create_association()
@@ -636,7 +648,13 @@ class GatedAssociationServer(ThreadedAssociationServer):
             request.drop(refusal)
             request.close()
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            # No thread to leave the gate (one cannot be started): a count
+            # never taken back would end by refusing every connection.
+            self.gate.leave(request.peer)
+            raise
 
 
 def contain_thread_failures() -> None:

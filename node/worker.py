@@ -116,7 +116,7 @@ class Worker:
 
     def _segment(self, job: Job) -> dict:
         pipeline = self._pipeline(job)
-        ct_files = tuple(i.path for i in self.index.instances_of(job.series_instance_uid))
+        ct_files = self._stored_files(job.series_instance_uid)
         pet_files = self._pet_files(job, ct_files[0])
         segmenter = self._segmenter(pipeline.model, pipeline.device)
         out_dir = results_dir(self.config.node.storage_dir, job)
@@ -137,7 +137,7 @@ class Worker:
 
     def _compare(self, job: Job) -> dict:
         pipeline = self._pipeline(job)
-        reference = self.index.instances_of(job.series_instance_uid)[0].path
+        reference = self._stored_files(job.series_instance_uid)[0]
         ours = [j for j in self.queue.segmentations_of(job.subject) if j.route == job.route]
         ct_files = tuple(i.path for i in self.index.instances_of(job.subject))
         out_dir = results_dir(self.config.node.storage_dir, job)
@@ -145,6 +145,15 @@ class Worker:
                                         datetime.fromtimestamp(job.queued_at, timezone.utc), out_dir)
         self._send(job, (result.sr,))
         return {"sr": str(result.sr), "agreement": result.agreement, "seconds": result.seconds}
+
+    def _stored_files(self, series_instance_uid: str) -> tuple[Path, ...]:
+        """A job's input series; a job retried after the retention policy removed
+        it (node/retention.py) finds none and fails saying so."""
+        files = tuple(i.path for i in self.index.instances_of(series_instance_uid))
+        if not files:
+            raise PipelineError(f"series {series_instance_uid} has no stored instances (removed by the "
+                                "retention policy?); it must be sent again")
+        return files
 
     def _send(self, job: Job, files: tuple[Path, ...]) -> None:
         """Queue the files for the node's outbox to send, each under its SOP

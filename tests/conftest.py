@@ -163,7 +163,8 @@ class NodeProcess:
         return sorted((self.storage_dir / "instances").rglob("*.dcm"))
 
     def partial_files(self) -> list[Path]:
-        return sorted((self.storage_dir / "instances").rglob("*.partial"))
+        """What was being received and is neither kept nor refused (node/storage.py's spool)."""
+        return sorted((self.storage_dir / "spool").glob("*"))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 from tests.raw_peer import (
     ABORT,
+    APPLICATION_CONTEXT,
     ASSOCIATE_AC,
     ASSOCIATE_RJ,
     COMMAND,
@@ -21,6 +22,7 @@ from tests.raw_peer import (
     associate_rq,
     c_echo_rq,
     c_store_rq,
+    command_set,
     p_data,
     pdu,
 )
@@ -229,6 +231,47 @@ def test_anything_but_an_association_request_first_is_aborted(node, first, reaso
         assert answer is not None and answer.type == ABORT
         assert peer.closed_within(3) is not None
     assert node.metrics()[f'segnode_connections_dropped_total{{reason="{reason}"}}'] == 1
+
+
+def _context_without_abstract_syntax() -> bytes:
+    """Found by the fuzz stage: pynetdicom's negotiation died on it, leaving the
+    connection open and unanswered, and the node unable to stop."""
+    request = bytearray(associate_rq("TESTSCU"))
+    # The presentation context's Abstract Syntax sub-item (type 0x30) made an
+    # application context item (0x10): the context has no abstract syntax.
+    # Items start after the 68-byte header (PS3.8 table 9-11); the context's
+    # sub-item after the application context item and the context's own 8 bytes.
+    offset = 6 + 68 + 4 + len(APPLICATION_CONTEXT) + 8
+    assert request[offset] == 0x30
+    request[offset] = 0x10
+    return bytes(request)
+
+
+@pytest.mark.parametrize(
+    ("exchange", "reason"),
+    [
+        ((_context_without_abstract_syntax(),), "invalid-pdu"),
+        # Found by the fuzz stage: a second request before the first is answered.
+        ((associate_rq("TESTSCU") + associate_rq("TESTSCU"),), "unexpected-pdu"),
+        # In an association: a data set with no command before it; a command
+        # without its Command Field; an A-ABORT with a reason PS3.8 does not define.
+        ((associate_rq("TESTSCU"), p_data((1, LAST, b"orphan"))), "invalid-pdu"),
+        ((associate_rq("TESTSCU"), p_data((1, COMMAND | LAST, command_set(MessageID=3)))), "invalid-request"),
+        ((associate_rq("TESTSCU"), pdu(ABORT, bytes([0, 0, 2, 3]))), "invalid-pdu"),
+    ],
+)
+def test_what_pynetdicom_would_die_on_is_answered_and_closed(node, slice_file, exchange, reason):
+    with RawPeer(node.port) as peer:
+        for step, data in enumerate(exchange):
+            peer.send(data)
+            if step < len(exchange) - 1:
+                assert peer.read_pdu().type == ASSOCIATE_AC
+        assert peer.closed_within(3) is not None
+    assert node.metrics()[f'segnode_connections_dropped_total{{reason="{reason}"}}'] == 1
+    assert "Traceback" not in node.log()
+    assert_a_listed_peer_stores(node, slice_file)
+    wait_for_metric(node, "segnode_active_associations", 0)
+    assert node.terminate(timeout=15) == 0
 
 
 def test_unknown_peers_are_rejected_at_the_gate_without_taking_a_slot(node_factory, slice_file):

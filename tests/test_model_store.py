@@ -33,8 +33,8 @@ from inference.model_store import (
     ModelStore,
     UnknownModelError,
 )
-from tests.conftest import REPO
 from tests import nnunet_models
+from tests.conftest import REPO
 
 TS_TRAINER = "nnUNetTrainer_4000epochs_NoMirroring"
 ORGANS = ("spleen", "kidney_right", "kidney_left", "liver")

@@ -20,7 +20,7 @@ import pytest
 
 from config import SegnodeConfig
 from node.metrics import NodeMetrics
-from node.outbox import Outbox, OutboxError, OutboxStore, RetryPolicy
+from node.outbox import JobDeliveries, Outbox, OutboxError, OutboxStore, RetryPolicy
 from tests.conftest import REPO, free_port
 from tests.synthetic import dataset_bytes, write_ct_series
 from tests.test_send import Peers, StoreSCP, uid_of
@@ -204,6 +204,18 @@ def test_bad_requests_are_refused_and_queue_nothing(files, make_outbox, tmp_path
     assert outbox.store.backlog(time.time()) == []
     with pytest.raises(ValueError, match="base"):
         RetryPolicy(base_seconds=10, max_seconds=1)
+
+
+def test_deliveries_keep_apart_jobs_whose_ids_share_digits(files, tmp_path):
+    """Retention reads a job's files by the "<job id>/" prefix of their keys."""
+    store = OutboxStore(tmp_path)
+    store.enqueue("5/1.2.3", "pacs", files[:1], 100.0)
+    store.enqueue("50/1.2.3", "pacs", files[:2], 100.0)
+    store.enqueue("500/1.2.3", "pacs", files[:3], 100.0)
+    store.enqueue("job-1", "pacs", files, 100.0)  # not a worker's key: no job's
+    assert sorted(store.deliveries([5, 50, 7, 500]), key=lambda d: d.job_id) == [
+        JobDeliveries(5, 1, None), JobDeliveries(50, 2, None), JobDeliveries(500, 3, None)]
+    store.close()
 
 
 DELIVER = textwrap.dedent(

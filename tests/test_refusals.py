@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -10,6 +11,7 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from pynetdicom import _config as pynetdicom_config
 
+from tests.raw_peer import RawPeer
 from tests.synthetic import file_meta_length, write_ct_series
 from tests.test_receive import storescu
 
@@ -196,3 +198,26 @@ def test_bad_senders_do_not_disturb_a_concurrent_good_association(node, tmp_path
     assert result["run"].returncode == 0, result["run"].stderr
     node.wait_for_series(bad_template.SeriesInstanceUID, "dispatched", len(good))
     assert len(node.stored_files()) == len(good)
+
+
+def test_a_rejected_peer_that_keeps_sending_gives_up_its_place_at_the_gate(node_factory):
+    """A rejected peer is given a second to read its A-ASSOCIATE-RJ and close; one
+    that keeps sending instead must not keep its place among the pending connections."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    node = node_factory(max_pending_per_address=1).start()
+    with RawPeer(node.port) as unlisted:
+        assert unlisted.associate(calling_ae="UNLISTED").reject == (1, 1, 3)
+        deadline = time.monotonic() + 3
+        try:
+            while time.monotonic() < deadline:
+                unlisted.send(b"x")
+                time.sleep(0.1)
+        except OSError:
+            pass  # the node closed the connection
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
+        assert assoc.is_established
+        assoc.release()

@@ -161,6 +161,8 @@ def test_a_removal_deletes_the_files_and_the_index_records_it(storage):
     assert sorted((r.kind.value, r.series_instance_uid, r.bytes) for r in removed) == [
         ("instances", "1.1", 3000), ("instances", "1.2", 2000), ("results", "1.1", 500)]
     assert not any(path.exists() for path in ct + pet) and not folder.exists()
+    # No empty folder is left per series or study.
+    assert not any(path.parent.exists() or path.parent.parent.exists() for path in ct + pet)
     assert {s.series_instance_uid: (s.state, s.instances) for s in storage.index.all_series()} == {
         "1.1": (SeriesState.REMOVED, 0), "1.2": (SeriesState.REMOVED, 0)}
     records = storage.removals.removals()

@@ -67,3 +67,26 @@ def test_only_spooled_files_untouched_for_long_are_orphans(tmp_path):
     os.utime(old, (past, past))
     assert store.remove_orphaned_spool_files(time.time()) == 1
     assert not old.exists() and fresh.exists()
+
+
+def test_keep_makes_a_folder_again_that_retention_removed(tmp_path):
+    store = InstanceStore(tmp_path / "store")
+    first = store.keep(identity(sop="1.2.3.4.5"), spooled(store, b"one"))
+    first.unlink()
+    first.parent.rmdir()  # as node/removal.py does once a series' files are gone
+    second = store.keep(identity(sop="1.2.3.4.6"), spooled(store, b"two"))
+    assert second.read_bytes() == b"two"
+
+
+def test_a_folder_in_the_spool_is_left_and_stops_no_sweep(tmp_path):
+    """The spool is tempfile's folder for the whole node process (node/scp.py)."""
+    store = InstanceStore(tmp_path / "store")
+    past = time.time() - 2 * SPOOL_ORPHAN_SECONDS
+    folder = store.spool_dir / "tmp-folder"
+    folder.mkdir()
+    old = spooled(store, b"old")
+    for path in (folder, old):
+        os.utime(path, (past, past))
+    assert store.remove_orphaned_spool_files(time.time()) == 1
+    assert store.clear_spool() == 0
+    assert folder.is_dir() and not old.exists()
