@@ -60,6 +60,11 @@ class Dispatcher:
         objects get new UIDs, their inputs having changed)."""
         for job in self._queue.segmentations_in_study(study_instance_uid):
             if job.state == JobState.DONE and job.result and not job.result.get("pet"):
-                self._queue.retry(job.id)
+                try:
+                    self._queue.retry(job.id)
+                except ValueError as exc:  # its CT was removed by retention meanwhile
+                    LOG.warning("PET series %s arrived after job %d, which is not measured again: %s",
+                                pet_series, job.id, exc)
+                    continue
                 LOG.info("PET series %s arrived after job %d: queued again to add PET measurements",
                          pet_series, job.id)

@@ -298,6 +298,13 @@ class JobQueue:
             job = self._get(db, job_id)
             if job.state == JobState.RUNNING:
                 raise ValueError(f"job {job_id} is running")
+            # In the same transaction as retention's (node/removal.py): a job
+            # whose inputs are being or were removed could only fail.
+            for uid in {job.series_instance_uid, job.subject}:
+                row = db.execute("SELECT state FROM series WHERE series_instance_uid = ?", (uid,)).fetchone()
+                if row is not None and row[0] in (SeriesState.REMOVING.value, SeriesState.REMOVED.value):
+                    raise ValueError(f"job {job_id}: series {uid} was removed by the retention policy; "
+                                     "send it again")
             db.execute(
                 "UPDATE jobs SET state = ?, attempts = 0, not_before = ?, error = NULL, updated_at = ? "
                 "WHERE id = ?",

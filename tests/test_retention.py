@@ -174,6 +174,10 @@ def test_a_removal_deletes_the_files_and_the_index_records_it(storage):
     assert purge(storage.removals, DiskSpace(storage.root, 1), ledger) == []  # nothing twice
     assert storage.removals.stored_bytes().instances == 0
 
+    # A job whose inputs are gone is not queued again to fail.
+    with pytest.raises(ValueError, match="removed by the retention policy"):
+        storage.queue.retry(job_id)
+
     # Sent again: the series starts a new life with what arrives.
     storage.receive("9.1", "1.1", "CT", 1, at=T0 + 50)
     assert storage.index.all_series()[0].state == SeriesState.RECEIVING
