@@ -34,9 +34,23 @@ def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_folder(target.parent)
     return target
+
+
+def fsync_folder(path: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
+    """Make a folder's entries (a rename, a new or removed file) durable.
+
+    ``missing_ok`` is for removals finished again after a crash, whose
+    folders may be gone already.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -413,15 +413,12 @@ class _Walk:
                 stream.skip(len(rest))
                 return kept
             start = stream.position
-            try:
-                header = stream.read(8)
-            except _EndOfData:
-                raise _cannot_decode("item ends without an Item Delimitation Item") from None
-            group, element, length = self._header.unpack(header)
-            tag = group << 16 | element
+            if (next_header := self._next_header()) is None:
+                raise _cannot_decode("item ends without an Item Delimitation Item")
+            header, tag, length = next_header
             if tag == _ITEM_DELIMITATION and end is None and depth > 0:
                 return kept
-            if group == 0xFFFE:
+            if tag >> 16 == 0xFFFE:
                 raise _cannot_decode(f"unexpected {_name(tag)} tag at byte {start} of a data set")
             try:
                 self._element(tag, header, length, implicit, end, encoding, depth, kept)
@@ -519,6 +516,15 @@ class _Walk:
         if tag in _READ_AS_NUMBERS:
             raise _cannot_decode(f"cannot be decoded: {length} bytes of numbers")
 
+    def _next_header(self) -> tuple[bytes, int, int] | None:
+        """The next element or item header as (its bytes, tag, length); None at the end of the data."""
+        try:
+            header = self._stream.read(8)
+        except _EndOfData:
+            return None
+        group, element, length = self._header.unpack(header)
+        return header, group << 16 | element, length
+
     def _sequence(
         self, end: int | None, implicit: bool, encoding: str | MutableSequence[str], depth: int
     ) -> None:
@@ -529,17 +535,14 @@ class _Walk:
         number = 0
         while end is None or stream.position < end:
             number += 1
-            try:
-                header = stream.read(8)
-            except _EndOfData:
-                raise _cannot_decode("ends without a Sequence Delimitation Item") from None
-            group, element, length = self._header.unpack(header)
-            tag = group << 16 | element
+            if (next_header := self._next_header()) is None:
+                raise _cannot_decode("ends without a Sequence Delimitation Item")
+            _, tag, length = next_header
             if tag == _SEQUENCE_DELIMITATION and end is None:
                 return
             if tag != _ITEM:
-                found = f"({group:04X},{element:04X})"
-                raise _cannot_decode(f"item {number} starts with {found}, not an Item tag")
+                raise _cannot_decode(f"item {number} starts with ({tag >> 16:04X},{tag & 0xFFFF:04X}), "
+                                     "not an Item tag")
             item_end = None if length == _UNDEFINED else stream.position + length
             if item_end is not None and end is not None and item_end > end:
                 raise _cannot_decode(f"item {number} of {length} bytes runs past the end of the sequence")
@@ -561,13 +564,14 @@ class _Walk:
         stream = self._stream
         fragments = -1  # the first item is the Basic Offset Table
         while True:
+            if (next_header := self._next_header()) is None:
+                raise _bad_pixels("ends without a Sequence Delimitation Item")
+            _, tag, length = next_header
+            if tag == _SEQUENCE_DELIMITATION:
+                break
+            if tag != _ITEM or length == _UNDEFINED:
+                raise _bad_pixels(f"fragment {fragments + 1} is not an item of defined length")
             try:
-                group, element, length = self._header.unpack(stream.read(8))
-                tag = group << 16 | element
-                if tag == _SEQUENCE_DELIMITATION:
-                    break
-                if tag != _ITEM or length == _UNDEFINED:
-                    raise _bad_pixels(f"fragment {fragments + 1} is not an item of defined length")
                 stream.skip(length)
             except _EndOfData:
                 raise _bad_pixels("ends without a Sequence Delimitation Item") from None

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.schema import RetentionSettings
+from dicomio.files import fsync_folder
 from node.database import open_database, transaction
 from node.index import INDEX_FILENAME, InstanceIndex, SeriesRecord
 from node.jobs import Job, JobQueue
@@ -126,17 +127,6 @@ def _result_files(folder: Path) -> ResultFiles | None:
             continue
         files += 1
     return ResultFiles(folder, files, sizes) if folder.is_dir() else None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RemovalStore:
@@ -301,7 +291,7 @@ class RemovalStore:
                 instance.path.unlink(missing_ok=True)
                 folders.add(instance.path.parent)
             for folder in folders:
-                _fsync_dir(folder)
+                fsync_folder(folder, missing_ok=True)
                 # The series' folder, and its study's once empty: a store that
                 # runs for months would otherwise keep a folder per series.
                 # InstanceStore.keep makes a folder again if an instance comes.
@@ -310,7 +300,7 @@ class RemovalStore:
                         emptied.rmdir()
                     except OSError:
                         break  # not empty: a new instance, or the study's other series
-                    _fsync_dir(emptied.parent)
+                    fsync_folder(emptied.parent, missing_ok=True)
         else:
             folder = Path(path)
             shutil.rmtree(folder, ignore_errors=True)
@@ -318,8 +308,8 @@ class RemovalStore:
                 folder.parent.rmdir()  # the series' results folder, once its last job's is gone
             except OSError:
                 pass
-            _fsync_dir(folder.parent)
-            _fsync_dir(self.results_root)
+            fsync_folder(folder.parent, missing_ok=True)
+            fsync_folder(self.results_root, missing_ok=True)
         with self._lock, transaction(self._db):
             if kind == RemovalKind.INSTANCES:
                 (state,) = self._db.execute("SELECT state FROM series WHERE series_instance_uid = ?",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
+from dicomio.files import fsync_folder
 from node.validation import InstanceIdentity
 
 LOG = logging.getLogger(__name__)
@@ -44,14 +45,6 @@ class StoredInstance:
     size: int
     calling_ae: str
     received_at: float
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class InstanceStore:
@@ -105,7 +98,7 @@ class InstanceStore:
                     folder.mkdir()
                 except FileExistsError:
                     pass
-                _fsync_dir(folder.parent)
+                fsync_folder(folder.parent)
             self._known_dirs.add(directory)
 
     def keep(self, identity: InstanceIdentity, spooled: Path) -> Path:
@@ -134,7 +127,7 @@ class InstanceStore:
                 self._forget_dir(path.parent)
                 self._ensure_dir(path.parent)
                 os.replace(spooled, path)
-            _fsync_dir(path.parent)
+            fsync_folder(path.parent)
         except OSError as exc:
             spooled.unlink(missing_ok=True)
             raise StorageError(f"cannot store {path}: {exc.strerror or exc}") from exc
@@ -204,5 +197,5 @@ def installation_uid(storage_dir: Path) -> str:
         pass
     finally:
         partial.unlink()
-    _fsync_dir(path.parent)
+    fsync_folder(path.parent)
     return path.read_text().strip()

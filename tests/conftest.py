@@ -44,6 +44,14 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory (VmRSS, /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

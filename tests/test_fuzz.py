@@ -50,7 +50,7 @@ import pytest
 from pydicom.datadict import DicomDictionary
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, rss_bytes
 from tests.raw_peer import (
     ABORT,
     ASSOCIATE_AC,
@@ -778,19 +778,12 @@ class StoreLane:
 # ---------------------------------------------------------------------------
 
 
-def vm_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
-
-
 class RssSampler:
     """The peak VmRSS of one process, sampled every 50 ms in a thread."""
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.peak = vm_rss(pid)
+        self.peak = rss_bytes(pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -798,7 +791,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             with contextlib.suppress(OSError):
-                self.peak = max(self.peak, vm_rss(self.pid))
+                self.peak = max(self.peak, rss_bytes(self.pid))
 
     def stop(self) -> None:
         self._stop.set()
@@ -828,7 +821,7 @@ class NodeWatch:
     def __init__(self, node, listed_slices: list[Path]):
         self.node = node
         self.listed_slices = listed_slices
-        self.baseline = vm_rss(node.proc.pid)
+        self.baseline = rss_bytes(node.proc.pid)
         self.sampler = RssSampler(node.proc.pid)
         self.checked: set[Path] = set()
         self.defects: list[str] = []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import rss_bytes
 from tests.raw_peer import (
     ABORT,
     APPLICATION_CONTEXT,
@@ -31,13 +32,6 @@ from tests.test_receive import storescu
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 CT_CONTEXT = ((CT, (IMPLICIT_LE,)),)
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def wait_for_metric(node, name: str, value: float, timeout: float = 10) -> None:

@@ -130,7 +130,7 @@ def test_an_element_the_pipeline_cannot_decode_is_refused_naming_it(node, ct_fil
 
 def test_a_deflated_data_set_inflating_past_the_limit_is_refused_in_bounded_memory(node_factory, tmp_path):
     """Finding 3: 0.27 MB inflating to 256 MiB cost +507 MB; now it is refused, costing almost nothing."""
-    from tests.test_hostile_peers import rss_bytes
+    from tests.conftest import rss_bytes
 
     node = node_factory(max_instance_bytes=64 << 20).start()
     [sent] = write_ct_series(tmp_path / "ct", DeflatedExplicitVRLittleEndian, slices=1, rows=32, columns=32)
