@@ -100,3 +100,21 @@ def test_a_file_a_running_node_would_refuse_is_flagged(tmp_path):
     assert len(warnings) == 1 and warnings[0].startswith("  warning: no 'routes' key;")
     example = check_config(REPO / "config" / "segnode.example.yaml")
     assert "warning" not in example.stdout
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("max_pending_per_address", 0, "greater than or equal to 1"),
+        ("max_pending_connections", -5, "greater than or equal to 1"),
+        ("max_instance_bytes", 1000, "greater than or equal to 1048576"),
+        ("max_instance_bytes", "a lot", "valid integer"),
+    ],
+)
+def test_connection_and_instance_bounds_are_checked_with_their_names(setting, value, message):
+    """A bound that would let any connection or instance through (or none) is refused, named."""
+    with pytest.raises(ConfigError) as refused:
+        parse_config(f"node: {{{setting}: {value!r}}}\n")
+    assert any(error.startswith(f"node.{setting}:") and message in error for error in refused.value.errors), (
+        refused.value.errors
+    )
