@@ -39,6 +39,7 @@ from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.events import Event
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
@@ -62,6 +63,9 @@ from node.transport import (
 from node.validation import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, InvalidDataset, modality_label
 
 LOG = logging.getLogger(__name__)
+
+# Message Control Header bits of a PDV: command, last fragment (PS3.8 annex E.2).
+_LAST_COMMAND_FRAGMENT = 0b11
 
 ACCEPTED_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -124,7 +128,8 @@ class StorageSCP:
         self._gate = ConnectionGate(Limits.from_settings(config.node), self._admission, metrics)
         self._server: GatedAssociationServer | None = None
         self._address = (config.node.host, config.node.port)
-        self._in_flight = 0
+        # C-STOREs begun whose response is not yet on the socket, per association.
+        self._responses_owed: weakref.WeakKeyDictionary[Association, int] = weakref.WeakKeyDictionary()
         self._stopping = False
         self._in_flight_changed = threading.Condition()
         self._established: weakref.WeakSet = weakref.WeakSet()
@@ -159,6 +164,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_PDU_SENT, self._on_pdu_sent),
         ]
         # Data sets are spooled to a file as they arrive, not held in
         # memory; the spool is in the store, so keeping one is a rename.
@@ -190,17 +196,15 @@ class StorageSCP:
         server.shutdown()
         with self._in_flight_changed:
             self._stopping = True
+            # Waits for the responses too, not just the handlers: pynetdicom
+            # queues a response after its handler returns, and an abort sent
+            # before it would leave a stored instance unacknowledged.
             if not self._in_flight_changed.wait_for(
-                lambda: self._in_flight == 0, timeout=self._ae.dimse_timeout
+                lambda: not any(self._responses_owed.values()), timeout=self._ae.dimse_timeout
             ):
-                LOG.warning("%d C-STOREs still in flight at shutdown", self._in_flight)
+                LOG.warning("%d C-STORE responses still owed at shutdown",
+                            sum(self._responses_owed.values()))
         for assoc in server.active_associations:
-            # The last response is queued right after its handler returns;
-            # the DUL sends queued PDUs in order, so an abort queued after it
-            # cannot overtake it.
-            deadline = time.monotonic() + 1.0
-            while not assoc.dul.to_provider_queue.empty() and time.monotonic() < deadline:
-                time.sleep(0.005)
             assoc.abort()
         self._server = None
         LOG.info("stopped listening")
@@ -262,6 +266,9 @@ class StorageSCP:
         # Aborts also end associations that were never established; an
         # association may end twice (its event, then its socket's close).
         with self._in_flight_changed:
+            # An ended association owes nothing more.
+            if self._responses_owed.pop(association, None):
+                self._in_flight_changed.notify_all()
             if association not in self._established:
                 return
             self._established.discard(association)
@@ -277,12 +284,23 @@ class StorageSCP:
             if self._disk_space.is_low():
                 self._metrics.store_failures.labels("low-space").inc()
                 return _status(STATUS_OUT_OF_RESOURCES, "storage below its low watermark; send again later")
-            self._in_flight += 1
-        try:
-            return self._store_instance(event)
-        finally:
-            with self._in_flight_changed:
-                self._in_flight -= 1
+            self._responses_owed[event.assoc] = self._responses_owed.get(event.assoc, 0) + 1
+        return self._store_instance(event)
+
+    def _on_pdu_sent(self, event: Event) -> None:
+        """A C-STORE's response is on the socket once the PDU carrying the
+        last fragment of a command has been sent; operations are synchronous,
+        so an association owing a response is sending that one."""
+        pdu = event.pdu
+        if not isinstance(pdu, P_DATA_TF):
+            return
+        if not any(item.presentation_data_value[0] & _LAST_COMMAND_FRAGMENT == _LAST_COMMAND_FRAGMENT
+                   for item in pdu.presentation_data_value_items):
+            return
+        with self._in_flight_changed:
+            owed = self._responses_owed.get(event.assoc, 0)
+            if owed:
+                self._responses_owed[event.assoc] = owed - 1
                 self._in_flight_changed.notify_all()
 
     def _store_instance(self, event: Event) -> Dataset | int:
