@@ -12,7 +12,7 @@
   distinct), so the ceiling for any full-resolution skeleton is printed:
   the Dice of ours against itself quantised to 3 mm.
 * Timing: seconds for ``BuiltinSegmenter().segment`` on a synthetic
-  512x512xN CT (the torso phantom of node/phantom.py at 0.98 mm, 1 mm
+  512x512xN CT (the torso phantom of phantom/anatomy.py at 0.98 mm, 1 mm
   slices), best of ``--repeat`` runs, with the peak resident memory.
 
     python bench/builtin_dice.py --slices 600
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from dicomio.codes import BUILTIN_STRUCTURES  # noqa: E402
 from inference.builtin import BuiltinSegmenter  # noqa: E402
-from node.phantom import AxialGrid, ct_phantom  # noqa: E402
+from phantom.anatomy import AxialGrid, ct_phantom  # noqa: E402
 from tests.test_builtin import (  # noqa: E402
     BONE_CLASSES,
     SHARED_DATA,

@@ -1,6 +1,6 @@
 """End-to-end latency: from a series' last success status to the destination acknowledging SEG and SR.
 
-One synthetic CT (node/phantom.py, 512x512x300 by default) is sent, as a
+One synthetic CT (phantom/anatomy.py, 512x512x300 by default) is sent, as a
 scanner sends it, into ``segnode serve`` (``series_stable_seconds`` 2, the
 built-in segmenter on the CPU, one destination); the clock starts when the
 success status of the series' last instance arrives at the scanner, and stops
@@ -80,10 +80,11 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import CTImageStorage  # noqa: E402
 
 from bench.ingest import cpu_seconds  # noqa: E402
-from node.index import InstanceIndex  # noqa: E402
-from node.jobs import Job, JobQueue, JobState  # noqa: E402
-from node.outbox import OUTBOX_FILENAME  # noqa: E402
-from node.phantom import CT_GRID, AxialGrid, write_study  # noqa: E402
+from node.queue.jobs import Job, JobQueue, JobState  # noqa: E402
+from node.receive.index import InstanceIndex  # noqa: E402
+from node.send.outbox import OUTBOX_FILENAME  # noqa: E402
+from phantom.anatomy import CT_GRID, AxialGrid  # noqa: E402
+from phantom.study import write_study  # noqa: E402
 
 GOAL_SECONDS = 20.0
 STABLE_SECONDS = 2.0
@@ -92,10 +93,10 @@ SCANNER_AE = "SCANNER"
 DESTINATION_AE = "RESULTS"
 #: How long one run may take from the last instance to both results.
 RESULT_TIMEOUT_SECONDS = 600.0
-#: A response pynetdicom loses (see node/send.py) surfaces after this long.
+#: A response pynetdicom loses (see node/send/sender.py) surfaces after this long.
 SCANNER_DIMSE_TIMEOUT_SECONDS = 5.0
 
-# asctime of the node's and the workers' log lines (node/cli.py, node/worker.py).
+# asctime of the node's and the workers' log lines (node/cli.py, node/work/worker.py).
 _STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 _COMPLETE_LINE = _STAMP + r" \w+ node\.assembly: series (\S+) complete:"
 _CLAIM_LINE = _STAMP + r" \w+ \S+ segnode\.worker: job (\d+) \(segment of series (\S+), route"
@@ -131,7 +132,7 @@ def send_series(files: Sequence[Path], port: int) -> SentSeries:
 
     Each response is timestamped in the DUL thread as it is decoded
     (EVT_DIMSE_RECV). pynetdicom sometimes loses a fast response after that
-    (node/send.py explains the race); the status recorded here still counts,
+    (node/send/sender.py explains the race); the status recorded here still counts,
     and the rest go on a new association once pynetdicom has given up.
     """
     answered: dict[int, tuple[float, int]] = {}

@@ -13,9 +13,9 @@ bytes) is sent ``--runs`` times over loopback into ``/usr/bin/storescp
     each stall it prints whether EVT_DIMSE_RECV (DUL thread) had decoded the
     response to that Message ID, and which thread logged "Received unexpected
     C-STORE service message": the association's reactor thread took the
-    response off the DIMSE queue (see node/send.py).
+    response off the DIMSE queue (see node/send/sender.py).
 ``segnode``
-    node.send.send_files: every file must come back delivered, each lost
+    node.send.sender.send_files: every file must come back delivered, each lost
     response counted and recovered without waiting for a timeout.
 
     python bench/send_stall.py --slices 300 --runs 10
@@ -48,7 +48,7 @@ from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.sop_class import CTImageStorage  # noqa: E402
 
 from config import Destination  # noqa: E402
-from node.send import send_files  # noqa: E402
+from node.send.sender import send_files  # noqa: E402
 from tests.synthetic import write_ct_series  # noqa: E402
 
 STORESCP = "/usr/bin/storescp"
@@ -140,8 +140,8 @@ def plain_runs(files: list[Path], port: int, runs: int, nodelay: bool, dimse_tim
 
 
 def segnode_runs(files: list[Path], port: int, runs: int, timeout: float) -> None:
-    """node.send.send_files; every file must be delivered; lost responses are counted."""
-    send_warnings = _Warnings("node.send")
+    """node.send.sender.send_files; every file must be delivered; lost responses are counted."""
+    send_warnings = _Warnings("node.send.sender")
     destination = Destination(ae_title="STORESCP", host="127.0.0.1", port=port)
     lost = undelivered = 0
     slowest = 0.0

@@ -2,7 +2,7 @@
 
 For each instance kind, per instance and in one run:
 
-* ``check``: :func:`node.dataset_check.check_instance`, every element
+* ``check``: :func:`node.receive.dataset_check.check_instance`, every element
   converted and Pixel Data checked by its structure;
 * ``header``: ``pydicom.dcmread(path, stop_before_pixels=True)``, what
   identifying an instance costs without the check;
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dicomio.files import write_atomically  # noqa: E402
-from node.dataset_check import check_instance  # noqa: E402
+from node.receive.dataset_check import check_instance  # noqa: E402
 from tests.synthetic import write_ct_series, write_enhanced_ct  # noqa: E402
 
 SIEMENS = REPO.parent / "shared" / "data" / "ct-abdomen-siemens" / "dicom"

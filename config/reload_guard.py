@@ -8,7 +8,7 @@ reload is refused when the file sets no key at all, or when it would empty
 ``peers``, ``destinations`` or ``routes`` without writing the key (``peers:
 []``): a section left out is not the same as a section written empty.
 
-The node (node/service.py) and its workers (node/worker.py) both reload the
+The node (node/service.py) and its workers (node/work/worker.py) both reload the
 file; both go through :func:`read_for_reload`, so that a worker never routes
 jobs with a file the node refused.
 """

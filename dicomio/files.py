@@ -25,7 +25,7 @@ def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            # The permissions of stored instances (node/storage.py), not mkstemp's 0600.
+            # The permissions of stored instances (node/receive/storage.py), not mkstemp's 0600.
             os.fchmod(handle.fileno(), 0o640)
             handle.write(data)
             handle.flush()

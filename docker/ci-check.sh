@@ -170,8 +170,8 @@ mkdir -p "$work/scanner"
 limited 120 "writing the phantom CT" docker run --rm --network none --user 0 \
   -v "$work/scanner:/out" --entrypoint python3 "$image" -c '
 from pathlib import Path
-from node.demo import DEMO_GRID
-from node.phantom import write_study
+from phantom.demo import DEMO_GRID
+from phantom.anatomy import write_study
 write_study(Path("/out"), DEMO_GRID, with_pet=False)
 '
 ct_files=$(find "$work/scanner/ct" -type f | wc -l)

@@ -23,9 +23,9 @@ from config import GUARDED, ConfigError, SegnodeConfig, load_config, sets_nothin
 from dicomio.measurements import StructureMeasurements
 from dicomio.suv import SuvError, SuvFactors, earliest_acquisition, suv_factors
 from node.config_record import ConfigReading, ConfigRecordError, read_record
-from node.index import INDEX_FILENAME, InstanceIndex
-from node.jobs import Job, JobNotFoundError, JobQueue, JobState
-from node.outbox import OUTBOX_FILENAME, OutboxStore
+from node.queue.jobs import Job, JobNotFoundError, JobQueue, JobState
+from node.receive.index import INDEX_FILENAME, InstanceIndex
+from node.send.outbox import OUTBOX_FILENAME, OutboxStore
 
 if TYPE_CHECKING:
     from dicomio.volume import Volume
@@ -279,9 +279,9 @@ def _duration(seconds: float) -> str:
 def _storage(args: argparse.Namespace) -> int:
     """Usage and what the retention policy removes now; with purge --yes, remove it."""
     from node.disk_space import DiskSpace
-    from node.removal import RemovalStore
-    from node.retention import plan
-    from node.storage_keeper import purge
+    from node.retention.keeper import purge
+    from node.retention.policy import plan
+    from node.retention.removal import RemovalStore
 
     if args.action != "purge" and (args.yes or args.dry_run):
         print("segnode storage: --yes and --dry-run go with 'purge'", file=sys.stderr)
@@ -571,7 +571,7 @@ def _run_series(args: argparse.Namespace) -> int:
     from config import Pipeline
     from dicomio.series import SeriesError
     from inference.model_store import ModelStoreError, open_segmenter
-    from node.pipeline import PipelineError, PipelineInputs, result_uid, run_pipeline
+    from node.work.pipeline import PipelineError, PipelineInputs, result_uid, run_pipeline
 
     for folder in filter(None, (args.dir, args.pet)):
         if not folder.is_dir():
@@ -605,7 +605,7 @@ def _run_series(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from node.demo import DemoError, run_demo
+    from phantom.demo import DemoError, run_demo
 
     try:
         return run_demo(shared=args.shared, keep=args.keep)

@@ -24,20 +24,20 @@ from config import (
     reloaded,
     sets_nothing,
 )
-from node.assembly import SeriesAssembler
+from node.assemble.assembly import SeriesAssembler
+from node.assemble.handover import Handover
 from node.config_record import ConfigReading, ConfigRecord, in_force_path, write_in_force, write_record
 from node.disk_space import DiskSpace
-from node.dispatch import Dispatcher
-from node.index import InstanceIndex
-from node.job_metrics import JobCollector
-from node.jobs import JobQueue
 from node.metrics import NodeMetrics
-from node.outbox import Outbox, RetryPolicy
-from node.removal import RemovalStore
-from node.scp import StorageSCP
-from node.storage import InstanceStore
-from node.storage_keeper import StorageKeeper
-from node.worker_pool import WorkerPool, worker_devices
+from node.queue.job_metrics import JobCollector
+from node.queue.jobs import JobQueue
+from node.receive.index import InstanceIndex
+from node.receive.scp import StorageSCP
+from node.receive.storage import InstanceStore
+from node.retention.keeper import StorageKeeper
+from node.retention.removal import RemovalStore
+from node.send.outbox import Outbox, RetryPolicy
+from node.work.worker_pool import WorkerPool, worker_devices
 
 LOG = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _SPOOL_CHECK_SECONDS = 60.0
 
 class Node:
     """One running segnode: metrics endpoint, SCP, series assembler and
-    dispatcher, worker processes, outbox, config watcher."""
+    handover of complete series, worker processes, outbox, config watcher."""
 
     def __init__(self, config_path: Path, config: SegnodeConfig):
         self.config_path = Path(config_path)
@@ -60,9 +60,9 @@ class Node:
         self.scp = StorageSCP(config, self.store, self.index, self.metrics, self.disk_space)
         self.queue = JobQueue(config.node.storage_dir)
         self.metrics.registry.register(JobCollector(self.queue))
-        dispatcher = Dispatcher(self.index, self.queue, lambda: self.config)
+        handover = Handover(self.index, self.queue, lambda: self.config)
         self.assembler = SeriesAssembler(
-            self.index, self.metrics, config.node.series_stable_seconds, dispatcher.dispatch_complete
+            self.index, self.metrics, config.node.series_stable_seconds, handover.hand_over_complete
         )
         sending = config.sending  # the outbox's retry policy and timeout are read at start only
         policy = RetryPolicy(sending.retry_base_seconds, sending.retry_max_seconds, sending.max_refusals)

@@ -171,7 +171,7 @@ class NodeProcess:
         return sorted((self.storage_dir / "instances").rglob("*.dcm"))
 
     def partial_files(self) -> list[Path]:
-        """What was being received and is neither kept nor refused (node/storage.py's spool)."""
+        """What was being received and is neither kept nor refused (node/receive/storage.py's spool)."""
         return sorted((self.storage_dir / "spool").glob("*"))
 
 

@@ -2,7 +2,7 @@
 
 Four kinds of test:
 
-* the torso phantom of node/phantom.py, whose truth is known voxel by
+* the torso phantom of phantom/anatomy.py, whose truth is known voxel by
   voxel: skin, subcutaneous fat, a muscle wall, organs and visceral fat, a
   spine and ribs with marrow inside their cortex, arms with fatty marrow in
   the humeri, two lungs with vessels (also joined in front), a trachea
@@ -42,7 +42,7 @@ from inference.postprocess import (
     remove_small_components,
 )
 from inference.segmenter import Segmenter
-from node.phantom import AxialGrid, CtPhantom, Region, ct_phantom
+from phantom.anatomy import AxialGrid, CtPhantom, Region, ct_phantom
 from tests.conftest import SHARED_DATA
 
 VALUE = {name: value for value, name in enumerate(BUILTIN_STRUCTURES, start=1)}

@@ -6,7 +6,7 @@ skeletal muscle, so the phantom's muscle came out twice its truth (15.2 L
 against 7.5 L) with the rims of liver and spleen, the spinal canal and the
 discs in it. Checked here:
 
-* on the torso phantom of node/phantom.py, whose regions are known voxel by
+* on the torso phantom of phantom/anatomy.py, whose regions are known voxel by
   voxel (on 2 mm pixels: coarser ones lose the spine): how much of the
   muscle truth is kept, and how little of each organ, of the cavity's soft
   tissue, of the mediastinum, of the canal and discs is called muscle;
@@ -25,7 +25,7 @@ import pytest
 from dicomio.codes import BUILTIN_STRUCTURES
 from dicomio.volume import Volume
 from inference.builtin import BuiltinSegmenter
-from node.phantom import AxialGrid, CtPhantom, Region, ct_phantom
+from phantom.anatomy import AxialGrid, CtPhantom, Region, ct_phantom
 from tests.conftest import SHARED_DATA
 from tests.test_builtin import classes_mask, siemens_case, torso_case
 

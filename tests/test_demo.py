@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from node.demo import DEMO_GRID, SHARED_SERIES
-from node.phantom import ct_phantom
+from phantom.anatomy import ct_phantom
+from phantom.demo import DEMO_GRID, SHARED_SERIES
 
 
 def run_demo(*args: str, cwd) -> subprocess.CompletedProcess:

@@ -30,10 +30,10 @@ from dicomio.seg_reference import read_reference_seg
 from dicomio.series import load_series
 from inference.builtin import BuiltinSegmenter
 from inference.qa import overlap
-from node.demo import DEMO_GRID
-from node.index import INDEX_FILENAME
-from node.phantom import write_study
-from node.send import send_files
+from node.receive.index import INDEX_FILENAME
+from node.send.sender import send_files
+from phantom.demo import DEMO_GRID
+from phantom.study import write_study
 from tests.conftest import NodeProcess, StoreSCP, dcmtk, dcmtk_env, free_port
 from tests.synthetic import STORESCU_FLAGS, write_ct_series
 from tests.test_seg import dciodvfy

@@ -1,4 +1,4 @@
-"""The job queue on a real SQLite file: dispatch, leases, retries, backoff."""
+"""The job queue on a real SQLite file: enqueueing a series, leases, retries, backoff."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from config import JobSettings
-from node.index import InstanceIndex
-from node.jobs import JobKind, JobQueue, JobState, LeaseLostError, NewJob, retry_delay
-from node.storage import StoredInstance
-from node.validation import InstanceIdentity
+from node.queue.jobs import JobKind, JobQueue, JobState, LeaseLostError, NewJob, retry_delay
+from node.receive.index import InstanceIndex
+from node.receive.storage import StoredInstance
+from node.receive.validation import InstanceIdentity
 
 SETTINGS = JobSettings(max_attempts=3, retry_base_seconds=10, retry_max_seconds=25)
 
@@ -37,21 +37,21 @@ def queue(tmp_path):
     index.close()
 
 
-def test_dispatch_queues_jobs_and_marks_the_series_in_one_step(queue):
+def test_enqueue_series_queues_jobs_and_marks_the_series_in_one_step(queue):
     jobs, index = queue
-    (job_id,) = jobs.dispatch("1.1", [segment_job()], now=300.0)
+    (job_id,) = jobs.enqueue_series("1.1", [segment_job()], now=300.0)
     assert [s.state for s in index.all_series()] == ["dispatched"]
     job = jobs.get(job_id)
     assert (job.state, job.attempts, job.study_instance_uid, job.destinations) == (
         JobState.QUEUED, 0, "9.1", ("PACS",))
     with pytest.raises(Exception, match="not allowed"):
-        jobs.dispatch("1.1", [segment_job()], now=301.0)  # already dispatched
+        jobs.enqueue_series("1.1", [segment_job()], now=301.0)  # already dispatched
     assert len(jobs.jobs()) == 1
 
 
 def test_a_job_waits_while_its_study_is_still_arriving(queue):
     jobs, index = queue
-    jobs.dispatch("1.1", [segment_job()], now=300.0)
+    jobs.enqueue_series("1.1", [segment_job()], now=300.0)
     receive(index, "1.2", "9.1", "PT", at=310.0)  # the PET of the same study is arriving
     assert jobs.claim("w1", 60, now=320.0) is None
     index.complete_stable_series(received_before=400.0)
@@ -62,7 +62,7 @@ def test_a_job_waits_while_its_study_is_still_arriving(queue):
 
 def test_failures_back_off_then_fail_for_good_and_retry_requeues(queue):
     jobs, _ = queue
-    (job_id,) = jobs.dispatch("1.1", [segment_job()], now=0.0)
+    (job_id,) = jobs.enqueue_series("1.1", [segment_job()], now=0.0)
     assert [retry_delay(n, SETTINGS) for n in (1, 2, 3)] == [10, 20, 25]
     now = 0.0
     for attempt in (1, 2):
@@ -84,7 +84,7 @@ def test_failures_back_off_then_fail_for_good_and_retry_requeues(queue):
 
 def test_a_dead_workers_job_is_recovered_and_its_late_result_refused(queue):
     jobs, _ = queue
-    (job_id,) = jobs.dispatch("1.1", [segment_job()], now=0.0)
+    (job_id,) = jobs.enqueue_series("1.1", [segment_job()], now=0.0)
     jobs.claim("w1", 60, now=0.0)
     jobs.renew(job_id, "w1", 60, now=50.0)
     assert jobs.recover(SETTINGS, now=100.0) == []  # lease renewed until 110
@@ -99,7 +99,7 @@ def test_a_dead_workers_job_is_recovered_and_its_late_result_refused(queue):
 
 def test_release_does_not_count_an_attempt_and_success_keeps_the_result(queue):
     jobs, _ = queue
-    (job_id,) = jobs.dispatch("1.1", [segment_job()], now=0.0)
+    (job_id,) = jobs.enqueue_series("1.1", [segment_job()], now=0.0)
     jobs.claim("w", 60, now=0.0)
     jobs.release(job_id, "w")
     job = jobs.claim("w", 60, now=1.0)
@@ -112,11 +112,11 @@ def test_release_does_not_count_an_attempt_and_success_keeps_the_result(queue):
 
 def test_a_reopened_series_is_queued_afresh(queue):
     jobs, index = queue
-    (job_id,) = jobs.dispatch("1.1", [segment_job()], now=300.0)
+    (job_id,) = jobs.enqueue_series("1.1", [segment_job()], now=300.0)
     jobs.claim("w", 60, now=300.0)
     jobs.succeed(job_id, "w", {})
     receive(index, "1.1", "9.1", "CT", at=400.0)  # a late slice reopens the series
     index.complete_stable_series(received_before=500.0)
-    assert jobs.dispatch("1.1", [segment_job()], now=500.0) == [job_id]
+    assert jobs.enqueue_series("1.1", [segment_job()], now=500.0) == [job_id]
     job = jobs.get(job_id)
     assert (job.state, job.attempts, job.queued_at, job.result) == (JobState.QUEUED, 0, 500.0, None)

@@ -1,4 +1,4 @@
-"""node/outbox.py: durable delivery to real peers, retries, give-ups, kill -9.
+"""node/send/outbox.py: durable delivery to real peers, retries, give-ups, kill -9.
 
 The peers are those of tests/test_send.py: dcmtk's storescp as a subprocess
 and a scripted pynetdicom SCP. Retry delays are shortened so that each
@@ -20,7 +20,7 @@ import pytest
 
 from config import SegnodeConfig
 from node.metrics import NodeMetrics
-from node.outbox import JobDeliveries, Outbox, OutboxError, OutboxStore, RetryPolicy
+from node.send.outbox import JobDeliveries, Outbox, OutboxError, OutboxStore, RetryPolicy
 from tests.conftest import REPO, free_port
 from tests.synthetic import dataset_bytes, write_ct_series
 from tests.test_send import Peers, StoreSCP, uid_of
@@ -224,7 +224,7 @@ DELIVER = textwrap.dedent(
     from pathlib import Path
     from config import SegnodeConfig
     from node.metrics import NodeMetrics
-    from node.outbox import Outbox, RetryPolicy
+    from node.send.outbox import Outbox, RetryPolicy
 
     storage, port, *files = sys.argv[1:]
     config = SegnodeConfig.model_validate(

@@ -1,4 +1,4 @@
-"""The demo phantom (node/phantom.py): files a scanner could have sent, and their truth.
+"""The demo phantom (phantom/anatomy.py): files a scanner could have sent, and their truth.
 
 The study is written to tmp_path as Part-10 files and read back through the
 same readers the node uses (dicomio.series, dicomio.pet), validated by
@@ -24,7 +24,7 @@ from dicomio.series import load_series
 from dicomio.suv import DecayCorrection, suv_factors
 from inference.builtin import BuiltinSegmenter
 from inference.qa import ADULT_VOLUME_RANGES, LATERALITY_PAIRS
-from node.phantom import (
+from phantom.anatomy import (
     FDG,
     LESION,
     PATIENT,
@@ -33,13 +33,12 @@ from node.phantom import (
     AxialGrid,
     CtPhantom,
     PetPhantom,
-    PhantomStudy,
     Region,
     ct_phantom,
     pet_grid_for,
     pet_phantom,
-    write_study,
 )
+from phantom.study import PhantomStudy, write_study
 from tests.test_seg import dciodvfy
 
 #: Small enough for seconds, fine enough (1.95 mm pixels) for the built-in

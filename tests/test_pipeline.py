@@ -15,7 +15,7 @@ import pytest
 
 from config import Pipeline
 from inference.builtin import BuiltinSegmenter
-from node.pipeline import PipelineInputs, run_pipeline
+from node.work.pipeline import PipelineInputs, run_pipeline
 from tests.synthetic import write_ct_series
 from tests.test_seg import dciodvfy
 

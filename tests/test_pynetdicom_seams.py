@@ -1,4 +1,4 @@
-"""The places where node/transport.py and node/scp.py meet pynetdicom's
+"""The places where node/receive/transport.py and node/receive/scp.py meet pynetdicom's
 insides, pinned: a pynetdicom release that moves one fails here, by name,
 before any behaviour test has to be puzzled over."""
 

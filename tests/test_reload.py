@@ -16,7 +16,7 @@ import yaml
 
 from config import load_config
 from node.config_record import in_force_path
-from node.worker import Worker
+from node.work.worker import Worker
 from tests.conftest import REPO, free_port
 from tests.test_association_control import echoscu
 

@@ -17,17 +17,17 @@ import yaml
 from config import ConfigError, JobSettings, parse_config
 from config.schema import RetentionSettings
 from node.disk_space import DiskSpace, SpaceSample, seconds_to_full
-from node.index import IndexWriteError, InstanceIndex
-from node.jobs import JobKind, JobQueue, NewJob
-from node.outbox import OutboxStore, RetryPolicy
-from node.removal import RemovalStore
-from node.retention import RemovalKind, RemovalReason, plan
-from node.send import Outcome, SendResult
-from node.series_state import SeriesState
-from node.storage import InstanceStore, StoredInstance
-from node.storage_keeper import purge
-from node.validation import InstanceIdentity
-from node.worker import results_dir
+from node.queue.jobs import JobKind, JobQueue, NewJob
+from node.receive.index import IndexWriteError, InstanceIndex
+from node.receive.series_state import SeriesState
+from node.receive.storage import InstanceStore, StoredInstance
+from node.receive.validation import InstanceIdentity
+from node.retention.keeper import purge
+from node.retention.policy import RemovalKind, RemovalReason, plan
+from node.retention.removal import RemovalStore
+from node.send.outbox import OutboxStore, RetryPolicy
+from node.send.sender import Outcome, SendResult
+from node.work.worker import results_dir
 
 HOUR = 3600.0
 RETENTION = RetentionSettings(instances_hours=1, results_hours=2, failed_hours=10)
@@ -40,6 +40,8 @@ T0 = time.time()
 def _arrival_now() -> None:
     global T0
     T0 = time.time()
+
+SEGMENT_JOB = [NewJob(JobKind.SEGMENT, "ct", "organs", ("PACS",), "")]
 
 
 class Storage:
@@ -75,7 +77,7 @@ class Storage:
 
     def run_segmentation(self, series: str, at: float) -> tuple[int, Path]:
         """Dispatch a CT series to a segment job, run it (results on disk, queued to PACS)."""
-        (job_id,) = self.queue.dispatch(series, [NewJob(JobKind.SEGMENT, "ct", "organs", ("PACS",), "")], at)
+        (job_id,) = self.queue.enqueue_series(series, SEGMENT_JOB, at)
         job = self.queue.claim("w", 60, now=at)
         folder = results_dir(self.root, job)
         folder.mkdir(parents=True)
@@ -113,8 +115,8 @@ def pet_ct_study(storage: Storage) -> tuple[list[Path], list[Path]]:
 
 def test_nothing_is_removed_while_a_job_is_pending_or_a_result_undelivered(storage):
     ct, pet = pet_ct_study(storage)
-    storage.queue.dispatch("1.2", [], T0)  # the PET has no job of its own: the CT's job reads it
-    (job_id,) = storage.queue.dispatch("1.1", [NewJob(JobKind.SEGMENT, "ct", "organs", ("PACS",), "")], T0)
+    storage.queue.enqueue_series("1.2", [], T0)  # the PET has no job of its own: the CT's job reads it
+    (job_id,) = storage.queue.enqueue_series("1.1", SEGMENT_JOB, T0)
     forever = T0 + 1000 * HOUR
     assert storage.plan(forever) == []  # queued
     storage.queue.claim("w", 60, now=T0)
@@ -139,7 +141,7 @@ def test_nothing_is_removed_while_a_job_is_pending_or_a_result_undelivered(stora
 
 def test_periods_run_from_the_last_delivery(storage):
     pet_ct_study(storage)
-    storage.queue.dispatch("1.2", [], T0)
+    storage.queue.enqueue_series("1.2", [], T0)
     storage.run_segmentation("1.1", at=T0 + 5)
     storage.deliver(Outcome.SUCCESS, at=T0 + 100)
     assert storage.plan(T0 + 100 + HOUR - 1) == []
@@ -153,7 +155,7 @@ def test_periods_run_from_the_last_delivery(storage):
 
 def test_a_removal_deletes_the_files_and_the_index_records_it(storage):
     ct, pet = pet_ct_study(storage)
-    storage.queue.dispatch("1.2", [], T0)
+    storage.queue.enqueue_series("1.2", [], T0)
     job_id, folder = storage.run_segmentation("1.1", at=T0)
     storage.deliver(Outcome.SUCCESS, at=T0)
     ledger = RetentionSettings(instances_hours=0, results_hours=0, failed_hours=0)
@@ -186,7 +188,7 @@ def test_a_removal_deletes_the_files_and_the_index_records_it(storage):
 def test_a_failed_job_keeps_its_inputs_for_the_failed_period_unless_retried(storage):
     storage.receive("9.1", "1.1", "CT", 2)
     storage.complete()
-    (job_id,) = storage.queue.dispatch("1.1", [NewJob(JobKind.SEGMENT, "ct", "organs", ("PACS",), "")], T0)
+    (job_id,) = storage.queue.enqueue_series("1.1", SEGMENT_JOB, T0)
     storage.queue.claim("w", 60, now=T0)
     storage.queue.fail(job_id, "w", "boom", JobSettings(max_attempts=1), now=T0)
     assert storage.plan(T0 + 9 * HOUR, shortfall=10**12) == []  # not even early: it waits for a retry
@@ -209,8 +211,8 @@ def test_below_the_watermark_settled_studies_go_early_oldest_first(storage):
         storage.receive(study, f"{study}.1", "CT", 2, at=T0 + k)
     storage.complete()
     for k, study in enumerate(("9.1", "9.2")):
-        storage.queue.dispatch(f"{study}.1", [], T0 + k)  # no route
-    (failed,) = storage.queue.dispatch("9.3.1", [NewJob(JobKind.SEGMENT, "ct", "o", ("PACS",), "")], T0)
+        storage.queue.enqueue_series(f"{study}.1", [], T0 + k)  # no route
+    (failed,) = storage.queue.enqueue_series("9.3.1", [NewJob(JobKind.SEGMENT, "ct", "o", ("PACS",), "")], T0)
     storage.queue.claim("w", 60, now=T0)
     storage.queue.fail(failed, "w", "boom", JobSettings(max_attempts=1), now=T0)
     assert storage.plan(T0 + 60) == []
@@ -223,7 +225,7 @@ def test_below_the_watermark_settled_studies_go_early_oldest_first(storage):
 def test_a_removal_cut_short_is_finished_later_and_refuses_instances_meanwhile(storage):
     paths = storage.receive("9.1", "1.1", "CT", 2)
     storage.complete()
-    storage.queue.dispatch("1.1", [], T0)
+    storage.queue.enqueue_series("1.1", [], T0)
     # A folder where a file should be cannot be unlinked: the removal stops
     # after its intent was recorded, as if the process had been killed.
     paths[1].unlink()
@@ -274,7 +276,7 @@ def test_the_retention_settings_are_checked_with_their_names():
 
 def test_segnode_storage_shows_usage_and_purges_only_when_told(storage, tmp_path):
     ct, pet = pet_ct_study(storage)
-    storage.queue.dispatch("1.2", [], T0)
+    storage.queue.enqueue_series("1.2", [], T0)
     storage.run_segmentation("1.1", at=T0)
     storage.deliver(Outcome.SUCCESS, at=T0)
     config = tmp_path / "segnode.yaml"
@@ -308,7 +310,7 @@ def test_a_removal_planned_by_two_processes_happens_once(storage):
     under the write lock lets only the first carry a removal out."""
     storage.receive("9.1", "1.1", "CT", 2)
     storage.complete()
-    storage.queue.dispatch("1.1", [], T0)
+    storage.queue.enqueue_series("1.1", [], T0)
     ledger = RetentionSettings(instances_hours=0, results_hours=0, failed_hours=0)
     other = RemovalStore(storage.root)
     try:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from config import RouteMatch, parse_config
-from node.jobs import JobKind
-from node.routing import SeriesFacts, jobs_for, route_matches
+from node.assemble.routing import SeriesFacts, jobs_for, route_matches
+from node.queue.jobs import JobKind
 
 CONFIG = parse_config("""
 destinations:

@@ -1,4 +1,4 @@
-"""node/send.py: C-STORE of result files to real peers over loopback.
+"""node/send/sender.py: C-STORE of result files to real peers over loopback.
 
 Destinations are dcmtk's storescp as a subprocess (what arrives is read back
 from its output folder) and, where storescp cannot be made to answer a given
@@ -38,7 +38,7 @@ from dicomio.codes import structure_code
 from dicomio.measurements import StructureMeasurements
 from dicomio.seg import AlgorithmIdentity, LabelledStructure, write_seg
 from dicomio.series import load_series
-from node.send import Outcome, send_files
+from node.send.sender import Outcome, send_files
 from tests.conftest import StoreSCP, free_port
 from tests.synthetic import dataset_bytes, write_ct_series
 
@@ -343,7 +343,7 @@ def test_a_stalled_c_store_costs_one_timeout_and_ends_the_attempt(peers, tmp_pat
 
 
 def test_a_response_lost_inside_pynetdicom_counts_without_waiting(peers, small_series, monkeypatch, caplog):
-    """The race node/send.py describes, forced: pynetdicom's association
+    """The race node/send/sender.py describes, forced: pynetdicom's association
     reactor takes a C-STORE-RSP off the DIMSE queue before send_c_store can.
     Which thread wins cannot be scheduled from a test, so the response to the
     third request is removed from the queue the moment the DUL puts it there,
@@ -361,7 +361,7 @@ def test_a_response_lost_inside_pynetdicom_counts_without_waiting(peers, small_s
     monkeypatch.setattr(DIMSEServiceProvider, "receive_primitive", reactor_takes_third_response)
     files = small_series[:6]
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="node.send"):
+    with caplog.at_level(logging.WARNING, logger="node.send.sender"):
         results = send(storescp.destination, files, timeout=30.0)
     elapsed = time.monotonic() - started
 

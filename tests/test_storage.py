@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from node.storage import SPOOL_ORPHAN_SECONDS, InstanceStore, StorageError
-from node.validation import InstanceIdentity
+from node.receive.storage import SPOOL_ORPHAN_SECONDS, InstanceStore, StorageError
+from node.receive.validation import InstanceIdentity
 
 
 def identity(study="1.2.3", series="1.2.3.4", sop="1.2.3.4.5") -> InstanceIdentity:
@@ -73,13 +73,13 @@ def test_keep_makes_a_folder_again_that_retention_removed(tmp_path):
     store = InstanceStore(tmp_path / "store")
     first = store.keep(identity(sop="1.2.3.4.5"), spooled(store, b"one"))
     first.unlink()
-    first.parent.rmdir()  # as node/removal.py does once a series' files are gone
+    first.parent.rmdir()  # as node/retention/removal.py does once a series' files are gone
     second = store.keep(identity(sop="1.2.3.4.6"), spooled(store, b"two"))
     assert second.read_bytes() == b"two"
 
 
 def test_a_folder_in_the_spool_is_left_and_stops_no_sweep(tmp_path):
-    """The spool is tempfile's folder for the whole node process (node/scp.py)."""
+    """The spool is tempfile's folder for the whole node process (node/receive/scp.py)."""
     store = InstanceStore(tmp_path / "store")
     past = time.time() - 2 * SPOOL_ORPHAN_SECONDS
     folder = store.spool_dir / "tmp-folder"

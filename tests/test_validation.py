@@ -34,9 +34,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from node.dataset_check import BULK_BYTES, check_instance
-from node.scp import ACCEPTED_TRANSFER_SYNTAXES
-from node.validation import InvalidDataset, modality_label
+from node.receive.dataset_check import BULK_BYTES, check_instance
+from node.receive.scp import ACCEPTED_TRANSFER_SYNTAXES
+from node.receive.validation import InvalidDataset, modality_label
 from tests.conftest import REPO, SHARED_DATA
 from tests.synthetic import write_ct_series, write_enhanced_ct
 
@@ -449,8 +449,8 @@ _PEAK = """
 import resource, sys
 sys.path.insert(0, {repo!r})
 from pydicom.filereader import read_file_meta_info
-from node.dataset_check import check_instance
-from node.validation import InvalidDataset
+from node.receive.dataset_check import check_instance
+from node.receive.validation import InvalidDataset
 meta = read_file_meta_info({path!r})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
@@ -509,7 +509,7 @@ def test_explicit_vr_data_set_on_an_implicit_vr_context_is_read_as_pydicom_reads
 
 
 # ---------------------------------------------------------------------------
-# Identity (node.validation.identify) still applies
+# Identity (node.receive.validation.identify) still applies
 # ---------------------------------------------------------------------------
 
 
@@ -545,7 +545,7 @@ def test_modality_label_is_a_defined_term_other_or_unknown(value, label):
 
 
 def test_modality_labels_are_a_small_set_of_short_codes():
-    from node.validation import MODALITIES
+    from node.receive.validation import MODALITIES
 
     assert all(code.isalnum() and code.isupper() and len(code) <= 16 for code in MODALITIES)
     assert len(MODALITIES) < 128

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from config.schema import RetentionSettings, StorageSettings
 from node.disk_space import MEASURE_SECONDS, DiskSpace
 from node.metrics import NodeMetrics
-from node.removal import RemovalStore
-from node.retention import Removal, RemovalKind, plan
+from node.retention.policy import Removal, RemovalKind, plan
+from node.retention.removal import RemovalStore
 
 LOG = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.database import open_database, transaction
-from node.series_state import InvalidTransition, SeriesEvent, SeriesState, next_state
-from node.storage import StoredInstance
+from node.receive.series_state import InvalidTransition, SeriesEvent, SeriesState, next_state
+from node.receive.storage import StoredInstance
 
 INDEX_FILENAME = "index.sqlite3"
 
@@ -148,7 +148,7 @@ class InstanceIndex:
         which the sender is told is transient, while retention removes the series.
 
         A removal deletes the files its index rows list, outside the index's
-        lock (node/removal.py). An instance sent again under the same SOP
+        lock (node/retention/removal.py). An instance sent again under the same SOP
         Instance UID while that happens may have been written over a file
         that was then deleted: it is refused rather than indexed without its file.
         """

@@ -5,7 +5,7 @@ whatever inference does to a process (a CUDA fault, running out of memory,
 a hung native library) leaves the node receiving. Each keeps the models it
 loaded warm for the next job. While it runs a job it renews the job's lease;
 when its node goes away it stops too, and the node that starts next queues
-the job again (node/worker_pool.py has the kernel kill it with its node).
+the job again (node/work/worker_pool.py has the kernel kill it with its node).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import pydicom
 from config import ConfigError, file_signature, load_config, read_for_reload, reloaded
 from inference.model_store import ModelStore, default_store_dir, open_segmenter
 from inference.segmenter import Segmenter
-from node.comparison import compare_with_reference
-from node.index import InstanceIndex
-from node.jobs import Job, JobKind, JobQueue, LeaseLostError
-from node.outbox import OutboxStore
-from node.pipeline import PipelineError, PipelineInputs, run_pipeline
-from node.series_state import SeriesState
-from node.storage import installation_uid
+from node.queue.jobs import Job, JobKind, JobQueue, LeaseLostError
+from node.receive.index import InstanceIndex
+from node.receive.series_state import SeriesState
+from node.receive.storage import installation_uid
+from node.send.outbox import OutboxStore
+from node.work.comparison import compare_with_reference
+from node.work.pipeline import PipelineError, PipelineInputs, run_pipeline
 
 LOG = logging.getLogger("segnode.worker")
 
@@ -148,7 +148,7 @@ class Worker:
 
     def _stored_files(self, series_instance_uid: str) -> tuple[Path, ...]:
         """A job's input series; a job retried after the retention policy removed
-        it (node/retention.py) finds none and fails saying so."""
+        it (node/retention/policy.py) finds none and fails saying so."""
         files = tuple(i.path for i in self.index.instances_of(series_instance_uid))
         if not files:
             raise PipelineError(f"series {series_instance_uid} has no stored instances (removed by the "

@@ -1,9 +1,9 @@
-"""Dispatch: every complete series is routed into its jobs, exactly once.
+"""Handover: every complete series is routed into its jobs, exactly once.
 
 It runs after each round of series assembly and takes every series in the
 complete state, so a series completed just before a crash is dispatched
 after the restart. Routing and queueing happen in one transaction with the
-series' move to dispatched (node/jobs.py).
+series' move to dispatched (node/queue/jobs.py).
 """
 
 from __future__ import annotations
@@ -12,23 +12,25 @@ import logging
 from collections.abc import Callable
 
 from config import SegnodeConfig
-from node.index import InstanceIndex
-from node.jobs import JobQueue, JobState
-from node.routing import jobs_for, series_facts
-from node.series_state import InvalidTransition, SeriesState
+from node.assemble.routing import jobs_for, series_facts
+from node.queue.jobs import JobQueue, JobState
+from node.receive.index import InstanceIndex
+from node.receive.series_state import InvalidTransition, SeriesState
 
 LOG = logging.getLogger(__name__)
 
 PET_MODALITY = "PT"
 
 
-class Dispatcher:
+class Handover:
+    """Hands complete series to the queue as their jobs, after each round of assembly."""
+
     def __init__(self, index: InstanceIndex, queue: JobQueue, config: Callable[[], SegnodeConfig]):
         self._index = index
         self._queue = queue
         self._config = config
 
-    def dispatch_complete(self) -> int:
+    def hand_over_complete(self) -> int:
         """Route and queue every complete series; returns the jobs queued."""
         queued = 0
         config = self._config()
@@ -41,7 +43,7 @@ class Dispatcher:
                 LOG.error("series %s cannot be routed (%s): no job", uid, exc)
                 jobs = []
             try:
-                ids = self._queue.dispatch(uid, jobs)
+                ids = self._queue.enqueue_series(uid, jobs)
             except InvalidTransition:
                 continue  # a late instance reopened it meanwhile; it completes again
             for job, job_id in zip(jobs, ids, strict=True):

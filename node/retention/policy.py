@@ -1,7 +1,7 @@
 """The retention policy: which stored files may go, and from when.
 
 Pure rules over what the index, the job queue and the outbox say about a
-study (:class:`StudyActivity`); node/removal.py gathers those facts and
+study (:class:`StudyActivity`); node/retention/removal.py gathers those facts and
 carries out what is decided here.
 
 Inputs are judged per study, because the jobs of a study read more than
@@ -29,8 +29,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from config.schema import RetentionSettings
-from node.jobs import JobState
-from node.series_state import SeriesState
+from node.queue.jobs import JobState
+from node.receive.series_state import SeriesState
 
 _HOUR = 3600.0
 

@@ -2,7 +2,7 @@
 
 Every state change goes through :func:`next_state`, so the life of a series
 can be read here and nowhere else. What happens to a dispatched series is
-the life of its jobs (node/jobs.py).
+the life of its jobs (node/queue/jobs.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ class SeriesState(StrEnum):
     COMPLETE = "complete"
     # Routed: its jobs (none when no route matched) are in the queue.
     DISPATCHED = "dispatched"
-    # The retention policy decided to remove its files (node/removal.py);
+    # The retention policy decided to remove its files (node/retention/removal.py);
     # it is refused new instances until they are gone.
     REMOVING = "removing"
     # Its files are gone; the index keeps the series and a record of the removal.

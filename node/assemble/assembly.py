@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from node.index import InstanceIndex, SeriesRecord
 from node.metrics import NodeMetrics
+from node.receive.index import InstanceIndex, SeriesRecord
 
 LOG = logging.getLogger(__name__)
 
@@ -44,19 +44,19 @@ class CompleteSeries:
 
 class SeriesAssembler:
     """A thread that completes series that have been quiet for the stable
-    period and hands them to `dispatch`."""
+    period and hands them over (`hand_over`)."""
 
     def __init__(
         self,
         index: InstanceIndex,
         metrics: NodeMetrics,
         stable_seconds: float,
-        dispatch: Callable[[], object],
+        hand_over: Callable[[], object],
     ):
         self._index = index
         self._metrics = metrics
         self.stable_seconds = stable_seconds
-        self._dispatch = dispatch
+        self._hand_over = hand_over
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="series-assembler", daemon=True)
 
@@ -91,7 +91,7 @@ class SeriesAssembler:
         while not self._stop.is_set():
             try:
                 self.complete_due()
-                self._dispatch()
+                self._hand_over()
             except Exception:
                 LOG.exception("series assembly failed; trying again")
             # Check often enough that completion lags the stable period by

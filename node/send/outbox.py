@@ -13,7 +13,7 @@ after the restart, which a C-STORE SCP takes as the same SOP instance again.
 Nothing marks a file "in flight": after a kill -9 every row that was not
 committed as delivered is simply still pending.
 
-The index's conventions hold (node/index.py): WAL so that ``segnode status``
+The index's conventions hold (node/receive/index.py): WAL so that ``segnode status``
 reads while the node writes, synchronous=FULL so that a committed row
 survives power loss, one connection serialised by a lock.
 """
@@ -33,7 +33,7 @@ from config import Destination, SegnodeConfig
 from node.backoff import doubling_delay
 from node.database import open_database, transaction
 from node.metrics import NodeMetrics
-from node.send import Outcome, SendResult, send_files
+from node.send.sender import Outcome, SendResult, send_files
 
 LOG = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ OUTBOX_FILENAME = "outbox.sqlite3"
 
 # Files per association; a round's outcomes are committed together.
 _ROUND_SIZE = 100
-# The dispatcher looks at the queue at least this often: workers queue results from
+# The scheduler looks at the queue at least this often: workers queue results from
 # their own processes, and due retries and metrics are found by looking.
 _IDLE_POLL_SECONDS = 0.25
 
@@ -80,7 +80,7 @@ class RetryPolicy:
     """When to try a file again, and when to give up on it.
 
     The n-th failed attempt waits ``min(max_seconds, base_seconds * 2**(n-1))``.
-    Only permanent refusals (see :attr:`node.send.SendResult.permanent`)
+    Only permanent refusals (see :attr:`node.send.sender.SendResult.permanent`)
     count towards ``max_refusals``; a destination that is down or busy is
     retried forever.
     """
@@ -306,10 +306,10 @@ class OutboxStore:
 
 
 class Outbox:
-    """Sends what the store holds: a dispatcher thread, and one round thread per destination.
+    """Sends what the store holds: a scheduler thread, and one round thread per destination.
 
     Each round takes a destination's due files, sends them on one association
-    (node.send) and commits the outcomes. Destinations never wait for each
+    (node.send.sender) and commits the outcomes. Destinations never wait for each
     other: one that is down or stalls only occupies its own round thread.
     Destinations are looked up by name when a round starts, so a reload
     (:meth:`apply`) that moves one takes effect on its next round.
@@ -325,7 +325,7 @@ class Outbox:
     policy : RetryPolicy
         Backoff and when to give up.
     timeout : float
-        Seconds a destination may stay silent (node.send.send_files).
+        Seconds a destination may stay silent (node.send.sender.send_files).
     """
 
     def __init__(
@@ -348,7 +348,7 @@ class Outbox:
         self._gauged: set[str] = set()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._dispatcher = threading.Thread(target=self._dispatch, name="outbox", daemon=True)
+        self._scheduler = threading.Thread(target=self._schedule, name="outbox", daemon=True)
 
     def apply(self, config: SegnodeConfig) -> None:
         """Use ``config``'s destinations and AE title from the next round on."""
@@ -371,26 +371,26 @@ class Outbox:
         return queued
 
     def start(self) -> None:
-        self._dispatcher.start()
+        self._scheduler.start()
 
     def stop(self) -> None:
-        """Stop dispatching, give running rounds one timeout to finish, close the store.
+        """Stop scheduling, give running rounds one timeout to finish, close the store.
 
         A round cut short leaves its files pending; they go after the restart.
         """
         self._stopping.set()
         self._wake.set()
-        if self._dispatcher.is_alive():
-            self._dispatcher.join()
+        if self._scheduler.is_alive():
+            self._scheduler.join()
         with self._lock:
             rounds = list(self._rounds.values())
         for thread in rounds:
             thread.join(self._timeout)
         self.store.close()
 
-    # Dispatcher -------------------------------------------------------------
+    # Scheduler --------------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def _schedule(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
             wait = _IDLE_POLL_SECONDS
@@ -399,15 +399,15 @@ class Outbox:
                 self._update_gauges(now)
                 for name in self.store.due_destinations(now):
                     self._start_round(name)
-                # A running round wakes the dispatcher when it ends; an
+                # A running round wakes the scheduler when it ends; an
                 # unconfigured destination waits for a reload.
                 with self._lock:
                     not_waited_for = [*self._rounds, *self._unconfigured_reported]
                 earliest = self.store.next_attempt(not_waited_for)
                 if earliest is not None:
                     wait = min(wait, max(0.0, earliest - time.time()))
-            except Exception:  # a dead dispatcher would deliver nothing, silently
-                LOG.exception("outbox dispatcher: retrying in %gs", wait)
+            except Exception:  # a dead scheduler would deliver nothing, silently
+                LOG.exception("outbox scheduler: retrying in %gs", wait)
             self._wake.wait(wait)
 
     def _start_round(self, name: str) -> None:

@@ -31,8 +31,9 @@ from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
 from config import Destination
 from dicomio.files import write_atomically
-from node.phantom import AxialGrid, PhantomStudy, write_study
-from node.send import send_files
+from node.send.sender import send_files
+from phantom.anatomy import AxialGrid
+from phantom.study import PhantomStudy, write_study
 
 #: A small phantom grid: 2 mm pixels (the built-in finds the spine from
 #: about 2 mm down), 5 mm slices, 600 mm of torso; seconds to segment.

@@ -23,7 +23,7 @@ as received) once, front to back, and
   Rows is; the image attributes pydicom's decoders require, present and in
   range; the native length against them; the encapsulated item structure
   and fragment count against the frames (PS3.5 section 8.2 and A.4);
-* then identifies the instance (:func:`node.validation.identify`).
+* then identifies the instance (:func:`node.receive.validation.identify`).
 
 Memory stays bounded whatever the instance's size (the node serves up to 64
 associations at once): values larger than ``BULK_BYTES`` are checked by
@@ -54,7 +54,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR, PersonName
 
-from node.validation import (
+from node.receive.validation import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
     InstanceIdentity,
@@ -213,7 +213,7 @@ def check_instance(
         "DICM", File Meta Information (whose Transfer Syntax UID is the
         presentation context's), then the data set exactly as received.
     context_sop_class, command_sop_instance : str
-        As for :func:`node.validation.identify`.
+        As for :func:`node.receive.validation.identify`.
     max_instance_bytes : int
         ``node.max_instance_bytes``: the largest file, and the largest
         inflated data set, accepted.

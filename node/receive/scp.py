@@ -2,7 +2,7 @@
 
 The C-STORE handler is the receive stage: it validates an instance, writes
 the bytes exactly as they arrived (no transcoding, no pixel decoding) through
-:class:`node.storage.InstanceStore`, indexes it, and only then answers
+:class:`node.receive.storage.InstanceStore`, indexes it, and only then answers
 success. Every failure becomes a specific status (PS3.4 table B.2-1) with an
 Error Comment, so the sender knows what happened and nothing is half stored.
 """
@@ -45,13 +45,13 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from config import SegnodeConfig
-from node.dataset_check import check_instance
 from node.disk_space import DiskSpace
-from node.index import IndexWriteError, InstanceIndex
 from node.metrics import NodeMetrics
-from node.peers import PeerTable, Rejection
-from node.storage import InstanceStore, StorageError, StoredInstance
-from node.transport import (
+from node.receive.dataset_check import check_instance
+from node.receive.index import IndexWriteError, InstanceIndex
+from node.receive.peers import PeerTable, Rejection
+from node.receive.storage import InstanceStore, StorageError, StoredInstance
+from node.receive.transport import (
     ConnectionGate,
     GatedAssociationServer,
     GuardedSocket,
@@ -60,7 +60,12 @@ from node.transport import (
     contain_thread_failures,
     reject_reason,
 )
-from node.validation import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, InvalidDataset, modality_label
+from node.receive.validation import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    InvalidDataset,
+    modality_label,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -227,7 +232,7 @@ class StorageSCP:
             reason = reject_reason(primitive.result_source, primitive.diagnostic)
             self._metrics.associations_rejected.labels(reason).inc()
 
-    # The transport's watcher (node/transport.py) ---------------------------
+    # The transport's watcher (node/receive/transport.py) ---------------------------
 
     def dropped(self, violation: Violation, peer: str) -> None:
         """A connection the transport closed or aborted."""

@@ -53,7 +53,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from config import NodeSettings
 from node.metrics import NodeMetrics
-from node.peers import Rejection, normalise_address
+from node.receive.peers import Rejection, normalise_address
 
 LOG = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def request_problem(command: bytes, context_id: int, accepted: frozenset[int]) -
     parameter), or, spooling a C-STORE's data set, fails inside its reader
     thread (a blank SOP Instance UID, an unaccepted context) and closes the
     connection without an A-ABORT. A UID that is there but malformed is the
-    C-STORE handler's to refuse with a status (node/validation.py). Other
+    C-STORE handler's to refuse with a status (node/receive/validation.py). Other
     commands are pynetdicom's to answer.
     """
     try:

@@ -29,8 +29,8 @@ from pathlib import Path
 from config import JobSettings
 from node.backoff import doubling_delay
 from node.database import open_database, transaction
-from node.index import INDEX_FILENAME
-from node.series_state import SeriesEvent, SeriesState, next_state
+from node.receive.index import INDEX_FILENAME
+from node.receive.series_state import SeriesEvent, SeriesState, next_state
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -168,7 +168,9 @@ class JobQueue:
         with self._lock, transaction(self._db):
             return sql_steps(self._db)
 
-    def dispatch(self, series_instance_uid: str, jobs: list[NewJob], now: float | None = None) -> list[int]:
+    def enqueue_series(
+        self, series_instance_uid: str, jobs: list[NewJob], now: float | None = None
+    ) -> list[int]:
         """Queue `jobs` for a complete series and mark it dispatched, together.
 
         A job already known for the same series and route (the series was
@@ -298,7 +300,7 @@ class JobQueue:
             job = self._get(db, job_id)
             if job.state == JobState.RUNNING:
                 raise ValueError(f"job {job_id} is running")
-            # In the same transaction as retention's (node/removal.py): a job
+            # In the same transaction as retention's (node/retention/removal.py): a job
             # whose inputs are being or were removed could only fail.
             for uid in {job.series_instance_uid, job.subject}:
                 row = db.execute("SELECT state FROM series WHERE series_instance_uid = ?", (uid,)).fetchone()
@@ -355,7 +357,7 @@ class JobQueue:
 
     def jobs_reading(self, study_instance_uids: list[str]) -> list[Job]:
         """The jobs that read a series of these studies: the studies' own jobs,
-        and QA jobs whose subject is one of their series (retention, node/retention.py)."""
+        and QA jobs whose subject is one of their series (retention, node/retention/policy.py)."""
         studies = json.dumps(study_instance_uids)
         with self._lock:
             rows = self._db.execute(

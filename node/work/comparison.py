@@ -27,8 +27,8 @@ from dicomio.sr import write_measurement_report
 from inference.qa import reference_agreement
 from inference.quantify import DEFAULT_DENSITIES, quantify
 from inference.segmenter import Segmentation
-from node.jobs import Job, JobState
-from node.pipeline import (
+from node.queue.jobs import Job, JobState
+from node.work.pipeline import (
     PipelineError,
     Stopwatch,
     date_object,

@@ -20,8 +20,8 @@ import pydicom
 
 from config import RouteMatch, SegnodeConfig
 from dicomio.seg_reference import reference_subjects
-from node.index import InstanceIndex, SeriesRecord
-from node.jobs import JobKind, JobQueue, NewJob
+from node.queue.jobs import JobKind, JobQueue, NewJob
+from node.receive.index import InstanceIndex, SeriesRecord
 
 LOG = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from config import JobSettings
 from node.backoff import doubling_delay
-from node.jobs import JobQueue, JobState
+from node.queue.jobs import JobQueue, JobState
 
 LOG = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class _Slot:
 
 
 class WorkerPool:
-    """Worker processes of ``python -m node.worker`` supervised by a thread."""
+    """Worker processes of ``python -m node.work.worker`` supervised by a thread."""
 
     def __init__(self, config_path: Path, queue: JobQueue, settings: Callable[[], JobSettings],
                  devices: tuple[str, ...]):
@@ -116,7 +116,7 @@ class WorkerPool:
 
     def _spawn(self, slot: _Slot) -> None:
         slot.process = subprocess.Popen([
-            sys.executable, "-m", "node.worker", "--config", str(self._config_path),
+            sys.executable, "-m", "node.work.worker", "--config", str(self._config_path),
             "--name", slot.name, "--device", slot.device,
         ], preexec_fn=_die_with(os.getpid()))
         slot.started_at = time.monotonic()

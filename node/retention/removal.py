@@ -1,5 +1,5 @@
 """Carrying out the retention policy's removals durably, and gathering the
-facts it judges (node/retention.py).
+facts it judges (node/retention/policy.py).
 
 A removal is two transactions around the deletion of its files:
 
@@ -17,7 +17,7 @@ A kill between 1 and 3 leaves a row without ``removed_at``;
 each pass) deletes again, skipping what is gone, and records.
 
 Emptied series and study folders are removed too; the instance store makes
-one again if an instance of the series comes later (node/storage.py).
+one again if an instance of the series comes later (node/receive/storage.py).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from pathlib import Path
 from config.schema import RetentionSettings
 from dicomio.files import fsync_folder
 from node.database import open_database, transaction
-from node.index import INDEX_FILENAME, InstanceIndex, SeriesRecord
-from node.jobs import Job, JobQueue
-from node.outbox import JobDeliveries, OutboxStore
-from node.retention import (
+from node.queue.jobs import Job, JobQueue
+from node.receive.index import INDEX_FILENAME, InstanceIndex, SeriesRecord
+from node.receive.series_state import SeriesEvent, SeriesState, next_state
+from node.retention.policy import (
     JobActivity,
     Removal,
     RemovalKind,
@@ -48,8 +48,8 @@ from node.retention import (
     StudyActivity,
     still_allowed,
 )
-from node.series_state import SeriesEvent, SeriesState, next_state
-from node.worker import results_dir
+from node.send.outbox import JobDeliveries, OutboxStore
+from node.work.worker import results_dir
 
 LOG = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Durable storage of received instances, exactly as they arrived.
 
 pynetdicom spools each received data set to a file in ``root/spool`` as its
-fragments arrive (node/scp.py), so an instance never has to fit in memory.
+fragments arrive (node/receive/scp.py), so an instance never has to fit in memory.
 An instance is acknowledged only once it would survive a crash: its spooled
 file is fsync'ed, renamed into place in the series folder (the same file
 system, so no copy) and the folder fsync'ed, so a reader (or a restart) sees
@@ -20,7 +20,7 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 
 from dicomio.files import fsync_folder
-from node.validation import InstanceIdentity
+from node.receive.validation import InstanceIdentity
 
 LOG = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class StoredInstance:
 class InstanceStore:
     """Files under ``root/instances/<study>/<series>/<sop instance>.dcm``.
 
-    The path components are UIDs that :mod:`node.validation` has checked to
+    The path components are UIDs that :mod:`node.receive.validation` has checked to
     be digits and dots only, so they cannot leave the storage folder.
     """
 
@@ -123,7 +123,7 @@ class InstanceStore:
             try:
                 os.replace(spooled, path)
             except FileNotFoundError:
-                # Retention removed the emptied series folder meanwhile (node/removal.py).
+                # Retention removed the emptied series folder meanwhile (node/retention/removal.py).
                 self._forget_dir(path.parent)
                 self._ensure_dir(path.parent)
                 os.replace(spooled, path)
@@ -156,7 +156,7 @@ class InstanceStore:
         """Delete the spooled files last written before ``before``.
 
         The spool is tempfile's folder for the whole node process
-        (node/scp.py), so a folder in it is left, and a file that cannot be
+        (node/receive/scp.py), so a folder in it is left, and a file that cannot be
         removed is logged: neither may stop the node or keep it from starting.
         """
         count = 0

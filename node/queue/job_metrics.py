@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from node.jobs import JobQueue, JobState
+from node.queue.jobs import JobQueue, JobState
 
 
 class JobCollector(Collector):

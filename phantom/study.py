@@ -1,0 +1,320 @@
+"""The phantom study as a scanner would send it: Part-10 CT and PET files.
+
+One file per slice, Explicit VR Little Endian, with the headers a real
+PET/CT carries (patient, radiopharmaceutical, decay correction), so that
+the node, the SUV code and the viewers read it as they would a scanner's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import format_number_as_ds
+
+from dicomio.suv import average_count_time_s
+from dicomio.volume import Volume
+from phantom.anatomy import (
+    CT_GRID,
+    CT_TIME,
+    FDG,
+    LESION,
+    PATIENT,
+    AxialGrid,
+    CtPhantom,
+    Lesion,
+    PetPhantom,
+    StructureTruth,
+    ct_phantom,
+    pet_phantom,
+)
+
+# ---------------------------------------------------------------------------
+# DICOM files
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrittenSeries:
+    """One series as written: its UID, modality and files (by InstanceNumber)."""
+
+    series_instance_uid: str
+    modality: str
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class PhantomStudy:
+    """A phantom study on disk and its truth.
+
+    Attributes
+    ----------
+    study_instance_uid, frame_of_reference_uid : str
+    ct : WrittenSeries
+    pet : WrittenSeries or None
+        None for a CT-only study.
+    truth : Mapping
+        Structure name to :class:`StructureTruth` (see :class:`CtPhantom`).
+    lesion : Lesion
+        The hot lesion (SUV :attr:`Lesion.suv`, volume :attr:`Lesion.volume_ml`).
+    """
+
+    study_instance_uid: str
+    frame_of_reference_uid: str
+    ct: WrittenSeries
+    pet: WrittenSeries | None
+    truth: Mapping[str, StructureTruth]
+    lesion: Lesion
+
+
+def write_study(
+    directory: str | os.PathLike[str],
+    ct_grid: AxialGrid = CT_GRID,
+    *,
+    seed: int = 0,
+    with_pet: bool = True,
+) -> PhantomStudy:
+    """Write the phantom's CT (and PET) as Part-10 files, one per slice.
+
+    CT Image Storage into ``directory/ct``, PET Image Storage into
+    ``directory/pet``, Explicit VR Little Endian, file names by
+    InstanceNumber (1 at the head, as scanners number a craniocaudal scan).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Created if missing.
+    ct_grid : AxialGrid
+        The CT grid; the PET's is :func:`pet_grid_for` it.
+    seed : int
+        Seeds the noise and the UIDs.
+    with_pet : bool
+        False for a CT-only study (the CT benchmark).
+
+    Raises
+    ------
+    FileExistsError
+        If ``ct`` or ``pet`` in `directory` already holds files: another
+        study's images would be mixed into this one's.
+    """
+    out = Path(directory)
+    for folder in (out / "ct", out / "pet"):
+        if folder.is_dir() and any(folder.iterdir()):
+            raise FileExistsError(f"{folder} already holds files: write the phantom study to an empty folder")
+    ct = ct_phantom(ct_grid, seed=seed)
+    ct_files = _write_ct(out / "ct", ct)
+    pet_series = None
+    if with_pet:
+        pet = pet_phantom(ct, seed=seed)
+        pet_series = WrittenSeries(pet.volume.series_instance_uid, "PT", _write_pet(out / "pet", pet))
+    return PhantomStudy(
+        study_instance_uid=ct.volume.study_instance_uid,
+        frame_of_reference_uid=ct.volume.frame_of_reference_uid,
+        ct=WrittenSeries(ct.volume.series_instance_uid, "CT", ct_files),
+        pet=pet_series,
+        truth=ct.truth,
+        lesion=LESION,
+    )
+
+
+def _ds(value: float) -> str:
+    return format_number_as_ds(float(value))
+
+
+def _da(moment: datetime) -> str:
+    return moment.strftime("%Y%m%d")
+
+
+def _tm(moment: datetime) -> str:
+    return moment.strftime("%H%M%S")
+
+
+def _common(volume: Volume, index: int, series_time: datetime, acquisition: datetime) -> Dataset:
+    """Patient, study, series, frame of reference, equipment, plane and pixel
+    attributes shared by the CT and PET images of slice `index`."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = volume.sources[index].sop_class_uid
+    ds.SOPInstanceUID = volume.sources[index].sop_instance_uid
+    ds.StudyDate = _da(CT_TIME)
+    ds.StudyTime = _tm(CT_TIME)
+    ds.SeriesDate = ds.ContentDate = _da(series_time)
+    ds.SeriesTime = ds.ContentTime = _tm(series_time)
+    ds.AcquisitionDate = _da(acquisition)
+    ds.AcquisitionTime = _tm(acquisition)
+    ds.AccessionNumber = "PHANTOM1"
+    ds.Modality = volume.modality
+    ds.Manufacturer = "segnode"
+    ds.ManufacturerModelName = "segnode torso phantom"
+    ds.InstitutionName = "segnode"
+    ds.StationName = "PHANTOM"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "PET/CT torso phantom"
+    ds.PatientName = PATIENT.name
+    ds.PatientID = PATIENT.patient_id
+    ds.PatientBirthDate = PATIENT.birth_date
+    ds.PatientSex = PATIENT.sex
+    ds.PatientAge = f"{CT_TIME.year - int(PATIENT.birth_date[:4]):03d}Y"
+    ds.PatientSize = _ds(PATIENT.height_m)
+    ds.PatientWeight = _ds(PATIENT.weight_kg)
+    ds.BodyPartExamined = "CHESTABDOMEN"
+    ds.StudyInstanceUID = volume.study_instance_uid
+    ds.SeriesInstanceUID = volume.series_instance_uid
+    ds.StudyID = "1"
+    ds.AcquisitionNumber = 1
+    ds.FrameOfReferenceUID = volume.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    slices, rows, columns = volume.array.shape
+    # InstanceNumber 1 is the top slice.
+    ds.InstanceNumber = slices - index
+    position = volume.affine @ np.array([index, 0, 0, 1.0])
+    ds.ImagePositionPatient = [_ds(v) for v in position[:3]]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.SliceLocation = _ds(position[2])
+    spacing = volume.spacing
+    ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[2])]
+    ds.SliceThickness = _ds(spacing[0])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    return ds
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _write_ct(folder: Path, ct: CtPhantom) -> tuple[Path, ...]:
+    folder.mkdir(parents=True, exist_ok=True)
+    volume = ct.volume
+    slices = volume.array.shape[0]
+    fov = volume.array.shape[2] * volume.spacing[2]
+    files = []
+    for index in range(slices):
+        ds = _common(volume, index, CT_TIME, CT_TIME + timedelta(seconds=5))
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SeriesNumber = 2
+        ds.SeriesDescription = f"CT torso {volume.spacing[0]:g} mm"
+        # PET says the same with codes (NM/PET Patient Orientation), where
+        # Patient Position must then be absent.
+        ds.PatientPosition = "HFS"
+        ds.KVP = "120"
+        ds.XRayTubeCurrent = 150
+        ds.ConvolutionKernel = "STANDARD"
+        ds.ReconstructionDiameter = _ds(fov)
+        ds.ContrastBolusAgent = "Iodinated contrast, arterial phase"
+        ds.ContrastBolusRoute = "IV"
+        # 12 bits stored, HU + 1024: the common CT encoding.
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = "-1024"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "HU"
+        ds.WindowCenter = "40"
+        ds.WindowWidth = "400"
+        ds.PixelData = (volume.array[index].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        ds["PixelData"].VR = "OW"
+        files.append(_save(ds, folder / f"CT{ds.InstanceNumber:04d}.dcm"))
+    return tuple(sorted(files))
+
+
+def _code(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme_designator
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _radiopharmaceutical() -> Dataset:
+    item = Dataset()
+    item.Radiopharmaceutical = "Fluorodeoxyglucose"
+    item.RadiopharmaceuticalRoute = "Intravenous route"
+    item.RadiopharmaceuticalStartTime = _tm(FDG.injection)
+    item.RadiopharmaceuticalStartDateTime = FDG.injection.strftime("%Y%m%d%H%M%S")
+    item.RadionuclideTotalDose = _ds(FDG.injected_dose_bq)
+    item.RadionuclideHalfLife = _ds(FDG.half_life_s)
+    item.RadionuclidePositronFraction = "0.9673"
+    item.RadionuclideCodeSequence = [_code(codes.SCT._18Fluorine)]
+    item.RadiopharmaceuticalCodeSequence = [_code(codes.SCT.FluorodeoxyglucoseF18)]
+    item.AdministrationRouteCodeSequence = [_code(codes.SCT.IntravenousRoute)]
+    return item
+
+
+def _patient_orientation() -> Dataset:
+    """NM/PET Patient Orientation: recumbent, supine, head first."""
+    ds = Dataset()
+    orientation = _code(codes.SCT.Recumbent)
+    orientation.PatientOrientationModifierCodeSequence = [_code(codes.SCT.Supine)]
+    ds.PatientOrientationCodeSequence = [orientation]
+    ds.PatientGantryRelationshipCodeSequence = [_code(codes.SCT.Headfirst)]
+    return ds
+
+
+def _write_pet(folder: Path, pet: PetPhantom) -> tuple[Path, ...]:
+    folder.mkdir(parents=True, exist_ok=True)
+    volume = pet.volume
+    slices = volume.array.shape[0]
+    z = volume.affine[2, 3] + volume.affine[2, 0] * np.arange(slices)
+    beds = np.floor((z - z[0]) / FDG.bed_length_mm).astype(int)
+    decay_constant = math.log(2) / FDG.half_life_s
+    in_frame = decay_constant * FDG.bed_duration_s
+    orientation = _patient_orientation()
+    files = []
+    for index in range(slices):
+        bed_offset_s = float(beds[index]) * FDG.bed_duration_s
+        acquisition = FDG.scan_start + timedelta(seconds=bed_offset_s)
+        ds = _common(volume, index, FDG.scan_start, acquisition)
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        ds.SeriesNumber = 3
+        ds.SeriesDescription = "PET FDG torso AC"
+        ds.update(orientation)
+        # PET Series.
+        ds.Units = "BQML"
+        ds.CountsSource = "EMISSION"
+        ds.SeriesType = ["WHOLE BODY", "IMAGE"]
+        ds.CorrectedImage = ["DECY", "ATTN", "SCAT", "DTIM", "RAN", "NORM"]
+        ds.DecayCorrection = "START"
+        ds.RandomsCorrectionMethod = "DLYD"
+        ds.AttenuationCorrectionMethod = "CT-based"
+        ds.ReconstructionMethod = "OSEM"
+        ds.CollimatorType = "NONE"
+        ds.NumberOfSlices = slices
+        # PET Isotope.
+        ds.RadiopharmaceuticalInformationSequence = [_radiopharmaceutical()]
+        # PET Image: the bed's frame, decay corrected to the scan start.
+        ds.FrameReferenceTime = _ds(
+            1000.0 * (bed_offset_s + average_count_time_s(FDG.bed_duration_s, FDG.half_life_s))
+        )
+        ds.ActualFrameDuration = int(FDG.bed_duration_s * 1000)
+        ds.DecayFactor = _ds(math.exp(decay_constant * bed_offset_s) * in_frame / -math.expm1(-in_frame))
+        ds.ImageIndex = ds.InstanceNumber
+        slope = pet.rescale_slopes[index]
+        stored = np.rint(volume.array[index] / slope).astype(np.int16)
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = "0"
+        ds.RescaleSlope = _ds(slope)
+        ds.PixelData = stored.tobytes()
+        ds["PixelData"].VR = "OW"
+        files.append(_save(ds, folder / f"PT{ds.InstanceNumber:04d}.dcm"))
+    return tuple(sorted(files))
