@@ -38,6 +38,7 @@ COPY node node
 COPY config config
 COPY dicomio dicomio
 COPY inference inference
+COPY phantom phantom
 RUN pip install --no-cache-dir .
 
 RUN useradd --system --home-dir /var/lib/segnode --create-home segnode \

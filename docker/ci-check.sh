@@ -171,7 +171,7 @@ limited 120 "writing the phantom CT" docker run --rm --network none --user 0 \
   -v "$work/scanner:/out" --entrypoint python3 "$image" -c '
 from pathlib import Path
 from phantom.demo import DEMO_GRID
-from phantom.anatomy import write_study
+from phantom.study import write_study
 write_study(Path("/out"), DEMO_GRID, with_pet=False)
 '
 ct_files=$(find "$work/scanner/ct" -type f | wc -l)
