@@ -80,7 +80,9 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import CTImageStorage  # noqa: E402
 
 from bench.ingest import cpu_seconds  # noqa: E402
-from node.queue.jobs import Job, JobQueue, JobState  # noqa: E402
+from node.queue.job_state import JobState  # noqa: E402
+from node.queue.jobs import Job, JobQueue  # noqa: E402
+from node.queue.results import SegmentResult  # noqa: E402
 from node.receive.index import InstanceIndex  # noqa: E402
 from node.send.outbox import OUTBOX_FILENAME  # noqa: E402
 from phantom.anatomy import CT_GRID, AxialGrid  # noqa: E402
@@ -386,8 +388,8 @@ def measure(
     cpu_before = node.worker_cpu_seconds()
     job = wait_for_job(node, series_uid)
     worker_cpu = node.worker_cpu_seconds() - cpu_before
-    assert job.result is not None
-    seg_path, sr_path = Path(job.result["seg"]), Path(job.result["sr"])
+    assert isinstance(job.result, SegmentResult)
+    seg_path, sr_path = job.result.seg, job.result.sr
     acknowledged = {name: wait_for_acknowledgement(node, destination, path)
                     for name, path in (("SEG", seg_path), ("SR", sr_path))}
     (first, first_at), (second, second_at) = sorted(acknowledged.items(), key=lambda item: item[1])
@@ -398,7 +400,7 @@ def measure(
     claimed = node.logged_at(_CLAIM_LINE, str(job.id), series_uid)
     enqueued = node.enqueued((seg_path, sr_path))
     stages = [Part(f"pipeline: {stage}", Kind.COMPUTING, seconds)
-              for stage, seconds in job.result["seconds"].items()]
+              for stage, seconds in job.result.seconds.items()]
     parts = (
         Part(f"stable period ({STABLE_SECONDS:g} s from the last arrival)", Kind.WAITING, stable_end - start),
         Part("assembler poll lag", Kind.WAITING, completed - stable_end),

@@ -22,6 +22,7 @@ from config.schema import (
     RouteMatch,
     SegnodeConfig,
     SendingSettings,
+    default_models_dir,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RouteMatch",
     "SegnodeConfig",
     "SendingSettings",
+    "default_models_dir",
     "file_signature",
     "load_config",
     "parse_config",

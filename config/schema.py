@@ -7,8 +7,9 @@ starts or before a hot reload replaces a working configuration.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -38,6 +39,24 @@ def _check_ae_title(value: str) -> str:
 AETitle = Annotated[str, AfterValidator(_check_ae_title)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+#: Environment variable naming the model store where the configuration names none
+#: (the container image sets it; ``segnode models`` without ``--store`` reads it).
+MODELS_ENV: Final = "SEGNODE_MODELS"
+
+
+def default_models_dir() -> Path:
+    """``$SEGNODE_MODELS``, else ``~/.local/share/segnode/models``.
+
+    The one default of the model store, for ``node.models_dir`` and for the
+    ``segnode models``, ``segment`` and ``run-series`` commands alike, so that a
+    model installed without ``--store`` is where a node without ``models_dir``
+    looks for it.
+    """
+    configured = os.environ.get(MODELS_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".local" / "share" / "segnode" / "models"
+
 
 class _Strict(BaseModel):
     """Unknown keys are errors: a misspelt key must not be silently ignored."""
@@ -52,6 +71,8 @@ class NodeSettings(_Strict):
     host: str = "127.0.0.1"
     port: Port = 11112
     storage_dir: Path = Path("./var/segnode")
+    # Where `segnode models install` put the models the pipelines name.
+    models_dir: Annotated[Path, AfterValidator(Path.expanduser)] = Field(default_factory=default_models_dir)
     series_stable_seconds: float = Field(10.0, gt=0)
     metrics_port: Port = 9102
     max_associations: int = Field(10, ge=1)
@@ -204,7 +225,8 @@ class StorageSettings(_Strict):
 class SegnodeConfig(_Strict):
     """The whole configuration file."""
 
-    node: NodeSettings = NodeSettings()
+    # A factory, not one instance made at import: models_dir's default reads the environment.
+    node: NodeSettings = Field(default_factory=NodeSettings)
     peers: list[Peer] = []
     destinations: dict[str, Destination] = {}
     pipelines: dict[str, Pipeline] = {}

@@ -60,10 +60,12 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import pydicom
+import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -77,6 +79,9 @@ __all__ = [
     "SeriesWarning",
     "LoadedSeries",
     "load_series",
+    "VolumeReadError",
+    "read_volume",
+    "series_files",
 ]
 
 #: Most images whose orientation differs from the bulk that are dropped as
@@ -240,6 +245,58 @@ def load_series(instances: Iterable[str | os.PathLike[str] | Dataset]) -> Loaded
         sources=tuple(frame.source for frame in frames),
     )
     return LoadedSeries(volume=volume, warnings=tuple(warnings))
+
+
+class VolumeReadError(Exception):
+    """A path that holds neither a DICOM series nor a 3-D scalar image; the message names it."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"cannot read {path}: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+def read_volume(path: Path) -> LoadedSeries:
+    """The CT volume in a DICOM series folder or an image file SimpleITK reads (NIfTI).
+
+    An image file carries no DICOM identity (``Volume.from_sitk``) and
+    leaves no image out, so its ``warnings`` are empty.
+
+    Raises
+    ------
+    VolumeReadError
+        Nothing at `path`, a folder that is no exact series (the
+        ``SeriesError``'s message), a file SimpleITK cannot read, or an image
+        that is not 3-D scalar.
+    """
+    if path.is_dir():
+        try:
+            return load_series(series_files(path))
+        except (SeriesError, ValueError) as exc:
+            raise VolumeReadError(path, str(exc)) from exc
+    if not path.is_file():
+        raise VolumeReadError(path, "no such file or folder")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise VolumeReadError(path, f"not a DICOM folder nor an image SimpleITK reads ({exc})") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeReadError(
+            path,
+            f"a {image.GetDimension()}-D image with {image.GetNumberOfComponentsPerPixel()} "
+            "component(s) per voxel; a 3-D scalar CT volume is needed",
+        )
+    try:
+        return LoadedSeries(volume=Volume.from_sitk(image), warnings=())
+    except ValueError as exc:
+        raise VolumeReadError(path, str(exc)) from exc
+
+
+def series_files(folder: Path) -> list[Path]:
+    """The files of a series folder at any depth, sorted (DICOMDIR indexes media; it is no image)."""
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"
+    )
 
 
 # ---------------------------------------------------------------------------

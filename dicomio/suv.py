@@ -30,14 +30,17 @@ al., J Nucl Med 2014), and named by DICOM's SUV unit "{SUVlbm(Janma)}g/ml"
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import Enum
+from pathlib import Path
 from typing import ClassVar
 
+import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import DA, DT, TM
 
 PHILIPS_PET_CREATOR = "Philips PET Private Group"
@@ -666,3 +669,57 @@ def suv_factors(dataset: Dataset, *, series_earliest: datetime | None = None) ->
         ),
         warnings=tuple(dict.fromkeys(warnings)),
     )
+
+
+@dataclass(frozen=True)
+class FileSuvFactors:
+    """The SUV factors of one file, or why it has none.
+
+    Attributes
+    ----------
+    path : Path
+    factors : SuvFactors or None
+        None exactly when `error` is set.
+    error : str or None
+        Why there are no factors: the file is not DICOM, or a `SuvError`'s
+        message (naming the attribute and the instance).
+    """
+
+    path: Path
+    factors: SuvFactors | None
+    error: str | None
+
+
+def read_suv_factors(paths: Sequence[Path]) -> list[FileSuvFactors]:
+    """The SUV factors of each PET file, in the order given; one bad file spoils no other.
+
+    QIBA's last fallback for a moved Series Time is the earliest acquisition
+    of the whole series, so the files are grouped by series for
+    `earliest_acquisition` before any factor is computed.
+    """
+    read: list[Dataset | FileSuvFactors] = []
+    for path in paths:
+        try:
+            read.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
+            read.append(FileSuvFactors(path, None, f"cannot read DICOM: {exc}"))
+    series: dict[str, list[Dataset]] = {}
+    for item in read:
+        if isinstance(item, Dataset):
+            series.setdefault(_series_uid(item), []).append(item)
+    earliest = {uid: earliest_acquisition(members) for uid, members in series.items()}
+    return [
+        _file_factors(path, item, earliest[_series_uid(item)]) if isinstance(item, Dataset) else item
+        for path, item in zip(paths, read, strict=True)
+    ]
+
+
+def _series_uid(dataset: Dataset) -> str:
+    return str(dataset.get("SeriesInstanceUID", ""))
+
+
+def _file_factors(path: Path, dataset: Dataset, series_earliest: datetime | None) -> FileSuvFactors:
+    try:
+        return FileSuvFactors(path, suv_factors(dataset, series_earliest=series_earliest), None)
+    except SuvError as exc:
+        return FileSuvFactors(path, None, str(exc))

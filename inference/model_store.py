@@ -1,4 +1,4 @@
-"""The model store: installed nnU-Net models, and the one way to open any model.
+"""The model store: the nnU-Net models installed in one folder.
 
 A model is installed from an https URL, a zip or a folder holding nnU-Net v2
 training output, such as TotalSegmentator's published weight zips. Hospitals
@@ -16,8 +16,8 @@ store never holds half a model, because
   another source's sake. A download whose content was refused is removed,
   and every download once its model is installed.
 
-Layout (the root is ``--store``, else ``$SEGNODE_MODELS``, else
-``~/.local/share/segnode/models``)::
+Layout (the root is ``--store`` or ``node.models_dir``, by default
+``$SEGNODE_MODELS``, else ``~/.local/share/segnode/models``)::
 
     <root>/
       <name>/                       one folder per model
@@ -67,15 +67,13 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from dicomio.codes import STRUCTURE_CODES
+from dicomio.files import fsync_folder, fsync_tree
 from inference.download import download, is_url
-from inference.segmenter import Segmenter
 
 __all__ = [
     "BUILTIN",
     "MANIFEST",
-    "STORE_ENV",
     "ChecksumMismatchError",
-    "DeviceUnavailableError",
     "InstallRequestError",
     "InstalledModel",
     "InvalidModelError",
@@ -83,20 +81,15 @@ __all__ = [
     "ModelConfiguration",
     "ModelExistsError",
     "ModelLabel",
-    "ModelLoadFailedError",
     "ModelPart",
     "ModelStore",
     "ModelStoreError",
     "UnknownModelError",
-    "default_store_dir",
-    "open_segmenter",
 ]
 
-#: Name of the built-in segmenter, always available and never on disk.
+#: Name of the built-in segmenter, always available and never on disk: no
+#: installed model may take it (inference/segmenters.py opens it).
 BUILTIN: Final = "builtin"
-
-#: Environment variable naming the store folder when ``--store`` is not given.
-STORE_ENV: Final = "SEGNODE_MODELS"
 
 #: The manifest inside each model folder.
 MANIFEST: Final = "model.json"
@@ -113,14 +106,6 @@ _HEX_SHA256: Final = re.compile(r"[0-9a-f]{64}")
 # macOS's archiver adds resource forks under this folder; they mirror the
 # real tree (fold_0/._checkpoint_final.pth) and would look like a broken copy.
 _MACOS_METADATA: Final = "__MACOSX/"
-
-
-def default_store_dir() -> Path:
-    """``$SEGNODE_MODELS``, else ``~/.local/share/segnode/models``."""
-    configured = os.environ.get(STORE_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".local" / "share" / "segnode" / "models"
 
 
 # ---------------------------------------------------------------------------
@@ -181,19 +166,6 @@ class UnknownModelError(ModelStoreError):
         super().__init__(f"no model named {name!r} in {store}; available: {', '.join(available)}")
         self.name = name
         self.available = tuple(available)
-
-
-class DeviceUnavailableError(ModelStoreError):
-    """A ``--device`` this machine does not have (``cuda`` with the CPU build of PyTorch)."""
-
-
-class ModelLoadFailedError(ModelStoreError):
-    """An installed model that the nnU-Net engine cannot load."""
-
-    def __init__(self, name: str, detail: str) -> None:
-        super().__init__(f"model {name!r} cannot be loaded: {detail}")
-        self.name = name
-        self.detail = detail
 
 
 class ManifestError(ModelStoreError):
@@ -409,13 +381,13 @@ class ModelStore:
             model = _register(name, parts, self.root)
             self._check_free_name(model.name)
             _write_manifest(model, model_dir / MANIFEST)
-            _fsync_tree(model_dir)
+            fsync_tree(model_dir)
             try:
                 os.rename(model_dir, model.path)
             except OSError as exc:
                 # Another installation of the same name finished meanwhile.
                 raise ModelExistsError(model.name, model.path) from exc
-            _fsync_dir(self.root)
+            fsync_folder(self.root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         for downloaded in downloads:
@@ -831,110 +803,3 @@ def _read_manifest(path: Path) -> InstalledModel:
 def _model_labels(labels: dict[str, str]) -> tuple[ModelLabel, ...]:
     return tuple(sorted((ModelLabel(int(value), str(name)) for value, name in labels.items()),
                         key=lambda label: label.value))
-
-
-# ---------------------------------------------------------------------------
-# Durability: a model that appears after a crash must be complete on disk.
-# ---------------------------------------------------------------------------
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-# ---------------------------------------------------------------------------
-# Opening a model
-# ---------------------------------------------------------------------------
-
-
-def open_segmenter(name: str, store: ModelStore, device: str) -> Segmenter:
-    """The segmenter ``--model NAME`` selects: the built-in one or an installed model.
-
-    Parameters
-    ----------
-    name : str
-        ``builtin`` or the name of an installed model.
-    store : ModelStore
-        Where installed models are looked up.
-    device : str
-        ``cpu`` or ``cuda``.
-
-    Raises
-    ------
-    UnknownModelError
-        If `name` is neither built in nor installed.
-    DeviceUnavailableError
-        If `device` is ``cuda`` and PyTorch sees no CUDA device.
-    ModelLoadFailedError
-        If the engine cannot load an installed model.
-    """
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(
-                "--device cuda: PyTorch sees no CUDA device (is its CPU build installed?)"
-            )
-    if name == BUILTIN:
-        from inference.builtin import BuiltinSegmenter
-
-        return BuiltinSegmenter()
-    return _open_nnunet(store.model(name), device)
-
-
-def _open_nnunet(model: InstalledModel, device: str) -> Segmenter:
-    # Imported here: the engine imports torch, which listing the store does not need.
-    from inference.nnunet_model import ModelLoadError, load_model
-    from inference.predictor import NnUNetSegmenter
-
-    folders = [part.configuration_dir(model.path, _configuration(model, part)) for part in model.parts]
-    try:
-        loaded = load_model(folders, name=model.name, version=_algorithm_version(model))
-    except ModelLoadError as exc:
-        raise ModelLoadFailedError(model.name, str(exc)) from exc
-    # `models list` shows the manifest's numbering; the label maps must use it.
-    numbering = tuple((s.value, s.code.name) for s in loaded.structures)
-    if numbering != tuple((s.value, s.structure) for s in model.structures):
-        raise ModelLoadFailedError(model.name, f"the engine numbers its structures unlike {MANIFEST}")
-    return NnUNetSegmenter(loaded, device)
-
-
-def _configuration(model: InstalledModel, part: ModelPart) -> ModelConfiguration:
-    """The configuration of `part` that runs: 3d_fullres, nnU-Net's default, or the only one."""
-    if len(part.configurations) == 1:
-        return part.configurations[0]
-    for configuration in part.configurations:
-        if configuration.configuration == "3d_fullres":
-            return configuration
-    raise ModelLoadFailedError(
-        model.name,
-        f"{part.dataset} has several configurations and no 3d_fullres: "
-        + ", ".join(c.folder for c in part.configurations),
-    )
-
-
-def _algorithm_version(model: InstalledModel) -> str:
-    """What the SEG records as the Algorithm Version (LO: at most 64 characters).
-
-    The archives' checksums identify the weights exactly; a model installed
-    from a folder has none, and its installation time is the best there is.
-    """
-    digests = [part.sha256 for part in model.parts]
-    if None in digests:
-        return f"installed {model.installed_at}"
-    return "sha256 " + hashlib.sha256("".join(digests).encode()).hexdigest()[:16]

@@ -15,20 +15,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-
 from config import GUARDED, ConfigError, SegnodeConfig, load_config, sets_nothing
 from dicomio.measurements import StructureMeasurements
-from dicomio.suv import SuvError, SuvFactors, earliest_acquisition, suv_factors
+from dicomio.suv import FileSuvFactors, SuvFactors, read_suv_factors
 from node.config_record import ConfigReading, ConfigRecordError, read_record
-from node.queue.jobs import Job, JobNotFoundError, JobQueue, JobState
+from node.queue.job_state import JobState
+from node.queue.jobs import Job, JobNotFoundError, JobQueue
 from node.receive.index import INDEX_FILENAME, InstanceIndex
 from node.send.outbox import OUTBOX_FILENAME, OutboxStore
 
 if TYPE_CHECKING:
-    from dicomio.volume import Volume
     from inference.model_store import ModelStore
 
 
@@ -210,7 +206,7 @@ def _job_row(job: Job) -> dict:
         "updated_at": _iso(job.updated_at),
         "next_attempt_at": _iso(job.not_before) if job.state == JobState.QUEUED else None,
         "error": job.error,
-        "result": job.result,
+        "result": job.result.to_json() if job.result is not None else None,
     }
 
 
@@ -354,42 +350,20 @@ def _per_frame(factors: SuvFactors, field: str) -> float | list[float | None] | 
     return values[0] if len(set(values)) == 1 else values
 
 
-def _pet_suv_rows(paths: list[Path]) -> list[dict]:
-    rows: list[dict] = [{"file": str(path)} for path in paths]
-    datasets: list[Dataset | None] = []
-    for row, path in zip(rows, paths, strict=True):
-        try:
-            datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
-        except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
-            row["error"] = f"cannot read DICOM: {exc}"
-            datasets.append(None)
-    # QIBA's last fallback for a moved Series Time is the earliest
-    # acquisition of the whole series, so files are grouped by series.
-    series: dict[str, list[Dataset]] = {}
-    for dataset in datasets:
-        if dataset is not None:
-            series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(dataset)
-    earliest = {uid: earliest_acquisition(members) for uid, members in series.items()}
-    for row, dataset in zip(rows, datasets, strict=True):
-        if dataset is None:
-            continue
-        try:
-            factors = suv_factors(
-                dataset, series_earliest=earliest[str(dataset.get("SeriesInstanceUID", ""))]
-            )
-        except SuvError as exc:
-            row["error"] = str(exc)
-            continue
-        row.update(
-            sop_instance_uid=factors.sop_instance_uid,
-            units=factors.units,
-            decay_correction=factors.decay_correction.value,
-            suv_bw_factor=_per_frame(factors, "suv_bw"),
-            sul_factor=_per_frame(factors, "sul"),
-            suv_bsa_factor=_per_frame(factors, "suv_bsa"),
-            warnings=list(factors.warnings),
-        )
-    return rows
+def _pet_suv_row(found: FileSuvFactors) -> dict:
+    factors = found.factors
+    if factors is None:
+        return {"file": str(found.path), "error": found.error}
+    return {
+        "file": str(found.path),
+        "sop_instance_uid": factors.sop_instance_uid,
+        "units": factors.units,
+        "decay_correction": factors.decay_correction.value,
+        "suv_bw_factor": _per_frame(factors, "suv_bw"),
+        "sul_factor": _per_frame(factors, "sul"),
+        "suv_bsa_factor": _per_frame(factors, "suv_bsa"),
+        "warnings": list(factors.warnings),
+    }
 
 
 def _factor_text(value: float | list | None) -> str:
@@ -401,7 +375,7 @@ def _factor_text(value: float | list | None) -> str:
 
 
 def _pet_suv(args: argparse.Namespace) -> int:
-    rows = _pet_suv_rows(args.files)
+    rows = [_pet_suv_row(found) for found in read_suv_factors(args.files)]
     if args.json:
         for row in rows:
             print(json.dumps(row))
@@ -425,13 +399,22 @@ def _pet_suv(args: argparse.Namespace) -> int:
 def _store(args: argparse.Namespace) -> ModelStore:
     # Imported here, not at the top: highdicom (via the code table) and the
     # inference engine take seconds to import, which serve and status need not pay.
-    from inference.model_store import ModelStore, default_store_dir
+    from config import default_models_dir
+    from inference.model_store import ModelStore
 
-    return ModelStore(args.store if args.store is not None else default_store_dir())
+    if args.store is not None:
+        return ModelStore(args.store)
+    if args.config is not None:
+        config = _load_or_report(args.config)
+        if config is None:
+            raise SystemExit(1)
+        return ModelStore(config.node.models_dir)
+    return ModelStore(default_models_dir())
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from inference.model_store import BUILTIN, ModelStoreError, open_segmenter
+    from inference.model_store import BUILTIN, ModelStoreError
+    from inference.segmenters import open_segmenter
 
     store = _store(args)
     try:
@@ -500,48 +483,6 @@ def _models_install(args: argparse.Namespace) -> int:
     return 0
 
 
-class _InputError(Exception):
-    """A ``segment`` input that cannot be read into a volume."""
-
-
-def _read_volume(path: Path) -> Volume:
-    """The CT volume in a DICOM series folder or an image file SimpleITK reads (NIfTI)."""
-    import SimpleITK as sitk
-
-    from dicomio.series import SeriesError, load_series
-    from dicomio.volume import Volume
-
-    if path.is_dir():
-        try:
-            loaded = load_series(_series_files(path))
-        except SeriesError as exc:
-            raise _InputError(str(exc)) from exc
-        for warning in loaded.warnings:
-            logging.getLogger("segnode.segment").warning(
-                "%s: %d image(s) left out: %s", warning.reason.value, len(warning.sources), warning.detail
-            )
-        return loaded.volume
-    if not path.is_file():
-        raise _InputError("no such file or folder")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise _InputError(f"not a DICOM folder nor an image SimpleITK reads ({exc})") from exc
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise _InputError(
-            f"a {image.GetDimension()}-D image with {image.GetNumberOfComponentsPerPixel()} "
-            "component(s) per voxel; a 3-D scalar CT volume is needed"
-        )
-    return Volume.from_sitk(image)
-
-
-def _series_files(folder: Path) -> list[Path]:
-    """The files of a series folder (DICOMDIR indexes media; it is no image)."""
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"
-    )
-
-
 def measurement_table(measurements: Sequence[StructureMeasurements]) -> str:
     """The measurements as a plain-text table, the flags under their structure."""
     pet = any(m.suv_mean is not None for m in measurements)
@@ -569,9 +510,11 @@ def _run_series(args: argparse.Namespace) -> int:
     import socket
 
     from config import Pipeline
-    from dicomio.series import SeriesError
-    from inference.model_store import ModelStoreError, open_segmenter
-    from node.work.pipeline import PipelineError, PipelineInputs, result_uid, run_pipeline
+    from dicomio.derived import result_uid
+    from dicomio.series import SeriesError, series_files
+    from inference.model_store import ModelStoreError
+    from inference.segmenters import open_segmenter
+    from node.work.pipeline import PipelineError, PipelineInputs, run_pipeline
 
     for folder in filter(None, (args.dir, args.pet)):
         if not folder.is_dir():
@@ -583,8 +526,8 @@ def _run_series(args: argparse.Namespace) -> int:
         print(f"segnode run-series: {exc}", file=sys.stderr)
         return 1
     inputs = PipelineInputs(
-        ct_files=tuple(_series_files(args.dir)),
-        pet_files=tuple(_series_files(args.pet)) if args.pet else (),
+        ct_files=tuple(series_files(args.dir)),
+        pet_files=tuple(series_files(args.pet)) if args.pet else (),
         pipeline_name="run-series",
         settings=Pipeline(model=args.model, device=args.device),
         created=datetime.now(timezone.utc),
@@ -616,7 +559,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace) -> int:
     from dicomio.label_map import nifti_suffix, write_label_map
-    from inference.model_store import ModelStoreError, open_segmenter
+    from dicomio.series import VolumeReadError, read_volume
+    from inference.model_store import ModelStoreError
+    from inference.segmenters import open_segmenter
 
     if nifti_suffix(args.out) is None:
         print(f"segnode segment: --out {args.out}: the name must end in .nii.gz or .nii", file=sys.stderr)
@@ -630,10 +575,15 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"segnode segment: {exc}", file=sys.stderr)
         return 1
     try:
-        volume = _read_volume(args.input)
-    except (_InputError, ValueError) as exc:
-        print(f"segnode segment: cannot read {args.input}: {exc}", file=sys.stderr)
+        loaded = read_volume(args.input)
+    except VolumeReadError as exc:
+        print(f"segnode segment: {exc}", file=sys.stderr)
         return 1
+    for warning in loaded.warnings:
+        logging.getLogger("segnode.segment").warning(
+            "%s: %d image(s) left out: %s", warning.reason.value, len(warning.sources), warning.detail
+        )
+    volume = loaded.volume
     try:
         segmentation = segmenter.segment(volume)
     except ValueError as exc:  # a volume the model cannot take (the built-in one needs CT)
@@ -658,7 +608,14 @@ def _model_arguments(parser: argparse.ArgumentParser, store_help: str) -> None:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)"
     )
-    parser.add_argument("--store", type=Path, help=store_help)
+    _store_arguments(parser, store_help)
+
+
+def _store_arguments(parser: argparse.ArgumentParser, store_help: str) -> None:
+    """The model store: a folder, or the one a node's configuration names."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--store", type=Path, help=store_help)
+    where.add_argument("--config", type=Path, help="the store of this node configuration (node.models_dir)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -721,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list or install segmentation models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     models_list = models_commands.add_parser("list", help="the built-in and installed models")
-    models_list.add_argument("--store", type=Path, help=store_help)
+    _store_arguments(models_list, store_help)
     models_list.add_argument("--json", action="store_true", help="print JSON")
     models_list.set_defaults(run=_models_list)
     install = models_commands.add_parser(
@@ -734,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sha256", action="append", default=[], metavar="HEX",
         help="expected SHA-256 of an archive; once per SOURCE, in the same order",
     )
-    install.add_argument("--store", type=Path, help=store_help)
+    _store_arguments(install, store_help)
     install.set_defaults(run=_models_install)
 
     segment = commands.add_parser("segment", help="segment a CT series folder or NIfTI file")

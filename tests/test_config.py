@@ -118,3 +118,20 @@ def test_connection_and_instance_bounds_are_checked_with_their_names(setting, va
     assert any(error.startswith(f"node.{setting}:") and message in error for error in refused.value.errors), (
         refused.value.errors
     )
+
+
+def test_models_dir_is_a_path_as_storage_dir_is_with_its_default_from_the_environment(monkeypatch):
+    """A relative models_dir is taken from the working directory, as storage_dir is; ``~`` is the
+    home folder; what is no path is refused, named. Unset, $SEGNODE_MODELS, else the user's folder."""
+    assert parse_config("node: {models_dir: models}\n").node.models_dir == Path("models")
+    assert parse_config("node: {models_dir: ~/models}\n").node.models_dir == Path.home() / "models"
+    for value in ("[a, b]", "7", "null"):
+        with pytest.raises(ConfigError) as refused:
+            parse_config(f"node: {{models_dir: {value}, storage_dir: {value}}}\n")
+        named = [error.split(":")[0] for error in refused.value.errors]
+        assert named == ["node.storage_dir", "node.models_dir"], refused.value.errors
+    monkeypatch.setenv("SEGNODE_MODELS", "/srv/models")
+    assert parse_config("peers: []\n").node.models_dir == Path("/srv/models")
+    monkeypatch.delenv("SEGNODE_MODELS")
+    default = Path.home() / ".local" / "share" / "segnode" / "models"
+    assert parse_config("peers: []\n").node.models_dir == default

@@ -257,8 +257,11 @@ def test_a_reference_seg_from_someone_else_gets_a_qa_report(node_factory, destin
     assert metrics['segnode_qa_hd95_mm{route="ct",structure="body"}'] > 0
 
 
-def test_a_job_that_keeps_failing_is_failed_visibly_and_can_be_retried(node_factory, destination, ct_series):
-    node = node_factory()
+def test_a_job_that_keeps_failing_is_failed_visibly_and_can_be_retried(
+    node_factory, destination, ct_series, tmp_path
+):
+    models = tmp_path / "models"  # the worker looks the model up in node.models_dir
+    node = node_factory(models_dir=str(models))
     configure(node, destination.port, model="no-such-model")
     node.config["jobs"] = {"max_attempts": 2, "retry_base_seconds": 0.5, "retry_max_seconds": 1}
     node.write_config()
@@ -266,7 +269,7 @@ def test_a_job_that_keeps_failing_is_failed_visibly_and_can_be_retried(node_fact
     storescu(node, ct_series)
     (job,) = wait_for(lambda: [j for j in node.status_jobs() if j["state"] == "failed"], 60,
                       "the job to fail")
-    assert job["attempts"] == 2 and "no-such-model" in job["error"]
+    assert job["attempts"] == 2 and f"no model named 'no-such-model' in {models}" in job["error"]
     cli = [sys.executable, "-m", "node.cli"]
     status = subprocess.run([*cli, "status", "--config", str(node.config_path)], capture_output=True,
                             text=True, check=True).stdout

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from config import JobSettings
-from node.queue.jobs import JobKind, JobQueue, JobState, LeaseLostError, NewJob, retry_delay
-from node.receive.index import InstanceIndex
+from node.queue.job_state import JobState
+from node.queue.jobs import JobKind, JobQueue, LeaseLostError, NewJob, retry_delay
+from node.queue.results import Agreement, ComparisonResult, SegmentResult
+from node.receive.index import INDEX_FILENAME, InstanceIndex
 from node.receive.storage import StoredInstance
 from node.receive.validation import InstanceIdentity
 
 SETTINGS = JobSettings(max_attempts=3, retry_base_seconds=10, retry_max_seconds=25)
+RESULT = SegmentResult(Path("/r/seg.dcm"), Path("/r/sr.dcm"), Path("/r/measurements.csv"),
+                       Path("/r/labels.nii.gz"), "builtin 1", 4, False, {"load": 0.5, "segment": 2.0})
 
 
 def receive(index: InstanceIndex, series: str, study: str, modality: str, at: float, n: int = 1) -> None:
@@ -91,7 +97,7 @@ def test_a_dead_workers_job_is_recovered_and_its_late_result_refused(queue):
     (recovered,) = jobs.recover(SETTINGS, now=111.0)
     assert recovered.state == JobState.QUEUED and "w1 stopped" in recovered.error
     with pytest.raises(LeaseLostError):
-        jobs.succeed(job_id, "w1", {"seg": "x"})
+        jobs.succeed(job_id, "w1", RESULT)
     jobs.claim("w2", 60, now=recovered.not_before)
     (recovered,) = jobs.recover(SETTINGS, dead_owners=("w2",), now=recovered.not_before + 1)
     assert recovered.attempts == 2 and recovered.state == JobState.QUEUED
@@ -104,9 +110,9 @@ def test_release_does_not_count_an_attempt_and_success_keeps_the_result(queue):
     jobs.release(job_id, "w")
     job = jobs.claim("w", 60, now=1.0)
     assert job.attempts == 1
-    jobs.succeed(job_id, "w", {"seg": "/r/seg.dcm"})
+    jobs.succeed(job_id, "w", RESULT)
     job = jobs.get(job_id)
-    assert (job.state, job.result) == (JobState.DONE, {"seg": "/r/seg.dcm"})
+    assert (job.state, job.result) == (JobState.DONE, RESULT)
     assert [j.id for j in jobs.segmentations_of("1.1")] == [job_id]
 
 
@@ -114,9 +120,37 @@ def test_a_reopened_series_is_queued_afresh(queue):
     jobs, index = queue
     (job_id,) = jobs.enqueue_series("1.1", [segment_job()], now=300.0)
     jobs.claim("w", 60, now=300.0)
-    jobs.succeed(job_id, "w", {})
+    jobs.succeed(job_id, "w", RESULT)
     receive(index, "1.1", "9.1", "CT", at=400.0)  # a late slice reopens the series
     index.complete_stable_series(received_before=500.0)
     assert jobs.enqueue_series("1.1", [segment_job()], now=500.0) == [job_id]
     job = jobs.get(job_id)
     assert (job.state, job.attempts, job.queued_at, job.result) == (JobState.QUEUED, 0, 500.0, None)
+
+
+def test_results_written_by_the_previous_version_decode_and_print_as_they_were(queue, tmp_path):
+    """Rows hold a result as the JSON object the dict-returning worker wrote;
+    they decode by job kind, and encode (for ``segnode jobs --json``) to the same object."""
+    jobs, index = queue
+    receive(index, "1.3", "9.2", "SEG", at=100.0)
+    index.complete_stable_series(received_before=200.0)
+    (segment_id,) = jobs.enqueue_series("1.1", [segment_job()], now=300.0)
+    qa_job = NewJob(JobKind.QA, "organs", "organs", ("PACS",), subject="1.1")
+    (qa_id,) = jobs.enqueue_series("1.3", [qa_job], now=300.0)
+    segment = {"seg": "/r/seg.dcm", "sr": "/r/sr.dcm", "csv": "/r/measurements.csv",
+               "labels": "/r/labels.nii.gz", "model": "builtin 1", "structures": 4, "pet": False,
+               "seconds": {"load": 0.5, "segment": 2.0}}
+    qa = {"sr": "/r/qa-sr.dcm",
+          "agreement": {"liver": {"dice": 0.9, "jaccard": 0.82, "hd95_mm": 3.0},
+                        "spleen": {"dice": 0.0, "jaccard": 0.0, "hd95_mm": None}},
+          "seconds": {"compare": 1.5}}
+    with sqlite3.connect(tmp_path / INDEX_FILENAME) as db:
+        for job_id, result in ((segment_id, segment), (qa_id, qa)):
+            db.execute("UPDATE jobs SET result = ? WHERE id = ?", (json.dumps(result), job_id))
+    db.close()
+    assert jobs.get(segment_id).result == RESULT
+    assert jobs.get(qa_id).result == ComparisonResult(
+        Path("/r/qa-sr.dcm"), {"liver": Agreement(0.9, 0.82, 3.0), "spleen": Agreement(0.0, 0.0, None)},
+        {"compare": 1.5})
+    assert [json.dumps(jobs.get(i).result.to_json()) for i in (segment_id, qa_id)] == [
+        json.dumps(segment), json.dumps(qa)]

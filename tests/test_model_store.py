@@ -585,3 +585,23 @@ def test_store_from_environment(tmp_path: Path) -> None:
     assert env_run.returncode == 0, env_run.stderr
     assert env_run.stdout.splitlines()[0] == f"model store: {store}"
     assert not store.exists()  # listing creates nothing
+
+
+def test_store_of_a_node_configuration(tmp_path: Path, organs_zip: Path) -> None:
+    """`--config` installs where that node's workers look (node.models_dir)."""
+    store = tmp_path / "node-models"
+    config = tmp_path / "segnode.yaml"
+    config.write_text(f"node:\n  storage_dir: {tmp_path / 'var'}\n  models_dir: {store}\n")
+    installed = segnode("models", "install", str(organs_zip), "--name", "organs", "--config", str(config))
+    assert installed.returncode == 0, installed.stderr
+    assert (store / "organs").is_dir()
+    listed = segnode("models", "list", "--config", str(config))
+    assert listed.stdout.splitlines()[0] == f"model store: {store}"
+    assert "organs (nnU-Net, 4 structures)" in listed.stdout
+
+    config.write_text("node:\n  models_dir: [not, a, path]\n")
+    refused = segnode("models", "list", "--config", str(config))
+    assert refused.returncode == 1
+    assert "node.models_dir" in refused.stderr
+    both = segnode("models", "list", "--config", str(config), "--store", str(store))
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr

@@ -18,6 +18,7 @@ from config import ConfigError, JobSettings, parse_config
 from config.schema import RetentionSettings
 from node.disk_space import DiskSpace, SpaceSample, seconds_to_full
 from node.queue.jobs import JobKind, JobQueue, NewJob
+from node.queue.results import SegmentResult
 from node.receive.index import IndexWriteError, InstanceIndex
 from node.receive.series_state import SeriesState
 from node.receive.storage import InstanceStore, StoredInstance
@@ -85,7 +86,7 @@ class Storage:
         (folder / "sr.dcm").write_bytes(b"r" * 200)
         self.outbox.enqueue(f"{job_id}/2.25.1", "PACS", [folder / "seg.dcm"], at)
         self.outbox.enqueue(f"{job_id}/2.25.2", "PACS", [folder / "sr.dcm"], at)
-        self.queue.succeed(job_id, "w", {})
+        self.queue.succeed(job_id, "w", segment_result(folder))
         return job_id, folder
 
     def deliver(self, outcome: Outcome, at: float) -> None:
@@ -96,6 +97,12 @@ class Storage:
 
     def plan(self, now: float, shortfall: int = NO_SPACE_NEEDED):
         return plan(self.removals.activity(), RETENTION, now, shortfall)
+
+
+def segment_result(folder: Path) -> SegmentResult:
+    """What a segmentation job records of its outputs in `folder`."""
+    return SegmentResult(folder / "seg.dcm", folder / "sr.dcm", folder / "measurements.csv",
+                         folder / "labels.nii.gz", "builtin 1", 1, False, {})
 
 
 @pytest.fixture
@@ -125,7 +132,7 @@ def test_nothing_is_removed_while_a_job_is_pending_or_a_result_undelivered(stora
     folder.mkdir(parents=True)
     (folder / "seg.dcm").write_bytes(b"s" * 300)
     storage.outbox.enqueue(f"{job_id}/2.25.1", "PACS", [folder / "seg.dcm"], T0)
-    storage.queue.succeed(job_id, "w", {})
+    storage.queue.succeed(job_id, "w", segment_result(folder))
     assert storage.plan(forever, shortfall=10**12) == []  # its SEG waits in the outbox
     assert purge(storage.removals, DiskSpace(storage.root, 1), RETENTION) == []
     assert all(path.exists() for path in ct + pet)

@@ -11,40 +11,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from node.metrics import NodeMetrics
-from node.receive.index import InstanceIndex, SeriesRecord
+from node.receive.index import InstanceIndex
 
 LOG = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CompleteSeries:
-    """A series that has stopped receiving and is ready for the next stage."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    modality: str
-    instances: int
-    first_received: float
-    last_received: float
-
-    @classmethod
-    def from_record(cls, record: SeriesRecord) -> CompleteSeries:
-        return cls(
-            record.study_instance_uid,
-            record.series_instance_uid,
-            record.modality,
-            record.instances,
-            record.first_received,
-            record.last_received,
-        )
-
-
 class SeriesAssembler:
     """A thread that completes series that have been quiet for the stable
-    period and hands them over (`hand_over`)."""
+    period and hands them over (`hand_over`).
+
+    Nothing passes from one to the other but the index: handover takes every
+    series in the complete state from it, so one completed just before a
+    crash is handed over after the restart.
+    """
 
     def __init__(
         self,
@@ -67,14 +48,9 @@ class SeriesAssembler:
         self._stop.set()
         self._thread.join()
 
-    def complete_due(self, now: float | None = None) -> list[CompleteSeries]:
-        """Complete every series quiet for the stable period; return them."""
-        now = time.time() if now is None else now
-        done = [
-            CompleteSeries.from_record(record)
-            for record in self._index.complete_stable_series(now - self.stable_seconds)
-        ]
-        for series in done:
+    def _complete_due(self) -> None:
+        """Complete every series quiet for the stable period."""
+        for series in self._index.complete_stable_series(time.time() - self.stable_seconds):
             self._metrics.series_completed.inc()
             self._metrics.series_receive_duration.observe(
                 series.last_received - series.first_received
@@ -85,12 +61,11 @@ class SeriesAssembler:
                 series.instances,
                 series.modality or "unknown",
             )
-        return done
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.complete_due()
+                self._complete_due()
                 self._hand_over()
             except Exception:
                 LOG.exception("series assembly failed; trying again")

@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 from config import SegnodeConfig
 from node.assemble.routing import jobs_for, series_facts
-from node.queue.jobs import JobQueue, JobState
+from node.queue.job_state import JobState
+from node.queue.jobs import JobQueue
+from node.queue.results import SegmentResult
 from node.receive.index import InstanceIndex
 from node.receive.series_state import InvalidTransition, SeriesState
 
@@ -61,7 +63,7 @@ class Handover:
         without it: queue the CT's finished jobs again, now with PET (the
         objects get new UIDs, their inputs having changed)."""
         for job in self._queue.segmentations_in_study(study_instance_uid):
-            if job.state == JobState.DONE and job.result and not job.result.get("pet"):
+            if job.state == JobState.DONE and isinstance(job.result, SegmentResult) and not job.result.pet:
                 try:
                     self._queue.retry(job.id)
                 except ValueError as exc:  # its CT was removed by retention meanwhile

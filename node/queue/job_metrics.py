@@ -8,12 +8,21 @@ comparison per structure.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from node.queue.jobs import JobQueue, JobState
+from node.queue.job_state import JobState
+from node.queue.jobs import JobQueue
+from node.queue.results import Agreement, ComparisonResult
+
+#: The agreement measures reported: metric suffix, what it is, how it is read.
+_MEASURES: tuple[tuple[str, str, Callable[[Agreement], float | None]], ...] = (
+    ("dice", "Dice", lambda a: a.dice),
+    ("jaccard", "Jaccard index", lambda a: a.jaccard),
+    ("hd95_mm", "95th-percentile Hausdorff distance in mm", lambda a: a.hd95_mm),
+)
 
 
 class JobCollector(Collector):
@@ -28,26 +37,26 @@ class JobCollector(Collector):
         stages = CounterMetricFamily("segnode_job_stage_seconds", "Seconds spent per stage by finished jobs.",
                                      labels=["kind", "stage"])
         totals: dict[tuple[str, str], float] = {}
-        agreement = {
-            measure: GaugeMetricFamily(f"segnode_qa_{measure}", f"{what} of our structure against the "
-                                       "latest reference SEG of it.", labels=["route", "structure"])
-            for measure, what in (("dice", "Dice"), ("jaccard", "Jaccard index"),
-                                  ("hd95_mm", "95th-percentile Hausdorff distance in mm"))
-        }
-        latest: dict[tuple[str, str], dict] = {}
+        agreement = [
+            (GaugeMetricFamily(f"segnode_qa_{measure}", f"{what} of our structure against the "
+                               "latest reference SEG of it.", labels=["route", "structure"]), read)
+            for measure, what, read in _MEASURES
+        ]
+        latest: dict[tuple[str, str], Agreement] = {}
         for job in self._queue.jobs(JobState.DONE):
-            if not job.result:
+            if job.result is None:
                 continue
-            for stage, seconds in job.result.get("seconds", {}).items():
+            for stage, seconds in job.result.seconds.items():
                 key = (job.kind.value, stage)
                 totals[key] = totals.get(key, 0.0) + seconds
-            for structure, values in job.result.get("agreement", {}).items():
-                latest[(job.route, structure)] = values
+            if isinstance(job.result, ComparisonResult):
+                for structure, values in job.result.agreement.items():
+                    latest[(job.route, structure)] = values
         for (kind, stage), seconds in sorted(totals.items()):
             stages.add_metric([kind, stage], seconds)
         for labels, values in sorted(latest.items()):
-            for measure, family in agreement.items():
-                if values.get(measure) is not None:
-                    family.add_metric(list(labels), values[measure])
+            for family, read in agreement:
+                if (value := read(values)) is not None:
+                    family.add_metric(list(labels), value)
         yield stages
-        yield from agreement.values()
+        yield from (family for family, _ in agreement)

@@ -14,6 +14,9 @@ attempt (at most ``retry_max_seconds``); after ``max_attempts`` the job is
 
 A job is only claimable while no series of its study is still arriving, so
 that a CT job sees the PET series sent with it (PET/CT).
+
+Every change of a job's state is one of node/queue/job_state.py's table; a
+finished job's result is one of node/queue/results.py's types.
 """
 
 from __future__ import annotations
@@ -29,8 +32,18 @@ from pathlib import Path
 from config import JobSettings
 from node.backoff import doubling_delay
 from node.database import open_database, transaction
+from node.queue.job_state import (
+    TRANSITIONS,
+    InvalidJobTransition,
+    JobEvent,
+    JobState,
+    allowed_from,
+    next_state,
+)
+from node.queue.results import ComparisonResult, JobResult, SegmentResult
 from node.receive.index import INDEX_FILENAME
-from node.receive.series_state import SeriesEvent, SeriesState, next_state
+from node.receive.series_state import SeriesEvent, SeriesState
+from node.receive.series_state import next_state as next_series_state
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,13 +73,6 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, not_before);
 class JobKind(StrEnum):
     SEGMENT = "segment"  # a CT series: segment, measure, send SEG + SR
     QA = "qa"  # someone else's SEG of a series we segmented: compare, send a QA SR
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ class Job:
     queued_at: float
     updated_at: float
     error: str | None
-    result: dict | None
+    result: JobResult | None
 
 
 class JobNotFoundError(LookupError):
@@ -119,6 +125,12 @@ class LeaseLostError(RuntimeError):
     queued again); its result must not be recorded."""
 
 
+#: What a finished job of each kind recorded (its row's result).
+_RESULT_TYPES: dict[JobKind, type[SegmentResult] | type[ComparisonResult]] = {
+    JobKind.SEGMENT: SegmentResult,
+    JobKind.QA: ComparisonResult,
+}
+
 _COLUMNS = (
     "id, kind, series_instance_uid, study_instance_uid, route, pipeline, destinations, subject, "
     "state, attempts, not_before, owner, queued_at, updated_at, error, result"
@@ -126,17 +138,46 @@ _COLUMNS = (
 
 
 def _job(row: tuple) -> Job:
+    kind = JobKind(row[1])
     return Job(
-        id=row[0], kind=JobKind(row[1]), series_instance_uid=row[2], study_instance_uid=row[3],
+        id=row[0], kind=kind, series_instance_uid=row[2], study_instance_uid=row[3],
         route=row[4], pipeline=row[5], destinations=tuple(json.loads(row[6])), subject=row[7],
         state=JobState(row[8]), attempts=row[9], not_before=row[10], owner=row[11], queued_at=row[12],
-        updated_at=row[13], error=row[14], result=json.loads(row[15]) if row[15] else None,
+        updated_at=row[13], error=row[14],
+        result=_RESULT_TYPES[kind].from_json(json.loads(row[15])) if row[15] else None,
     )
+
+
+def _state_in(event: JobEvent) -> tuple[str, tuple[str, ...]]:
+    """The WHERE condition that a job's stored state allows `event`, and its values."""
+    states = allowed_from(event)
+    return f"state IN ({','.join('?' * len(states))})", tuple(state.value for state in states)
 
 
 def retry_delay(attempts: int, settings: JobSettings) -> float:
     """Seconds to wait after the `attempts`-th failed attempt (1, 2, ...)."""
     return doubling_delay(attempts, settings.retry_base_seconds, settings.retry_max_seconds)
+
+
+def _failure(job: Job, settings: JobSettings) -> JobEvent:
+    """What a failed (or lost) attempt of a running job is: another try after
+    the backoff, or the last one."""
+    if job.attempts >= settings.max_attempts:
+        return JobEvent.ATTEMPTS_EXHAUSTED
+    return JobEvent.ATTEMPT_FAILED
+
+
+def _lease_lost(
+    job_id: int, owner: str, state: JobState, runner: str | None, event: JobEvent | None
+) -> LeaseLostError:
+    """Why `owner` may not change the job: another worker runs it now, or it
+    is in a state that `event` is not allowed in (None: it is not running)."""
+    allowed = allowed_from(event) if event is not None else (JobState.RUNNING,)
+    if state in allowed:
+        return LeaseLostError(f"job {job_id} is no longer run by {owner} but by {runner}")
+    if event is None:
+        return LeaseLostError(f"job {job_id} is no longer run by {owner}: it is {state}")
+    return LeaseLostError(f"{InvalidJobTransition(job_id, state, event)}: {owner} no longer runs it")
 
 
 class JobQueue:
@@ -178,6 +219,8 @@ class JobQueue:
         its attempts reset. Returns the job ids.
         """
         now = time.time() if now is None else now
+        queued = TRANSITIONS[JobEvent.ENQUEUED].leads_to
+        requeue, requeue_states = _state_in(JobEvent.ENQUEUED)
 
         def steps(db: sqlite3.Connection) -> list[int]:
             row = db.execute(
@@ -186,10 +229,10 @@ class JobQueue:
             ).fetchone()
             if row is None:
                 raise JobNotFoundError(f"series {series_instance_uid} is not in the index")
-            state = next_state(SeriesState(row[0]), SeriesEvent.ROUTED)
+            state = next_series_state(SeriesState(row[0]), SeriesEvent.ROUTED)
             ids = []
             for job in jobs:
-                db.execute(
+                changed = db.execute(
                     "INSERT INTO jobs (kind, series_instance_uid, study_instance_uid, route, pipeline, "
                     "destinations, subject, state, attempts, not_before, queued_at, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) "
@@ -198,14 +241,18 @@ class JobQueue:
                     "subject = excluded.subject, state = excluded.state, attempts = 0, "
                     "not_before = excluded.not_before, owner = NULL, lease_until = NULL, "
                     "queued_at = excluded.queued_at, updated_at = excluded.updated_at, "
-                    "error = NULL, result = NULL",
+                    f"error = NULL, result = NULL WHERE {requeue}",
                     (job.kind.value, series_instance_uid, row[1], job.route, job.pipeline,
-                     json.dumps(list(job.destinations)), job.subject, JobState.QUEUED.value, now, now, now),
-                )
-                ids.append(db.execute(
-                    "SELECT id FROM jobs WHERE kind = ? AND series_instance_uid = ? AND route = ?",
+                     json.dumps(list(job.destinations)), job.subject, queued.value, now, now, now,
+                     *requeue_states),
+                ).rowcount
+                job_id, job_state = db.execute(
+                    "SELECT id, state FROM jobs WHERE kind = ? AND series_instance_uid = ? AND route = ?",
                     (job.kind.value, series_instance_uid, job.route),
-                ).fetchone()[0])
+                ).fetchone()
+                if changed != 1:  # known, in a state it may not be queued afresh from
+                    raise InvalidJobTransition(job_id, JobState(job_state), JobEvent.ENQUEUED)
+                ids.append(job_id)
             db.execute("UPDATE series SET state = ? WHERE series_instance_uid = ?",
                        (state.value, series_instance_uid))
             return ids
@@ -216,36 +263,39 @@ class JobQueue:
         """Take the oldest due job whose study has stopped arriving, or None."""
         now = time.time() if now is None else now
 
+        claimable, claimable_states = _state_in(JobEvent.CLAIMED)
         oldest_due = (
-            "SELECT id FROM jobs j WHERE state = ? AND not_before <= ? AND NOT EXISTS ("
+            f"SELECT id, state FROM jobs j WHERE {claimable} AND not_before <= ? AND NOT EXISTS ("
             "SELECT 1 FROM series s WHERE s.study_instance_uid = j.study_instance_uid AND s.state = ?) "
             "ORDER BY not_before, id LIMIT 1"
         )
-        parameters = (JobState.QUEUED.value, now, SeriesState.RECEIVING.value)
+        parameters = (*claimable_states, now, SeriesState.RECEIVING.value)
 
         def steps(db: sqlite3.Connection) -> Job | None:
             row = db.execute(oldest_due, parameters).fetchone()
             if row is None:  # another worker took it meanwhile
                 return None
+            job_id, state = row
             db.execute(
                 "UPDATE jobs SET state = ?, owner = ?, lease_until = ?, attempts = attempts + 1, "
                 "updated_at = ? WHERE id = ?",
-                (JobState.RUNNING.value, owner, now + lease_seconds, now, row[0]),
+                (next_state(job_id, JobState(state), JobEvent.CLAIMED).value, owner, now + lease_seconds,
+                 now, job_id),
             )
-            return self._get(db, row[0])
+            return self._get(db, job_id)
 
         return self._write_if_found(oldest_due, parameters, steps)
 
     def renew(self, job_id: int, owner: str, lease_seconds: float, now: float | None = None) -> None:
         """Extend a running job's lease; raises LeaseLostError if it is no longer ours."""
         now = time.time() if now is None else now
-        self._owned_update(job_id, owner, "lease_until = ?", (now + lease_seconds,))
+        self._owned_update(job_id, owner, None, "lease_until = ?", (now + lease_seconds,))
 
-    def succeed(self, job_id: int, owner: str, result: dict) -> None:
+    def succeed(self, job_id: int, owner: str, result: JobResult) -> None:
         self._owned_update(
-            job_id, owner,
-            "state = ?, owner = NULL, lease_until = NULL, result = ?, error = NULL, updated_at = ?",
-            (JobState.DONE.value, json.dumps(result), time.time()),
+            job_id, owner, JobEvent.SUCCEEDED,
+            "owner = NULL, lease_until = NULL, result = ?, error = NULL, updated_at = ?",
+            (json.dumps(result.to_json()), time.time()),
         )
 
     def fail(
@@ -257,9 +307,10 @@ class JobQueue:
 
         def steps(db: sqlite3.Connection) -> Job:
             job = self._get(db, job_id)
-            if job.state != JobState.RUNNING or job.owner != owner:
-                raise LeaseLostError(f"job {job_id} is no longer run by {owner}")
-            self._record_failure(db, job, error, settings, now)
+            event = _failure(job, settings)
+            if job.owner != owner or job.state not in allowed_from(event):
+                raise _lease_lost(job_id, owner, job.state, job.owner, event)
+            self._record_failure(db, job, event, error, settings, now)
             return self._get(db, job_id)
 
         return self._write(steps)
@@ -267,8 +318,8 @@ class JobQueue:
     def release(self, job_id: int, owner: str) -> None:
         """Give a running job back without counting the attempt (the worker
         is stopping, not failing)."""
-        self._owned_update(job_id, owner, "state = ?, owner = NULL, lease_until = NULL, "
-                           "attempts = attempts - 1, updated_at = ?", (JobState.QUEUED.value, time.time()))
+        self._owned_update(job_id, owner, JobEvent.RELEASED, "owner = NULL, lease_until = NULL, "
+                           "attempts = attempts - 1, updated_at = ?", (time.time(),))
 
     def recover(
         self, settings: JobSettings, dead_owners: tuple[str, ...] = (), now: float | None = None
@@ -286,7 +337,8 @@ class JobQueue:
             recovered = []
             for (job_id,) in rows:
                 job = self._get(db, job_id)
-                self._record_failure(db, job, f"worker {job.owner} stopped during the job", settings, now)
+                error = f"worker {job.owner} stopped during the job"
+                self._record_failure(db, job, _failure(job, settings), error, settings, now)
                 recovered.append(self._get(db, job_id))
             return recovered
 
@@ -298,8 +350,7 @@ class JobQueue:
 
         def steps(db: sqlite3.Connection) -> Job:
             job = self._get(db, job_id)
-            if job.state == JobState.RUNNING:
-                raise ValueError(f"job {job_id} is running")
+            state = next_state(job_id, job.state, JobEvent.RETRIED)
             # In the same transaction as retention's (node/retention/removal.py): a job
             # whose inputs are being or were removed could only fail.
             for uid in {job.series_instance_uid, job.subject}:
@@ -310,7 +361,7 @@ class JobQueue:
             db.execute(
                 "UPDATE jobs SET state = ?, attempts = 0, not_before = ?, error = NULL, updated_at = ? "
                 "WHERE id = ?",
-                (JobState.QUEUED.value, now, now, job_id),
+                (state.value, now, now, job_id),
             )
             return self._get(db, job_id)
 
@@ -377,25 +428,40 @@ class JobQueue:
 
     @staticmethod
     def _record_failure(
-        db: sqlite3.Connection, job: Job, error: str, settings: JobSettings, now: float
+        db: sqlite3.Connection, job: Job, event: JobEvent, error: str, settings: JobSettings, now: float
     ) -> None:
-        if job.attempts >= settings.max_attempts:
-            state, not_before = JobState.FAILED, job.not_before
+        state = next_state(job.id, job.state, event)
+        if event == JobEvent.ATTEMPTS_EXHAUSTED:
+            not_before = job.not_before
         else:
-            state, not_before = JobState.QUEUED, now + retry_delay(job.attempts, settings)
+            not_before = now + retry_delay(job.attempts, settings)
         db.execute(
             "UPDATE jobs SET state = ?, owner = NULL, lease_until = NULL, not_before = ?, error = ?, "
             "updated_at = ? WHERE id = ?",
             (state.value, not_before, error, now, job.id),
         )
 
-    def _owned_update(self, job_id: int, owner: str, assignments: str, values: tuple) -> None:
+    def _owned_update(
+        self, job_id: int, owner: str, event: JobEvent | None, assignments: str, values: tuple
+    ) -> None:
+        """Change a job that `owner` runs, with the state change of `event`
+        (None: it stays running), or raise LeaseLostError."""
+        if event is None:
+            where, states = "state = ?", (JobState.RUNNING.value,)
+        else:
+            where, states = _state_in(event)
+            assignments = f"state = ?, {assignments}"
+            values = (TRANSITIONS[event].leads_to.value, *values)
+
         def steps(db: sqlite3.Connection) -> None:
             changed = db.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND owner = ?",
-                (*values, job_id, JobState.RUNNING.value, owner),
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND owner = ? AND {where}",
+                (*values, job_id, owner, *states),
             ).rowcount
             if changed != 1:
-                raise LeaseLostError(f"job {job_id} is no longer run by {owner}")
+                row = db.execute("SELECT state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    raise LeaseLostError(f"job {job_id} is no longer run by {owner}: there is no such job")
+                raise _lease_lost(job_id, owner, JobState(row[0]), row[1], event)
 
         self._write(steps)

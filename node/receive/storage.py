@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
-from dicomio.files import fsync_folder
+from dicomio.files import fsync_folder, move_durably
 from node.receive.validation import InstanceIdentity
 
 LOG = logging.getLogger(__name__)
@@ -113,21 +113,14 @@ class InstanceStore:
             spooled.unlink(missing_ok=True)
             raise
         try:
-            fd = os.open(spooled, os.O_RDONLY)
-            try:
-                os.fchmod(fd, 0o640)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             self._ensure_dir(path.parent)
             try:
-                os.replace(spooled, path)
+                move_durably(spooled, path)
             except FileNotFoundError:
                 # Retention removed the emptied series folder meanwhile (node/retention/removal.py).
                 self._forget_dir(path.parent)
                 self._ensure_dir(path.parent)
-                os.replace(spooled, path)
-            fsync_folder(path.parent)
+                move_durably(spooled, path)
         except OSError as exc:
             spooled.unlink(missing_ok=True)
             raise StorageError(f"cannot store {path}: {exc.strerror or exc}") from exc
@@ -189,7 +182,10 @@ def installation_uid(storage_dir: Path) -> str:
         pass
     uid = generate_uid(prefix=None)
     partial = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    partial.write_text(uid + "\n")
+    with partial.open("w") as handle:
+        handle.write(uid + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())  # a crash must not leave an empty UID under the name
     try:
         # Two processes starting at once: the first link wins, both read it.
         os.link(partial, path)

@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from config.schema import RetentionSettings
-from node.queue.jobs import JobState
+from node.queue.job_state import JobState
 from node.receive.series_state import SeriesState
 
 _HOUR = 3600.0

@@ -19,6 +19,7 @@ import pydicom
 
 from config import Pipeline
 from dicomio.codes import Concept
+from dicomio.derived import date_object, result_uid, source_headers, write_dicom_atomically
 from dicomio.label_map import read_label_map
 from dicomio.seg import AlgorithmIdentity, plan_segments
 from dicomio.seg_reference import read_reference_seg
@@ -27,28 +28,22 @@ from dicomio.sr import write_measurement_report
 from inference.qa import reference_agreement
 from inference.quantify import DEFAULT_DENSITIES, quantify
 from inference.segmenter import Segmentation
-from node.queue.jobs import Job, JobState
-from node.work.pipeline import (
-    PipelineError,
-    Stopwatch,
-    date_object,
-    result_uid,
-    source_headers,
-    write_dicom_atomically,
-)
+from node.queue.job_state import JobState
+from node.queue.jobs import Job
+from node.queue.results import Agreement, ComparisonResult, SegmentResult
+from node.work.pipeline import PipelineError, Stopwatch
 
 #: Series Number of QA reports (after the SEG's 9001 and the SR's 9002).
 QA_SR_SERIES_NUMBER = 9003
 
 
 @dataclass(frozen=True)
-class ComparisonResult:
-    """The QA report and, by structure name, its Dice, Jaccard and HD95 (mm,
-    None when one side is empty)."""
+class QaReport:
+    """What the QA job records, and the SOP Instance UID of the report it
+    wrote (what it is sent under)."""
 
-    sr: Path
-    agreement: dict[str, dict[str, float | None]]
-    seconds: dict[str, float]
+    result: ComparisonResult
+    sr_uid: str
 
 
 def _algorithm(seg: pydicom.Dataset) -> AlgorithmIdentity:
@@ -69,7 +64,7 @@ def compare_with_reference(
     device_uid: str,
     created: datetime,
     out_dir: Path,
-) -> ComparisonResult:
+) -> QaReport:
     """Compare our finished segmentation of a series with a reference SEG of
     it and write the QA report to ``out_dir/qa-sr.dcm``.
 
@@ -79,16 +74,17 @@ def compare_with_reference(
         If our segmentation of the series is not finished (the job waits
         for it by retrying).
     """
-    done = [job for job in ours if job.state == JobState.DONE and job.result]
+    done = [job.result for job in ours
+            if job.state == JobState.DONE and isinstance(job.result, SegmentResult)]
     if not done:
         states = ", ".join(job.state.value for job in ours) or "none"
         raise PipelineError(f"our segmentation of the series is not finished (jobs: {states})")
-    result = done[-1].result
+    result = done[-1]
     clock = Stopwatch()
     volume = clock.run("load", lambda: load_series(ct_files).volume)
     reference = clock.run("read_reference", lambda: read_reference_seg(reference_path, volume))
-    labels, structures = read_label_map(Path(result["labels"]), volume)
-    our_seg = pydicom.dcmread(result["seg"])
+    labels, structures = read_label_map(result.labels, volume)
+    our_seg = pydicom.dcmread(result.seg)
     segmentation = Segmentation(labels, volume, structures, _algorithm(our_seg))
     agreements = clock.run("compare", lambda: reference_agreement(segmentation, reference.segments))
     segments = plan_segments(labels, structures, series_instance_uid=volume.series_instance_uid)
@@ -121,6 +117,5 @@ def compare_with_reference(
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "qa-sr.dcm"
     write_dicom_atomically(sr, path)
-    agreement = {m.name: {"dice": m.dice, "jaccard": m.jaccard, "hd95_mm": m.hausdorff95_mm}
-                 for m in measurements}
-    return ComparisonResult(path, agreement, clock.seconds)
+    agreement = {m.name: Agreement(m.dice, m.jaccard, m.hausdorff95_mm) for m in measurements}
+    return QaReport(ComparisonResult(path, agreement, clock.seconds), str(sr.SOPInstanceUID))

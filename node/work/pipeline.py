@@ -15,22 +15,25 @@ labels it differently under the same version, gets new UIDs.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from config import Pipeline
 from dicomio.csv import write_measurements_csv
-from dicomio.files import write_atomically
+from dicomio.derived import (
+    date_object,
+    fix_dimension_organisation,
+    result_uid,
+    source_headers,
+    write_dicom_atomically,
+)
 from dicomio.label_map import write_label_map
 from dicomio.measurements import StructureMeasurements
 from dicomio.pet import SuvVolume, load_suv_volume
@@ -47,15 +50,6 @@ LOG = logging.getLogger(__name__)
 #: after the scanner's series.
 SEG_SERIES_NUMBER = 9001
 SR_SERIES_NUMBER = 9002
-
-#: Namespace of segnode's name-based UIDs.
-_UID_NAMESPACE = uuid.UUID("5e9a0de1-7c3b-4a52-9a7e-3d1f0c6b2e41")
-
-#: Attributes that highdicom fills with the time of writing; the job's time
-#: replaces them so that a retry writes identical objects.
-_DATED = (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"),
-          ("InstanceCreationDate", "InstanceCreationTime"))
-
 
 class PipelineError(Exception):
     """A series the pipeline cannot process; the message says why."""
@@ -79,57 +73,18 @@ class PipelineInputs:
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """Where the outputs were written, what they say, and how long each stage took."""
+    """Where the outputs were written, the SOP Instance UIDs of the SEG and
+    SR (what they are sent under), what they say, and how long each stage took."""
 
     seg: Path
     sr: Path
     csv: Path
     labels: Path
+    seg_uid: str
+    sr_uid: str
     measurements: tuple[StructureMeasurements, ...]
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
-
-
-def result_uid(role: str, source_uids: Sequence[str], identity: Sequence[str]) -> str:
-    """A UID for `role` (``"seg"``, ``"sr-series"``...) that depends only on
-    the source instances and the pipeline's identity: the 2.25 form of a
-    name-based UUID (PS3.5 B.2)."""
-    name = "\n".join([role, *sorted(source_uids), *identity])
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
-
-
-def source_headers(files: Sequence[Path], used: set[str]) -> list[Dataset]:
-    """The headers of the instances a volume was built from (the SEG and
-    SR reference exactly those)."""
-    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
-    return [h for h in headers if h.SOPInstanceUID in used]
-
-
-def write_dicom_atomically(dataset: Dataset, path: Path) -> None:
-    """Write `dataset` to `path` durably; a reader never sees a partial file."""
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    write_atomically(path, buffer.getvalue())
-
-
-def date_object(dataset: Dataset, created: datetime) -> None:
-    """Date what highdicom dated now with the job's time instead."""
-    for date_keyword, time_keyword in _DATED:
-        if date_keyword in dataset:
-            setattr(dataset, date_keyword, created.strftime("%Y%m%d"))
-            setattr(dataset, time_keyword, created.strftime("%H%M%S.%f"))
-    for item in dataset.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item:
-            item.ContributionDateTime = created.strftime("%Y%m%d%H%M%S.%f")
-
-
-def _fixed_dimension_organisation(seg: Dataset, uid: str) -> None:
-    """highdicom gives each SEG a random Dimension Organization UID; it only
-    links the SEG's own dimension index items, so a derived one serves."""
-    for item in seg.get("DimensionOrganizationSequence", []):
-        item.DimensionOrganizationUID = uid
-    for item in seg.get("DimensionIndexSequence", []):
-        item.DimensionOrganizationUID = uid
 
 
 class Stopwatch:
@@ -191,7 +146,7 @@ def run_pipeline(inputs: PipelineInputs, segmenter: Segmenter, out_dir: Path) ->
             sop_instance_uid=result_uid("seg", sources, identity),
         )
         date_object(seg, inputs.created)
-        _fixed_dimension_organisation(seg, result_uid("seg-dimensions", sources, identity))
+        fix_dimension_organisation(seg, result_uid("seg-dimensions", sources, identity))
         sr = write_measurement_report(
             measurements, seg, headers + pet_headers, segmentation.algorithm,
             device_uid=inputs.device_uid,
@@ -214,7 +169,8 @@ def run_pipeline(inputs: PipelineInputs, segmenter: Segmenter, out_dir: Path) ->
         write_label_map(segmentation.labels, volume, segmentation.structures, paths[3])
 
     clock.run("write", write)
-    return PipelineResult(*paths, measurements=measurements, seconds=clock.seconds, warnings=tuple(warnings))
+    return PipelineResult(*paths, seg_uid=str(seg.SOPInstanceUID), sr_uid=str(sr.SOPInstanceUID),
+                          measurements=measurements, seconds=clock.seconds, warnings=tuple(warnings))
 
 
 def _checked(

@@ -23,9 +23,11 @@ from pathlib import Path
 import pydicom
 
 from config import ConfigError, file_signature, load_config, read_for_reload, reloaded
-from inference.model_store import ModelStore, default_store_dir, open_segmenter
+from inference.model_store import ModelStore
 from inference.segmenter import Segmenter
+from inference.segmenters import open_segmenter
 from node.queue.jobs import Job, JobKind, JobQueue, LeaseLostError
+from node.queue.results import ComparisonResult, SegmentResult
 from node.receive.index import InstanceIndex
 from node.receive.series_state import SeriesState
 from node.receive.storage import installation_uid
@@ -94,7 +96,7 @@ class Worker:
             result = self._segment(job) if job.kind == JobKind.SEGMENT else self._compare(job)
             self._running = None
             self.queue.succeed(job.id, self.owner, result)
-            LOG.info("job %d done in %.1f s: %s", job.id, time.monotonic() - start, result.get("seconds"))
+            LOG.info("job %d done in %.1f s: %s", job.id, time.monotonic() - start, result.seconds)
         except _Stopping:
             self._running = None
             self.queue.release(job.id, self.owner)
@@ -114,7 +116,7 @@ class Worker:
             except LeaseLostError:
                 LOG.warning("job %d was taken back meanwhile", job.id)
 
-    def _segment(self, job: Job) -> dict:
+    def _segment(self, job: Job) -> SegmentResult:
         pipeline = self._pipeline(job)
         ct_files = self._stored_files(job.series_instance_uid)
         pet_files = self._pet_files(job, ct_files[0])
@@ -127,24 +129,23 @@ class Worker:
         result = run_pipeline(inputs, segmenter, out_dir)
         for warning in result.warnings:
             LOG.warning("job %d: %s", job.id, warning)
-        self._send(job, (result.seg, result.sr))
-        return {
-            "seg": str(result.seg), "sr": str(result.sr), "csv": str(result.csv),
-            "labels": str(result.labels),
-            "model": f"{segmenter.algorithm.name} {segmenter.algorithm.version}",
-            "structures": len(result.measurements), "pet": bool(pet_files), "seconds": result.seconds,
-        }
+        self._send(job, ((result.seg, result.seg_uid), (result.sr, result.sr_uid)))
+        return SegmentResult(
+            seg=result.seg, sr=result.sr, csv=result.csv, labels=result.labels,
+            model=f"{segmenter.algorithm.name} {segmenter.algorithm.version}",
+            structures=len(result.measurements), pet=bool(pet_files), seconds=result.seconds,
+        )
 
-    def _compare(self, job: Job) -> dict:
+    def _compare(self, job: Job) -> ComparisonResult:
         pipeline = self._pipeline(job)
         reference = self._stored_files(job.series_instance_uid)[0]
         ours = [j for j in self.queue.segmentations_of(job.subject) if j.route == job.route]
         ct_files = tuple(i.path for i in self.index.instances_of(job.subject))
         out_dir = results_dir(self.config.node.storage_dir, job)
-        result = compare_with_reference(reference, ours, ct_files, pipeline, self.device_uid,
+        report = compare_with_reference(reference, ours, ct_files, pipeline, self.device_uid,
                                         datetime.fromtimestamp(job.queued_at, timezone.utc), out_dir)
-        self._send(job, (result.sr,))
-        return {"sr": str(result.sr), "agreement": result.agreement, "seconds": result.seconds}
+        self._send(job, ((report.result.sr, report.sr_uid),))
+        return report.result
 
     def _stored_files(self, series_instance_uid: str) -> tuple[Path, ...]:
         """A job's input series; a job retried after the retention policy removed
@@ -155,13 +156,12 @@ class Worker:
                                 "retention policy?); it must be sent again")
         return files
 
-    def _send(self, job: Job, files: tuple[Path, ...]) -> None:
-        """Queue the files for the node's outbox to send, each under its SOP
-        Instance UID: a rerun that wrote the same objects queues nothing new,
-        one whose inputs changed (new UIDs) sends its objects again."""
-        for path in files:
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-            uid = header.SOPInstanceUID
+    def _send(self, job: Job, objects: tuple[tuple[Path, str], ...]) -> None:
+        """Queue the objects written, (path, SOP Instance UID) pairs, for the
+        node's outbox to send, each under its SOP Instance UID: a rerun that
+        wrote the same objects queues nothing new, one whose inputs changed
+        (new UIDs) sends its objects again."""
+        for path, uid in objects:
             for destination in job.destinations:
                 self.outbox.enqueue(f"{job.id}/{uid}", destination, [path], time.time())
 
@@ -189,7 +189,10 @@ class Worker:
         device = self.device if device == "auto" else device
         key = (model, device)
         if key not in self._segmenters:
-            self._segmenters[key] = open_segmenter(model, ModelStore(default_store_dir()), device)
+            # models_dir is read at each load: a reload that changes it applies to
+            # the models loaded after it, and those loaded already stay warm.
+            store = ModelStore(self.config.node.models_dir)
+            self._segmenters[key] = open_segmenter(model, store, device)
             LOG.info("%s: model %s loaded on %s", self.owner, model, device)
         return self._segmenters[key]
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from config import JobSettings
 from node.backoff import doubling_delay
-from node.queue.jobs import JobQueue, JobState
+from node.queue.job_state import JobState
+from node.queue.jobs import JobQueue
 
 LOG = logging.getLogger(__name__)
 

@@ -1,0 +1,70 @@
+"""Identity, dating and writing of the objects derived from a series.
+
+A retry must not make new objects: the UIDs of a SEG or SR are derived from
+the source instances and the identity of what made it, and highdicom's
+times and random UIDs are replaced by the job's, so a second run writes the
+same bytes and a destination that already has them just gets them again.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicomio.files import write_atomically
+
+#: Namespace of segnode's name-based UIDs.
+_UID_NAMESPACE = uuid.UUID("5e9a0de1-7c3b-4a52-9a7e-3d1f0c6b2e41")
+
+#: Attributes that highdicom fills with the time of writing; the job's time
+#: replaces them so that a retry writes identical objects.
+_DATED = (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"),
+          ("InstanceCreationDate", "InstanceCreationTime"))
+
+
+def result_uid(role: str, source_uids: Sequence[str], identity: Sequence[str]) -> str:
+    """A UID for `role` (``"seg"``, ``"sr-series"``...) that depends only on
+    the source instances and the pipeline's identity: the 2.25 form of a
+    name-based UUID (PS3.5 B.2)."""
+    name = "\n".join([role, *sorted(source_uids), *identity])
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+def source_headers(files: Sequence[Path], used: set[str]) -> list[Dataset]:
+    """The headers of the instances a volume was built from (the SEG and
+    SR reference exactly those)."""
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    return [h for h in headers if h.SOPInstanceUID in used]
+
+
+def write_dicom_atomically(dataset: Dataset, path: Path) -> None:
+    """Write `dataset` to `path` durably; a reader never sees a partial file."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    write_atomically(path, buffer.getvalue())
+
+
+def date_object(dataset: Dataset, created: datetime) -> None:
+    """Date what highdicom dated now with the job's time instead."""
+    for date_keyword, time_keyword in _DATED:
+        if date_keyword in dataset:
+            setattr(dataset, date_keyword, created.strftime("%Y%m%d"))
+            setattr(dataset, time_keyword, created.strftime("%H%M%S.%f"))
+    for item in dataset.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = created.strftime("%Y%m%d%H%M%S.%f")
+
+
+def fix_dimension_organisation(seg: Dataset, uid: str) -> None:
+    """highdicom gives each SEG a random Dimension Organization UID; it only
+    links the SEG's own dimension index items, so a derived one serves."""
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = uid
+    for item in seg.get("DimensionIndexSequence", []):
+        item.DimensionOrganizationUID = uid

@@ -1,0 +1,82 @@
+"""What a finished job recorded, one type per job kind.
+
+The queue stores a result as a JSON object in the job's row. Its keys are
+those the first versions wrote, so that rows already in a database decode
+as they are; ``segnode jobs --json`` prints the same object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """A segmentation's outputs (kept, and sent from, the job's results folder),
+    the model that made it, how many structures it found, whether PET was
+    measured, and seconds by stage."""
+
+    seg: Path
+    sr: Path
+    csv: Path
+    labels: Path
+    model: str
+    structures: int
+    pet: bool
+    seconds: Mapping[str, float]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "seg": str(self.seg), "sr": str(self.sr), "csv": str(self.csv), "labels": str(self.labels),
+            "model": self.model, "structures": self.structures, "pet": self.pet,
+            "seconds": dict(self.seconds),
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping) -> SegmentResult:
+        return cls(
+            seg=Path(value["seg"]), sr=Path(value["sr"]), csv=Path(value["csv"]),
+            labels=Path(value["labels"]), model=value["model"], structures=value["structures"],
+            pet=value["pet"], seconds=dict(value["seconds"]),
+        )
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One of our structures against the reference SEG's: HD95 in mm is None
+    when one side is empty."""
+
+    dice: float | None
+    jaccard: float | None
+    hd95_mm: float | None
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """A QA report, the agreement by structure name, and seconds by stage."""
+
+    sr: Path
+    agreement: Mapping[str, Agreement]
+    seconds: Mapping[str, float]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sr": str(self.sr),
+            "agreement": {name: {"dice": a.dice, "jaccard": a.jaccard, "hd95_mm": a.hd95_mm}
+                          for name, a in self.agreement.items()},
+            "seconds": dict(self.seconds),
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping) -> ComparisonResult:
+        return cls(
+            sr=Path(value["sr"]),
+            agreement={name: Agreement(a["dice"], a["jaccard"], a["hd95_mm"])
+                       for name, a in value["agreement"].items()},
+            seconds=dict(value["seconds"]),
+        )
+
+
+JobResult = SegmentResult | ComparisonResult
