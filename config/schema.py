@@ -55,7 +55,8 @@ def default_models_dir() -> Path:
     configured = os.environ.get(MODELS_ENV)
     if configured:
         return Path(configured).expanduser()
-    return Path.home() / ".local" / "share" / "segnode" / "models"
+    # Not Path.home(): a service user without a home must still load its configuration.
+    return Path(os.path.expanduser("~/.local/share/segnode/models"))
 
 
 class _Strict(BaseModel):

@@ -99,14 +99,16 @@ def read_label_map(path: Path, volume: Volume) -> tuple[np.ndarray, tuple[Labell
     dicomio.codes.UnknownStructureError
         If the legend names a structure segnode does not know.
     """
-    image = sitk.ReadImage(str(path))
     legend = legend_path(path)
     legend_bytes = legend.read_bytes()
+    image = sitk.ReadImage(str(path))
     written = image.GetMetaData(_DESCRIPTION_READ) if image.HasMetaDataKey(_DESCRIPTION_READ) else ""
     # A label map that names no legend was written before they were named
-    # (segnode 0.1): the label map is renamed first, so no newer legend can
-    # lie beside it, and the pair is read as it always was.
-    if written.strip() and written != _legend_description(legend_bytes):
+    # (segnode 0.1) and is read as it always was; the legend read again after
+    # it shows a rewrite that replaced both files meanwhile.
+    if (written.strip() and written != _legend_description(legend_bytes)) or (
+        legend.read_bytes() != legend_bytes
+    ):
         raise LabelMapError(
             f"{path}: {legend} is not the legend it was written with "
             "(a rewrite in progress or interrupted)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -154,3 +155,25 @@ def test_results_written_by_the_previous_version_decode_and_print_as_they_were(q
         {"compare": 1.5})
     assert [json.dumps(jobs.get(i).result.to_json()) for i in (segment_id, qa_id)] == [
         json.dumps(segment), json.dumps(qa)]
+
+
+def test_a_qa_result_from_before_jaccard_and_hd95_keeps_its_dice_and_a_broken_one_is_left_out(
+        queue, tmp_path, caplog):
+    jobs, index = queue
+    receive(index, "1.3", "9.2", "SEG", at=100.0)
+    receive(index, "1.4", "9.2", "SEG", at=100.0)
+    index.complete_stable_series(received_before=200.0)
+    qa_job = NewJob(JobKind.QA, "organs", "organs", ("PACS",), subject="1.1")
+    (old_id,) = jobs.enqueue_series("1.3", [qa_job], now=300.0)
+    (broken_id,) = jobs.enqueue_series("1.4", [qa_job], now=300.0)
+    with sqlite3.connect(tmp_path / INDEX_FILENAME) as db:
+        db.execute("UPDATE jobs SET result = ? WHERE id = ?",
+                   (json.dumps({"sr": "/r/qa-sr.dcm", "dice": {"liver": 0.9}, "seconds": {}}), old_id))
+        db.execute("UPDATE jobs SET result = ? WHERE id = ?", ('{"sr": 3', broken_id))
+    db.close()
+    assert jobs.get(old_id).result == ComparisonResult(
+        Path("/r/qa-sr.dcm"), {"liver": Agreement(0.9, None, None)}, {})
+    with caplog.at_level(logging.ERROR, logger="node.queue.jobs"):
+        assert [job.id for job in jobs.jobs()] == [old_id, broken_id]
+    assert jobs.get(broken_id).result is None
+    assert f"job {broken_id}: its stored result cannot be read" in caplog.text

@@ -77,7 +77,7 @@ class Storage:
         self.index.complete_stable_series(received_before=math.inf)
 
     def run_segmentation(self, series: str, at: float) -> tuple[int, Path]:
-        """Dispatch a CT series to a segment job, run it (results on disk, queued to PACS)."""
+        """Hand a CT series over as a segment job, run it (results on disk, queued to PACS)."""
         (job_id,) = self.queue.enqueue_series(series, SEGMENT_JOB, at)
         job = self.queue.claim("w", 60, now=at)
         folder = results_dir(self.root, job)

@@ -22,6 +22,7 @@ finished job's result is one of node/queue/results.py's types.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -44,6 +45,8 @@ from node.queue.results import ComparisonResult, JobResult, SegmentResult
 from node.receive.index import INDEX_FILENAME
 from node.receive.series_state import SeriesEvent, SeriesState
 from node.receive.series_state import next_state as next_series_state
+
+LOG = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -144,8 +147,20 @@ def _job(row: tuple) -> Job:
         route=row[4], pipeline=row[5], destinations=tuple(json.loads(row[6])), subject=row[7],
         state=JobState(row[8]), attempts=row[9], not_before=row[10], owner=row[11], queued_at=row[12],
         updated_at=row[13], error=row[14],
-        result=_RESULT_TYPES[kind].from_json(json.loads(row[15])) if row[15] else None,
+        result=_result(row[0], kind, row[15]),
     )
+
+
+def _result(job_id: int, kind: JobKind, stored: str | None) -> JobResult | None:
+    """A job's stored result; one that cannot be read is logged and left out,
+    so that one bad row cannot stop retention, metrics and listings."""
+    if not stored:
+        return None
+    try:
+        return _RESULT_TYPES[kind].from_json(json.loads(stored))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        LOG.error("job %d: its stored result cannot be read (%s: %s)", job_id, type(exc).__name__, exc)
+        return None
 
 
 def _state_in(event: JobEvent) -> tuple[str, tuple[str, ...]]:

@@ -1,8 +1,9 @@
 """What a finished job recorded, one type per job kind.
 
 The queue stores a result as a JSON object in the job's row. Its keys are
-those the first versions wrote, so that rows already in a database decode
-as they are; ``segnode jobs --json`` prints the same object.
+those earlier versions wrote, so that rows already in a database decode
+(a QA result from before Jaccard and HD95 has its Dice alone);
+``segnode jobs --json`` prints the same object.
 """
 
 from __future__ import annotations
@@ -71,12 +72,12 @@ class ComparisonResult:
 
     @classmethod
     def from_json(cls, value: Mapping) -> ComparisonResult:
-        return cls(
-            sr=Path(value["sr"]),
-            agreement={name: Agreement(a["dice"], a["jaccard"], a["hd95_mm"])
-                       for name, a in value["agreement"].items()},
-            seconds=dict(value["seconds"]),
-        )
+        if "agreement" in value:
+            agreement = {name: Agreement(a["dice"], a["jaccard"], a["hd95_mm"])
+                         for name, a in value["agreement"].items()}
+        else:  # written before Jaccard and HD95 (3869c66): Dice by structure
+            agreement = {name: Agreement(dice, None, None) for name, dice in value["dice"].items()}
+        return cls(sr=Path(value["sr"]), agreement=agreement, seconds=dict(value["seconds"]))
 
 
 JobResult = SegmentResult | ComparisonResult

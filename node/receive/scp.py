@@ -133,7 +133,7 @@ class StorageSCP:
         self._gate = ConnectionGate(Limits.from_settings(config.node), self._admission, metrics)
         self._server: GatedAssociationServer | None = None
         self._address = (config.node.host, config.node.port)
-        # C-STOREs begun whose response is not yet on the socket, per association.
+        # Requests whose response is not yet on the socket, per association.
         self._responses_owed: weakref.WeakKeyDictionary[Association, int] = weakref.WeakKeyDictionary()
         self._stopping = False
         self._in_flight_changed = threading.Condition()
@@ -167,7 +167,7 @@ class StorageSCP:
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_ABORTED, self._on_ended),
-            (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_PDU_SENT, self._on_pdu_sent),
         ]
@@ -207,7 +207,7 @@ class StorageSCP:
             if not self._in_flight_changed.wait_for(
                 lambda: not any(self._responses_owed.values()), timeout=self._ae.dimse_timeout
             ):
-                LOG.warning("%d C-STORE responses still owed at shutdown",
+                LOG.warning("%d responses still owed at shutdown",
                             sum(self._responses_owed.values()))
         for assoc in server.active_associations:
             assoc.abort()
@@ -279,23 +279,33 @@ class StorageSCP:
             self._established.discard(association)
         self._metrics.active_associations.dec()
 
-    # C-STORE ---------------------------------------------------------------
+    # C-ECHO and C-STORE ----------------------------------------------------
+
+    def _on_echo(self, event: Event) -> int:
+        with self._in_flight_changed:
+            self._owe_response(event.assoc)
+        return 0x0000
 
     def _on_store(self, event: Event) -> Dataset | int:
         with self._in_flight_changed:
+            self._owe_response(event.assoc)
             if self._stopping:
                 self._metrics.store_failures.labels("shutting-down").inc()
                 return _status(STATUS_OUT_OF_RESOURCES, "node is shutting down; send again later")
             if self._disk_space.is_low():
                 self._metrics.store_failures.labels("low-space").inc()
                 return _status(STATUS_OUT_OF_RESOURCES, "storage below its low watermark; send again later")
-            self._responses_owed[event.assoc] = self._responses_owed.get(event.assoc, 0) + 1
         return self._store_instance(event)
 
+    def _owe_response(self, association: Association) -> None:
+        """Count a request whose response is not yet on the socket (called
+        under the lock): every one, so that the count stays right even for a
+        peer that sends its next request before the last response."""
+        self._responses_owed[association] = self._responses_owed.get(association, 0) + 1
+
     def _on_pdu_sent(self, event: Event) -> None:
-        """A C-STORE's response is on the socket once the PDU carrying the
-        last fragment of a command has been sent; operations are synchronous,
-        so an association owing a response is sending that one."""
+        """A response is on the socket once the PDU carrying the last
+        fragment of its command has been sent; an SCP sends no other commands."""
         pdu = event.pdu
         if not isinstance(pdu, P_DATA_TF):
             return
