@@ -3,9 +3,11 @@
 One synthetic CT series (512x512, 16-bit, explicit VR little endian) is sent
 over loopback by dcmtk's storescu, first into dcmtk's storescp (writing files,
 no fsync) and then into ``segnode serve`` (fsync'ed files and SQLite index
-before each success status). Each is sent ``--repeat`` times, alternating;
-the best and median wall times of the storescu runs give MB/s and the ratio
-segnode / storescp (higher is better; 1.0 means as fast as storescp).
+before each success status), each over plain TCP and over DICOM TLS (BCP
+195, client certificates on both sides). Each is sent ``--repeat`` times,
+alternating; the best and median wall times of the storescu runs give MB/s
+and the ratio segnode / storescp (higher is better; 1.0 means as fast as
+storescp) for plain TCP and for TLS.
 
 Both peers run with TCP_NODELAY=1: Debian's dcmtk 3.6.7 leaves Nagle's
 algorithm on otherwise and is ~50x slower, so this compares against dcmtk at
@@ -32,6 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.certificates import Authority  # noqa: E402
 from tests.synthetic import write_ct_series  # noqa: E402
 
 DCMTK = Path("/usr/bin")
@@ -44,11 +47,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_echo(port: int, called_ae: str) -> None:
+def wait_for_echo(port: int, called_ae: str, tls: list[str]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         echo = subprocess.run(
-            [DCMTK / "echoscu", "-aet", "STORESCU", "-aec", called_ae, "127.0.0.1", str(port)],
+            [DCMTK / "echoscu", *tls, "-aet", "STORESCU", "-aec", called_ae, "127.0.0.1", str(port)],
             capture_output=True,
             env=ENV,
         )
@@ -64,13 +67,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def send(files: list[Path], port: int, called_ae: str, receiver_pid: int) -> tuple[float, float]:
+def send(files: list[Path], port: int, called_ae: str, receiver_pid: int,
+         tls: list[str]) -> tuple[float, float]:
     """Wall time of one storescu run sending every file on one association,
     and the CPU time the receiver used meanwhile."""
     cpu_before = cpu_seconds(receiver_pid)
     start = time.perf_counter()
     result = subprocess.run(
-        [DCMTK / "storescu", "-aet", "STORESCU", "-aec", called_ae, "127.0.0.1", str(port)]
+        [DCMTK / "storescu", *tls, "-aet", "STORESCU", "-aec", called_ae, "127.0.0.1", str(port)]
         + [str(f) for f in files],
         capture_output=True,
         text=True,
@@ -82,9 +86,12 @@ def send(files: list[Path], port: int, called_ae: str, receiver_pid: int) -> tup
     return elapsed, cpu_seconds(receiver_pid) - cpu_before
 
 
-def start_storescp(workdir: Path, *options: str) -> tuple[subprocess.Popen, int]:
+def start_storescp(workdir: Path, *options: str, name: str = "storescp",
+                   client_tls: list[str] = ()) -> tuple[subprocess.Popen, int]:
+    """dcmtk's storescp with `options` (TLS ones among them: then `client_tls`
+    is what echoscu needs to reach it)."""
     port = free_port()
-    out = workdir / "storescp"
+    out = workdir / name
     out.mkdir()
     proc = subprocess.Popen(
         [DCMTK / "storescp", *options, "-aet", "STORESCP", "-od", str(out), str(port)],
@@ -92,11 +99,13 @@ def start_storescp(workdir: Path, *options: str) -> tuple[subprocess.Popen, int]
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for_echo(port, "STORESCP")
+    wait_for_echo(port, "STORESCP", list(client_tls))
     return proc, port
 
 
-def start_segnode(workdir: Path, **node_settings: object) -> tuple[subprocess.Popen, int]:
+def start_segnode(workdir: Path, tls: dict[str, object] | None = None, client_tls: list[str] = (),
+                  **node_settings: object) -> tuple[subprocess.Popen, int]:
+    """``segnode serve`` on a free port, and on `tls`'s port with DICOM TLS if given."""
     port = free_port()
     config = {
         "node": {
@@ -105,6 +114,7 @@ def start_segnode(workdir: Path, **node_settings: object) -> tuple[subprocess.Po
             "port": port,
             "storage_dir": str(workdir / "segnode"),
             "metrics_port": free_port(),
+            **({"tls": tls} if tls else {}),
             **node_settings,
         },
         "peers": [{"ae_title": "STORESCU"}],
@@ -117,7 +127,9 @@ def start_segnode(workdir: Path, **node_settings: object) -> tuple[subprocess.Po
         stdout=subprocess.DEVNULL,
         stderr=(workdir / "segnode.log").open("w"),
     )
-    wait_for_echo(port, "SEGNODE")
+    wait_for_echo(port, "SEGNODE", [])
+    if tls:
+        wait_for_echo(tls["port"], "SEGNODE", list(client_tls))
     return proc, port
 
 
@@ -136,22 +148,36 @@ def main() -> int:
     megabytes = sum(f.stat().st_size for f in files) / 1e6
     print(f"series: {len(files)} slices of 512x512, {megabytes:.1f} MB, sent by dcmtk storescu")
 
+    # One CA for both sides; each side presents its certificate and checks the other's.
+    hospital = Authority(workdir / "pki")
+    server, client = hospital.issue("receiver"), hospital.issue("storescu")
+    client_tls = ["+tls", str(client.key), str(client.certificate), "+cf", str(hospital.certificate)]
+    server_tls = ["+tls", str(server.key), str(server.certificate), "+cf", str(hospital.certificate),
+                  "--require-peer-cert"]
+    node_tls = {"port": free_port(), "certificate": str(server.certificate), "key": str(server.key),
+                "client_ca": str(hospital.certificate)}
+
     storescp, storescp_port = start_storescp(workdir)
-    segnode, segnode_port = start_segnode(workdir)
-    times: dict[str, list[float]] = {"dcmtk storescp": [], "segnode (fsync)": []}
-    cpu: dict[str, list[float]] = {"dcmtk storescp": [], "segnode (fsync)": []}
+    storescp_tls, storescp_tls_port = start_storescp(workdir, *server_tls, name="storescp-tls",
+                                                     client_tls=client_tls)
+    segnode, segnode_port = start_segnode(workdir, node_tls, client_tls)
+    segnode_tls_port = node_tls["port"]
     receivers = {
-        "dcmtk storescp": (storescp_port, "STORESCP", storescp.pid),
-        "segnode (fsync)": (segnode_port, "SEGNODE", segnode.pid),
+        "dcmtk storescp": (storescp_port, "STORESCP", storescp.pid, []),
+        "segnode (fsync)": (segnode_port, "SEGNODE", segnode.pid, []),
+        "storescp TLS": (storescp_tls_port, "STORESCP", storescp_tls.pid, client_tls),
+        "segnode TLS": (segnode_tls_port, "SEGNODE", segnode.pid, client_tls),
     }
+    times: dict[str, list[float]] = {name: [] for name in receivers}
+    cpu: dict[str, list[float]] = {name: [] for name in receivers}
     try:
         for _ in range(args.repeat):
-            for name, (port, called_ae, pid) in receivers.items():
-                wall, used = send(files, port, called_ae, pid)
+            for name, (port, called_ae, pid, tls) in receivers.items():
+                wall, used = send(files, port, called_ae, pid, tls)
                 times[name].append(wall)
                 cpu[name].append(used)
     finally:
-        for proc in (storescp, segnode):
+        for proc in (storescp, storescp_tls, segnode):
             proc.terminate()
             proc.wait(30)
 
@@ -166,9 +192,12 @@ def main() -> int:
             f"{name:<18} {best:>8.3f} {median:>9.3f} {megabytes / best:>10.1f}"
             f" {megabytes / median:>12.1f} {cpu_per_slice:>13.2f}"
         )
-    ratio_best = min(times["dcmtk storescp"]) / min(times["segnode (fsync)"])
-    ratio_median = statistics.median(times["dcmtk storescp"]) / statistics.median(times["segnode (fsync)"])
-    print(f"segnode / storescp throughput ratio: best {ratio_best:.2f}, median {ratio_median:.2f}")
+    for ours, reference, over in (("segnode (fsync)", "dcmtk storescp", "plain TCP"),
+                                  ("segnode TLS", "storescp TLS", "DICOM TLS")):
+        ratio_best = min(times[reference]) / min(times[ours])
+        ratio_median = statistics.median(times[reference]) / statistics.median(times[ours])
+        print(f"segnode / storescp throughput ratio over {over}: best {ratio_best:.2f}, "
+              f"median {ratio_median:.2f}")
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -1,20 +1,26 @@
 """segnode configuration: one YAML file, validated by pydantic, passed to every stage."""
 
+from config.certificates import EXPIRY_WARNING_DAYS, CertificateExpiry, certificate_expiries
 from config.loader import (
     RESTART_ONLY,
     ConfigError,
     ConfigFile,
+    RestartOnlyChange,
     file_signature,
     load_config,
     parse_config,
     read_config,
     reloaded,
+    restart_only_changes,
 )
 from config.reload_guard import GUARDED, read_for_reload, reload_refusals, sets_nothing
 from config.schema import (
+    CertificateBinding,
     Destination,
+    DestinationTls,
     JobSettings,
     NodeSettings,
+    NodeTls,
     Peer,
     Pipeline,
     QaSettings,
@@ -26,20 +32,27 @@ from config.schema import (
 )
 
 __all__ = [
+    "EXPIRY_WARNING_DAYS",
     "GUARDED",
     "RESTART_ONLY",
+    "CertificateBinding",
+    "CertificateExpiry",
     "ConfigError",
     "ConfigFile",
     "Destination",
+    "DestinationTls",
     "JobSettings",
     "NodeSettings",
+    "NodeTls",
     "Peer",
     "Pipeline",
     "QaSettings",
+    "RestartOnlyChange",
     "Route",
     "RouteMatch",
     "SegnodeConfig",
     "SendingSettings",
+    "certificate_expiries",
     "default_models_dir",
     "file_signature",
     "load_config",
@@ -48,5 +61,6 @@ __all__ = [
     "read_for_reload",
     "reload_refusals",
     "reloaded",
+    "restart_only_changes",
     "sets_nothing",
 ]

@@ -10,7 +10,8 @@ from typing import Final
 import yaml
 from pydantic import ValidationError
 
-from config.schema import SegnodeConfig
+from config.certificates import FileChecks
+from config.schema import NodeTls, SegnodeConfig
 
 
 class ConfigError(Exception):
@@ -48,8 +49,12 @@ def _location(loc: tuple[str | int, ...]) -> str:
     return text
 
 
-def parse_config(text: str, source: str = "<config>") -> SegnodeConfig:
-    """Validate YAML text; raise :class:`ConfigError` listing every problem."""
+def parse_config(text: str, source: str = "<config>", *, check_files: bool = True) -> SegnodeConfig:
+    """Validate YAML text; raise :class:`ConfigError` listing every problem.
+
+    ``check_files=False`` leaves the certificate and key files unread, for a
+    reader that needs the rest and may not be allowed to read the key.
+    """
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -59,7 +64,7 @@ def parse_config(text: str, source: str = "<config>") -> SegnodeConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the top level must be a mapping"])
     try:
-        return SegnodeConfig.model_validate(raw)
+        return SegnodeConfig.model_validate(raw, context=FileChecks(check_files))
     except ValidationError as exc:
         errors = []
         for error in exc.errors():
@@ -67,6 +72,8 @@ def parse_config(text: str, source: str = "<config>") -> SegnodeConfig:
             message = error["msg"]
             if error["type"] == "references":
                 errors.extend(message.split("; "))
+            elif error["type"] == "key_mismatch":
+                errors.append(f"{where}: does not match {_location((*error['loc'][:-1], 'certificate'))}")
             elif where:
                 errors.append(f"{where}: {message}")
             else:
@@ -74,7 +81,7 @@ def parse_config(text: str, source: str = "<config>") -> SegnodeConfig:
         raise ConfigError(source, errors) from exc
 
 
-def read_config(path: Path) -> ConfigFile:
+def read_config(path: Path, *, check_files: bool = True) -> ConfigFile:
     """Read and validate a configuration file, once, keeping the digest of what was read."""
     try:
         data = Path(path).read_bytes()
@@ -86,19 +93,30 @@ def read_config(path: Path) -> ConfigFile:
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [f"not UTF-8: byte {exc.start}"], digest) from exc
     try:
-        config = parse_config(text, source=str(path))
+        config = parse_config(text, source=str(path), check_files=check_files)
     except ConfigError as exc:
         raise ConfigError(exc.source, exc.errors, digest) from exc
     return ConfigFile(Path(path), digest, config)
 
 
-def load_config(path: Path) -> SegnodeConfig:
+def load_config(path: Path, *, check_files: bool = True) -> SegnodeConfig:
     """Read and validate a configuration file."""
-    return read_config(path).config
+    return read_config(path, check_files=check_files).config
 
 
-#: Node fields bound to sockets or files opened at start: a reload keeps them.
-RESTART_ONLY: Final = ("host", "port", "storage_dir", "metrics_port")
+#: Node fields bound to sockets or files opened at start: a reload keeps them,
+#: as it keeps whether ``node.tls`` is there and its port (:func:`reloaded`).
+RESTART_ONLY: Final = ("host", "port", "storage_dir", "metrics_port", "listen_plain")
+
+
+@dataclass(frozen=True)
+class RestartOnlyChange:
+    """A restart-only setting that a reloaded file changes: ``field`` as
+    ``node.tls.port``, its value in force and the one in the file."""
+
+    field: str
+    in_force: object
+    in_file: object
 
 
 def file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -110,7 +128,33 @@ def file_signature(path: Path) -> tuple[int, int, int] | None:
     return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
+def restart_only_changes(new: SegnodeConfig, running: SegnodeConfig) -> tuple[RestartOnlyChange, ...]:
+    """What of `new` waits for a restart: the settings :func:`reloaded` keeps as in `running`."""
+    changes = [
+        RestartOnlyChange(f"node.{field}", getattr(running.node, field), getattr(new.node, field))
+        for field in RESTART_ONLY
+        if getattr(running.node, field) != getattr(new.node, field)
+    ]
+    in_force, in_file = running.node.tls, new.node.tls
+    if (in_force is None) != (in_file is None):
+        changes.append(RestartOnlyChange("node.tls", _presence(in_force), _presence(in_file)))
+    elif in_force is not None and in_file is not None and in_force.port != in_file.port:
+        changes.append(RestartOnlyChange("node.tls.port", in_force.port, in_file.port))
+    return tuple(changes)
+
+
+def _presence(tls: NodeTls | None) -> str:
+    return "none" if tls is None else "set"
+
+
 def reloaded(new: SegnodeConfig, running: SegnodeConfig) -> SegnodeConfig:
-    """`new` as a running process applies it: the RESTART_ONLY fields stay as in `running`."""
-    kept = {field: getattr(running.node, field) for field in RESTART_ONLY}
+    """`new` as a running process applies it: the RESTART_ONLY fields stay as in
+    `running`, and so do the TLS listener's existence and port (its socket is
+    opened at start), while its certificate, key and client CAs are the file's."""
+    kept: dict[str, object] = {field: getattr(running.node, field) for field in RESTART_ONLY}
+    in_force, in_file = running.node.tls, new.node.tls
+    if in_force is None or in_file is None:
+        kept["tls"] = in_force
+    else:
+        kept["tls"] = in_file.model_copy(update={"port": in_force.port})
     return new.model_copy(update={"node": new.node.model_copy(update=kept)})

@@ -53,8 +53,12 @@ def reload_refusals(new: SegnodeConfig, running: SegnodeConfig) -> tuple[str, ..
     return tuple(reasons)
 
 
-def read_for_reload(path: Path, running: SegnodeConfig) -> ConfigFile:
+def read_for_reload(path: Path, running: SegnodeConfig, *, check_files: bool = True) -> ConfigFile:
     """The file at `path` if a process running `running` may apply it.
+
+    ``check_files=False`` is for the workers: they read the node's copy of
+    the configuration in force, whose certificates the node has checked, and
+    open none of them.
 
     Raises
     ------
@@ -62,7 +66,7 @@ def read_for_reload(path: Path, running: SegnodeConfig) -> ConfigFile:
         If the file cannot be read, is invalid, or :func:`reload_refusals`
         gives reasons (its ``errors``), with the digest of the bytes read.
     """
-    loaded = read_config(path)
+    loaded = read_config(path, check_files=check_files)
     reasons = reload_refusals(loaded.config, running)
     if reasons:
         raise ConfigError(str(path), list(reasons), loaded.sha256)

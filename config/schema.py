@@ -7,12 +7,31 @@ starts or before a hot reload replaces a working configuration.
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from cryptography import x509
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
+
+from config.certificates import (
+    CertificateError,
+    FileChecks,
+    check_certificates,
+    check_private_key,
+    key_matches,
+    read_certificates,
+)
 
 
 def _check_ae_title(value: str) -> str:
@@ -65,6 +84,85 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_sha256(value: str) -> str:
+    """A SHA-256 fingerprint as 64 hex digits, colons allowed (as openssl prints them)."""
+    digits = value.replace(":", "").lower()
+    if len(digits) != 64 or any(ch not in "0123456789abcdef" for ch in digits):
+        raise PydanticCustomError("sha256", "not a SHA-256 fingerprint (64 hexadecimal digits)")
+    return digits
+
+
+Sha256 = Annotated[str, AfterValidator(_check_sha256)]
+
+
+def _check_subject(value: str) -> str:
+    """A distinguished name as RFC 4514 writes it, e.g. ``CN=ct1.example.org,O=Hospital``."""
+    try:
+        name = x509.Name.from_rfc4514_string(value)
+    except ValueError:
+        raise PydanticCustomError(
+            "subject", "not an RFC 4514 name such as CN=ct1.example.org,O=Hospital"
+        ) from None
+    if not len(name):
+        raise PydanticCustomError("subject", "is empty")
+    return value
+
+
+def _checks_files(info: ValidationInfo) -> bool:
+    return not isinstance(info.context, FileChecks) or info.context.enabled
+
+
+def _certificates_checked(path: Path, info: ValidationInfo) -> Path:
+    """A certificate field's file, read and valid now (unless the loader reads shape only)."""
+    if _checks_files(info):
+        try:
+            check_certificates(path, datetime.datetime.now(datetime.timezone.utc))
+        except CertificateError as exc:
+            raise PydanticCustomError("certificate_file", "{problem}", {"problem": str(exc)}) from None
+    return path
+
+
+def _key_checked(path: Path, info: ValidationInfo) -> Path:
+    """A key field's file, readable and the private half of the ``certificate``
+    beside it. Validated after ``certificate`` (the field order), which is thus
+    in ``info.data`` unless it failed its own check; the loader names it in the
+    message of a ``key_mismatch``."""
+    if not _checks_files(info):
+        return path
+    try:
+        key = check_private_key(path)
+        certificate = info.data.get("certificate")
+        if certificate is not None and not key_matches(key, read_certificates(certificate)[0]):
+            raise PydanticCustomError("key_mismatch", "does not match the certificate")
+    except CertificateError as exc:
+        raise PydanticCustomError("key_file", "{problem}", {"problem": str(exc)}) from None
+    return path
+
+
+class NodeTls(_Strict):
+    """DICOM TLS on its own port (PS3.15 annex B.9, BCP 195): the node's
+    certificate and key, and the CAs that a client's certificate must chain
+    to. Every client presents one."""
+
+    port: Port = 2762
+    # PEM: the node's certificate, then the chain up to (not including) the CA.
+    certificate: Path
+    # PEM, unencrypted; readable by the service user only.
+    key: Path
+    # PEM: the CA certificates client certificates must chain to.
+    client_ca: Path
+
+    @field_validator("certificate", "client_ca")
+    @classmethod
+    def _valid_certificates(cls, path: Path, info: ValidationInfo) -> Path:
+        return _certificates_checked(path, info)
+
+    @field_validator("key")
+    @classmethod
+    def _usable_key(cls, path: Path, info: ValidationInfo) -> Path:
+        return _key_checked(path, info)
+
+
 class NodeSettings(_Strict):
     """The node's own identity, listening address, storage and timings."""
 
@@ -93,13 +191,79 @@ class NodeSettings(_Strict):
     # The largest instance accepted, as sent and, for deflated data sets,
     # once inflated. Received data sets are spooled to disk, not memory.
     max_instance_bytes: int = Field(1 << 30, ge=1 << 20)
+    tls: NodeTls | None = None
+    # Listen on `port` without TLS too; false leaves only the TLS port.
+    listen_plain: bool = True
+
+    @model_validator(mode="after")
+    def _listens_somewhere(self) -> NodeSettings:
+        if not self.listen_plain and self.tls is None:
+            raise PydanticCustomError("listen", "listen_plain is false and there is no tls: "
+                                      "nothing to listen on")
+        if self.tls is not None and self.listen_plain and self.tls.port == self.port:
+            raise PydanticCustomError("listen", "tls.port ({port}) is also the plain port",
+                                      {"port": self.port})
+        return self
+
+
+class CertificateBinding(_Strict):
+    """The client certificate a peer must present: its subject (an RFC 4514
+    string such as ``CN=ct1.example.org,O=Hospital``) or its SHA-256
+    fingerprint, one of the two."""
+
+    subject: Annotated[str, AfterValidator(_check_subject)] | None = None
+    sha256: Sha256 | None = None
+
+    @model_validator(mode="after")
+    def _one_of_two(self) -> CertificateBinding:
+        if (self.subject is None) == (self.sha256 is None):
+            raise PydanticCustomError("certificate", "give either subject or sha256")
+        return self
 
 
 class Peer(_Strict):
-    """A calling AE that may send to this node, optionally only from one host."""
+    """A calling AE that may send to this node, optionally only from one host,
+    only over TLS, or only with one client certificate (which implies TLS)."""
 
     ae_title: AETitle
     host: str | None = None
+    tls: Literal["optional", "required"] = "optional"
+    certificate: CertificateBinding | None = None
+
+    @property
+    def requires_tls(self) -> bool:
+        return self.tls == "required" or self.certificate is not None
+
+
+class DestinationTls(_Strict):
+    """DICOM TLS to a destination. Its certificate is verified against
+    ``ca`` (the system's CAs when absent) and must name ``host``, or be the
+    one pinned by ``sha256``; ``verify_hostname: false`` with no pin accepts
+    any certificate the CA signed, and is logged at start. ``certificate``
+    and ``key`` are this node's client certificate, for destinations that
+    ask for one."""
+
+    ca: Path | None = None
+    certificate: Path | None = None
+    key: Path | None = None
+    verify_hostname: bool = True
+    sha256: Sha256 | None = None
+
+    @field_validator("ca", "certificate")
+    @classmethod
+    def _valid_certificates(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _certificates_checked(path, info)
+
+    @field_validator("key")
+    @classmethod
+    def _usable_key(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _key_checked(path, info)
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> DestinationTls:
+        if (self.certificate is None) != (self.key is None):
+            raise PydanticCustomError("tls", "certificate and key go together")
+        return self
 
 
 class Destination(_Strict):
@@ -108,6 +272,7 @@ class Destination(_Strict):
     ae_title: AETitle
     host: str
     port: Port
+    tls: DestinationTls | None = None
 
 
 class RouteMatch(_Strict):

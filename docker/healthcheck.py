@@ -20,7 +20,8 @@ CONFIG = Path("/etc/segnode/segnode.yaml")
 #: options, into the virtual environment that comes first on PATH.
 ECHOSCU = "/usr/bin/echoscu"
 
-node = load_config(CONFIG).node
+# Only the address is needed: an expiring certificate is the metrics' and status's to report.
+node = load_config(CONFIG, check_files=False).node
 # A node listening on every interface is called on loopback.
 address = "127.0.0.1" if node.host in ("0.0.0.0", "::", "") else node.host
 # Connect, ACSE and DIMSE timeouts well inside the HEALTHCHECK's 10 s.

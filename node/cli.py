@@ -15,10 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from config import GUARDED, ConfigError, SegnodeConfig, load_config, sets_nothing
+from config import GUARDED, ConfigError, SegnodeConfig, certificate_expiries, load_config, sets_nothing
 from dicomio.measurements import StructureMeasurements
 from dicomio.suv import FileSuvFactors, SuvFactors, read_suv_factors
-from node.config_record import ConfigReading, ConfigRecordError, read_record
+from node.config_record import ConfigReading, ConfigRecordError, in_force_path, read_record
 from node.queue.job_state import JobState
 from node.queue.jobs import Job, JobNotFoundError, JobQueue
 from node.receive.index import INDEX_FILENAME, InstanceIndex
@@ -32,10 +32,15 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _load_or_report(path: Path) -> SegnodeConfig | None:
-    """The configuration, or None after printing each of its errors to stderr."""
+def _load_or_report(path: Path, *, check_files: bool = False) -> SegnodeConfig | None:
+    """The configuration, or None after printing each of its errors to stderr.
+
+    Only check-config reads the certificate and key files: the other commands
+    need the rest, also once a certificate expired, and may run as a user who
+    cannot read the key.
+    """
     try:
-        return load_config(path)
+        return load_config(path, check_files=check_files)
     except ConfigError as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
@@ -44,7 +49,7 @@ def _load_or_report(path: Path) -> SegnodeConfig | None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.file)
+    config = _load_or_report(args.file, check_files=True)
     if config is None:
         return 1
     node = config.node
@@ -98,9 +103,10 @@ def _status(args: argparse.Namespace) -> int:
             queue.close()
     outbox, failed = _outbox_status(storage_dir)
     configuration = _config_status(storage_dir)
+    certificates = _certificate_status(storage_dir)
     if args.json:
-        print(json.dumps({"configuration": configuration, "series": rows, "jobs": jobs, "outbox": outbox,
-                          "outbox_failed": failed}, indent=2))
+        print(json.dumps({"configuration": configuration, "certificates": certificates, "series": rows,
+                          "jobs": jobs, "outbox": outbox, "outbox_failed": failed}, indent=2))
         return 0
     if configuration is not None:
         in_force = configuration["in_force"]
@@ -112,6 +118,15 @@ def _status(args: argparse.Namespace) -> int:
                   "the one above stays in force:")
             for reason in refused["reasons"]:
                 print(f"  {reason}")
+    for certificate in certificates:
+        if certificate["days_left"] is None:
+            state = certificate["problem"]
+        elif certificate["days_left"] < 0:
+            state = f"EXPIRED {-certificate['days_left']:.0f} days ago ({certificate['path']})"
+        else:
+            state = (f"{certificate['days_left']:.0f} days left, until {certificate['not_valid_after']} "
+                     f"({certificate['path']})")
+        print(f"certificate {certificate['field']}: {state}")
     if not rows:
         print("no series received yet")
         return 0
@@ -177,6 +192,29 @@ def _config_status(storage_dir: Path) -> dict | None:
         "in_force": reading(record.in_force),
         "refused": None if record.refused is None else reading(record.refused),
     }
+
+
+def _certificate_status(storage_dir: Path) -> list[dict]:
+    """The days left of each certificate of the configuration in force (the node's
+    copy of it), as its files are now; empty where no node has written one."""
+    path = in_force_path(storage_dir)
+    if not path.exists():
+        return []
+    config = _load_or_report(path)
+    if config is None:
+        return []
+    now = datetime.now(timezone.utc)
+    return [
+        {
+            "field": expiry.field,
+            "path": str(expiry.path),
+            "not_valid_after": None if expiry.not_valid_after is None
+            else expiry.not_valid_after.isoformat(timespec="seconds"),
+            "days_left": expiry.days_left(now),
+            "problem": expiry.problem,
+        }
+        for expiry in certificate_expiries(config)
+    ]
 
 
 def _outbox_status(storage_dir: Path) -> tuple[list[dict], list[dict]]:

@@ -6,7 +6,17 @@ one, so that several nodes (tests, benchmarks) can live in one process.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from config import EXPIRY_WARNING_DAYS, CertificateExpiry, SegnodeConfig, certificate_expiries
+
+LOG = logging.getLogger(__name__)
 
 
 class NodeMetrics:
@@ -142,3 +152,47 @@ class NodeMetrics:
     def serve(self, host: str, port: int) -> None:
         """Expose ``/metrics`` over HTTP on a daemon thread."""
         start_http_server(port, addr=host, registry=self.registry)
+
+
+class CertificateExpiryCollector(Collector):
+    """``segnode_certificate_expiry_days`` of the certificates in force, and
+    warnings in the log for those about to expire.
+
+    The files are read when a configuration is applied (start, reload), as
+    the TLS contexts are: a certificate renewed on disk but not yet reloaded
+    still counts down. The days are computed when Prometheus scrapes.
+    """
+
+    def __init__(self) -> None:
+        self._expiries: tuple[CertificateExpiry, ...] = ()
+
+    def apply(self, config: SegnodeConfig) -> None:
+        """Read the certificates `config` names, and warn of those about to expire."""
+        self._expiries = certificate_expiries(config)
+        self.warn_expiring()
+
+    def warn_expiring(self) -> None:
+        """A warning for each certificate with fewer than EXPIRY_WARNING_DAYS left."""
+        now = datetime.now(timezone.utc)
+        for expiry in self._expiries:
+            days = expiry.days_left(now)
+            if days is None:
+                LOG.warning("%s: %s", expiry.field, expiry.problem)
+            elif days < 0:
+                LOG.warning("%s: %s expired %.0f days ago", expiry.field, expiry.path, -days)
+            elif days < EXPIRY_WARNING_DAYS:
+                LOG.warning("%s: %s expires in %.0f days, on %s", expiry.field, expiry.path, days,
+                            f"{expiry.not_valid_after:%Y-%m-%d %H:%M} UTC")
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "segnode_certificate_expiry_days",
+            "Days until a configured certificate expires (a CA file: its soonest), by field.",
+            labels=["field"],
+        )
+        now = datetime.now(timezone.utc)
+        for expiry in self._expiries:
+            days = expiry.days_left(now)
+            if days is not None:
+                family.add_metric([expiry.field], days)
+        yield family

@@ -15,20 +15,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from config import (
-    RESTART_ONLY,
     ConfigError,
     SegnodeConfig,
     file_signature,
     read_config,
     read_for_reload,
     reloaded,
+    restart_only_changes,
     sets_nothing,
 )
 from node.assemble.assembly import SeriesAssembler
 from node.assemble.handover import Handover
 from node.config_record import ConfigReading, ConfigRecord, in_force_path, write_in_force, write_record
 from node.disk_space import DiskSpace
-from node.metrics import NodeMetrics
+from node.metrics import CertificateExpiryCollector, NodeMetrics
 from node.queue.job_metrics import JobCollector
 from node.queue.jobs import JobQueue
 from node.receive.index import InstanceIndex
@@ -43,6 +43,7 @@ LOG = logging.getLogger(__name__)
 
 _WATCH_INTERVAL_SECONDS = 1.0
 _SPOOL_CHECK_SECONDS = 60.0
+_CERTIFICATE_WARNING_SECONDS = 86400.0
 
 
 class Node:
@@ -60,6 +61,9 @@ class Node:
         self.scp = StorageSCP(config, self.store, self.index, self.metrics, self.disk_space)
         self.queue = JobQueue(config.node.storage_dir)
         self.metrics.registry.register(JobCollector(self.queue))
+        self.certificates = CertificateExpiryCollector()
+        self.certificates.apply(config)
+        self.metrics.registry.register(self.certificates)
         handover = Handover(self.index, self.queue, lambda: self.config)
         self.assembler = SeriesAssembler(
             self.index, self.metrics, config.node.series_stable_seconds, handover.hand_over_complete
@@ -87,14 +91,11 @@ class Node:
         self.keeper.start()
         self.workers.start()
         self.assembler.start()
-        LOG.info(
-            "segnode ready: DICOM %s:%d, metrics http://%s:%d/metrics, storage %s",
-            self.config.node.host,
-            self.scp.port,
-            self.config.node.host,
-            self.config.node.metrics_port,
-            self.store.root,
-        )
+        host = self.config.node.host
+        listeners = [f"DICOM {host}:{port}" for port in (self.scp.port,) if port is not None]
+        listeners += [f"DICOM TLS {host}:{port}" for port in (self.scp.tls_port,) if port is not None]
+        LOG.info("segnode ready: %s, metrics http://%s:%d/metrics, storage %s",
+                 ", ".join(listeners), host, self.config.node.metrics_port, self.store.root)
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -107,13 +108,16 @@ class Node:
     def run_until_stopped(self) -> None:
         """Serve until :meth:`request_stop`; reload on request or when the file changes;
         clear the spool of transfers that ended unfinished."""
-        spool_checked = time.monotonic()
+        spool_checked = certificates_checked = time.monotonic()
         while not self._stop_requested:
             self._wake.wait(_WATCH_INTERVAL_SECONDS)
             self._wake.clear()
             if time.monotonic() - spool_checked > _SPOOL_CHECK_SECONDS:
                 spool_checked = time.monotonic()
                 self.store.remove_orphaned_spool_files(time.time())
+            if time.monotonic() - certificates_checked > _CERTIFICATE_WARNING_SECONDS:
+                certificates_checked = time.monotonic()
+                self.certificates.warn_expiring()
             signature = file_signature(self.config_path)
             if signature != self._config_signature and signature is not None:
                 self._config_signature = signature
@@ -141,17 +145,12 @@ class Node:
                 self._keep_record(replace(self._config_record, refused=refused))
             return False
         new = loaded.config
-        for field in RESTART_ONLY:
-            old_value, new_value = getattr(self.config.node, field), getattr(new.node, field)
-            if old_value != new_value:
-                LOG.warning(
-                    "node.%s changed from %s to %s: takes effect after a restart",
-                    field,
-                    old_value,
-                    new_value,
-                )
+        for change in restart_only_changes(new, self.config):
+            LOG.warning("%s changed from %s to %s: takes effect after a restart",
+                        change.field, change.in_force, change.in_file)
         effective = reloaded(new, self.config)
         self.scp.apply(effective)
+        self.certificates.apply(effective)
         self.outbox.apply(effective)
         self.disk_space.set_low_watermark(effective.storage.low_watermark_bytes)
         self.assembler.stable_seconds = effective.node.series_stable_seconds

@@ -10,6 +10,7 @@ Error Comment, so the sender knows what happened and nothing is half stored.
 from __future__ import annotations
 
 import logging
+import ssl
 import tempfile
 import threading
 import time
@@ -44,7 +45,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
-from config import SegnodeConfig
+from config import NodeTls, SegnodeConfig
 from node.disk_space import DiskSpace
 from node.metrics import NodeMetrics
 from node.receive.dataset_check import check_instance
@@ -55,6 +56,7 @@ from node.receive.transport import (
     ConnectionGate,
     GatedAssociationServer,
     GuardedSocket,
+    GuardedTlsSocket,
     Limits,
     Violation,
     contain_thread_failures,
@@ -66,6 +68,7 @@ from node.receive.validation import (
     InvalidDataset,
     modality_label,
 )
+from node.tls import PeerCertificate, server_context
 
 LOG = logging.getLogger(__name__)
 
@@ -131,8 +134,12 @@ class StorageSCP:
         self._ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
         self._peers = PeerTable.from_config(config)
         self._gate = ConnectionGate(Limits.from_settings(config.node), self._admission, metrics)
-        self._server: GatedAssociationServer | None = None
-        self._address = (config.node.host, config.node.port)
+        self._plain_server: GatedAssociationServer | None = None
+        self._tls_server: GatedAssociationServer | None = None
+        self._host = config.node.host
+        self._plain_port = config.node.port if config.node.listen_plain else None
+        self._tls_port = None if config.node.tls is None else config.node.tls.port
+        self._tls_context: ssl.SSLContext | None = None
         # Requests whose response is not yet on the socket, per association.
         self._responses_owed: weakref.WeakKeyDictionary[Association, int] = weakref.WeakKeyDictionary()
         self._stopping = False
@@ -151,14 +158,39 @@ class StorageSCP:
         self._ae.acse_timeout = node.acse_timeout
         self._ae.dimse_timeout = node.dimse_timeout
         self._ae.network_timeout = node.network_timeout
-        if self._server is not None:
-            self._server.ae_title = node.ae_title
+        if node.tls is not None and self._tls_port is not None:
+            self._load_tls(node.tls)
+        for server in self._servers:
+            server.ae_title = node.ae_title
+
+    def _load_tls(self, tls: NodeTls) -> None:
+        """The TLS context from the files named now (certificates reload with
+        the configuration); files that cannot be loaded keep the one in force."""
+        try:
+            context = server_context(tls)
+        except (OSError, ssl.SSLError) as exc:
+            if self._tls_context is None:
+                raise
+            LOG.error("node.tls: cannot load the certificate, key or client CA (%s); "
+                      "the TLS port keeps the ones loaded before", exc)
+            return
+        self._tls_context = context
+        if self._tls_server is not None:
+            self._tls_server.tls = context
 
     @property
-    def port(self) -> int:
-        """The port listened on."""
-        assert self._server is not None
-        return self._server.server_address[1]
+    def _servers(self) -> list[GatedAssociationServer]:
+        return [server for server in (self._plain_server, self._tls_server) if server is not None]
+
+    @property
+    def port(self) -> int | None:
+        """The plain port listened on; None when there is only TLS."""
+        return None if self._plain_server is None else self._plain_server.server_address[1]
+
+    @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS port listened on, if any."""
+        return None if self._tls_server is None else self._tls_server.server_address[1]
 
     def start(self) -> None:
         """Listen in background threads; one thread per association."""
@@ -176,17 +208,24 @@ class StorageSCP:
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self._store.spool_dir)
         contain_thread_failures()
+        if self._plain_port is not None:
+            self._plain_server = self._listen(self._plain_port, handlers, None)
+        if self._tls_port is not None:
+            self._tls_server = self._listen(self._tls_port, handlers, self._tls_context)
+
+    def _listen(self, port: int, handlers: list, tls: ssl.SSLContext | None) -> GatedAssociationServer:
+        """One listener; its connections share the gate and its limits."""
         server = self._ae.make_server(
-            self._address, ae_title=self._peers.called_ae_title, evt_handlers=handlers,
-            server_class=GatedAssociationServer, gate=self._gate, watcher=self,
+            (self._host, port), ae_title=self._peers.called_ae_title, evt_handlers=handlers,
+            server_class=GatedAssociationServer, gate=self._gate, watcher=self, tls=tls,
         )
-        threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
+        kind = "dicom-listener" if tls is None else "dicom-tls-listener"
+        threading.Thread(target=server.serve_forever, name=kind, daemon=True).start()
         # As AE.start_server does: the server's shutdown takes itself off this list.
         self._ae._servers.append(server)
-        self._server = server
-        LOG.info(
-            "listening as %s on %s:%d", self._peers.called_ae_title, self._address[0], self.port
-        )
+        LOG.info("listening as %s on %s:%d%s", self._peers.called_ae_title, self._host,
+                 server.server_address[1], "" if tls is None else " (DICOM TLS)")
+        return server
 
     def shutdown(self) -> None:
         """Stop accepting associations, let in-flight C-STOREs finish, then abort the rest.
@@ -195,10 +234,11 @@ class StorageSCP:
         resources" and not stored, so everything that was acknowledged is on
         disk and nothing that is on disk half-way was acknowledged.
         """
-        if self._server is None:
+        servers = self._servers
+        if not servers:
             return
-        server = self._server
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
         with self._in_flight_changed:
             self._stopping = True
             # Waits for the responses too, not just the handlers: pynetdicom
@@ -209,17 +249,19 @@ class StorageSCP:
             ):
                 LOG.warning("%d responses still owed at shutdown",
                             sum(self._responses_owed.values()))
-        for assoc in server.active_associations:
-            assoc.abort()
-        self._server = None
+        for server in servers:
+            for assoc in server.active_associations:
+                assoc.abort()
+        self._plain_server = self._tls_server = None
         LOG.info("stopped listening")
 
     # Association events -------------------------------------------------
 
-    def _admission(self, calling_ae: str, called_ae: str, address: str) -> Rejection | None:
+    def _admission(self, calling_ae: str, called_ae: str, address: str,
+                   certificate: PeerCertificate | None) -> Rejection | None:
         """Whether an association request may go on to pynetdicom (asked by
         the transport's gate, before the association takes a slot)."""
-        verdict = self._peers.rejection(calling_ae, called_ae, address)
+        verdict = self._peers.rejection(calling_ae, called_ae, address, certificate)
         if verdict is None and self._disk_space.is_low():
             # Rejected-transient, service-provider (presentation), temporary
             # congestion (PS3.8 section 9.3.4): the sender tries again later.
@@ -240,7 +282,7 @@ class StorageSCP:
         level = logging.DEBUG if violation.reason == "closed" else logging.WARNING
         LOG.log(level, "dropped a connection from %s: %s", peer, violation.detail)
 
-    def closed(self, sock: GuardedSocket) -> None:
+    def closed(self, sock: GuardedSocket | GuardedTlsSocket) -> None:
         """A connection ended: forget its association and remove what it was
         still spooling.
 

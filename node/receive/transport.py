@@ -16,7 +16,10 @@ below pynetdicom, without changing it:
   against ``max_associations``; they are bounded per source address and in
   all, and one that closes is forgotten at once. The gate reads the request
   with ``MSG_PEEK``, so pynetdicom later reads the same bytes from the
-  kernel untouched.
+  kernel untouched. On the DICOM TLS port the TLS handshake comes first,
+  within the same deadline, and the request is read and replayed
+  (:class:`GuardedTlsSocket`); the client's certificate goes to the
+  admission with the AE titles.
 - :class:`GuardedSocket` is the socket pynetdicom reads and writes. It
   follows the byte stream PDU by PDU (:class:`PduStream`): a PDU longer than
   its bound, one of an unknown type, a message larger than
@@ -36,6 +39,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -54,6 +58,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from config import NodeSettings
 from node.metrics import NodeMetrics
 from node.receive.peers import Rejection, normalise_address
+from node.tls import PeerCertificate, peer_certificate
 
 LOG = logging.getLogger(__name__)
 
@@ -339,13 +344,13 @@ class ConnectionWatcher(Protocol):
     def dropped(self, violation: Violation, peer: str) -> None:
         """A connection broke a bound and is being aborted or closed."""
 
-    def closed(self, sock: GuardedSocket) -> None:
+    def closed(self, sock: _Guard) -> None:
         """A connection's socket was closed, for whatever reason."""
 
 
-class GuardedSocket(socket.socket):
-    """The socket of one connection, with deadlines on every read and send
-    and the bounds of :class:`PduStream` on what is read.
+class _Guard:
+    """Deadlines on every read and send of a connection, and the bounds of
+    :class:`PduStream` on what is read; the same for a plain and a TLS socket.
 
     pynetdicom reads it through ``select`` and ``recv``; a connection that
     breaks a bound is sent an A-ABORT and shut down, and pynetdicom then
@@ -358,19 +363,18 @@ class GuardedSocket(socket.socket):
     #: Set once pynetdicom has made the association (its accepted contexts).
     association: Association | None
 
-    @classmethod
-    def adopt(cls, conn: socket.socket, peer: str, limits: Limits,
-              watcher: ConnectionWatcher) -> GuardedSocket:
-        guarded = cls(conn.family, conn.type, conn.proto, fileno=conn.detach())
-        guarded.peer = peer
-        guarded.limits = limits
-        guarded.watcher = watcher
-        guarded.association = None
-        guarded._closed_once = threading.Lock()
-        guarded._stream = PduStream(limits, guarded._check_command)
-        guarded._dropped = False
-        guarded.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return guarded
+    def _guard(self, peer: str, limits: Limits, watcher: ConnectionWatcher) -> None:
+        self.peer = peer
+        self.limits = limits
+        self.watcher = watcher
+        self.association = None
+        self._closed_once = threading.Lock()
+        self._stream = PduStream(limits, self._check_command)
+        self._dropped = False
+
+    def _receive(self, bufsize: int) -> bytes:
+        """The next bytes of the DICOM stream (decrypted, on a TLS socket)."""
+        raise NotImplementedError
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if flags & socket.MSG_PEEK:
@@ -385,7 +389,7 @@ class GuardedSocket(socket.socket):
             if timeout <= 0:
                 raise TimeoutError
             super().settimeout(timeout)
-            data = super().recv(bufsize, flags)
+            data = self._receive(bufsize)
         except TimeoutError:
             self.drop(Violation("stalled", f"no complete PDU within {self.limits.network_timeout:g} s "
                                 "(node.network_timeout)", ABORT_BY_USER))
@@ -428,17 +432,151 @@ class GuardedSocket(socket.socket):
                 super().settimeout(_LINGER_SECONDS)
                 super().sendall(abort_pdu(*violation.abort))
             self.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # the peer is gone already
+        except (OSError, ValueError):
+            pass  # the peer is gone already, or the TLS session never began
+
+
+class GuardedSocket(_Guard, socket.socket):
+    """A plain TCP connection; the gate peeks at its request, which
+    pynetdicom then reads from the kernel untouched."""
+
+    @classmethod
+    def adopt(cls, conn: socket.socket, peer: str, limits: Limits,
+              watcher: ConnectionWatcher) -> GuardedSocket:
+        guarded = cls(conn.family, conn.type, conn.proto, fileno=conn.detach())
+        guarded._guard(peer, limits, watcher)
+        guarded.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return guarded
+
+    def _receive(self, bufsize: int) -> bytes:
+        return socket.socket.recv(self, bufsize)
+
+    def take_request(self, request: Request) -> None:
+        """Read the request the gate peeked at off the socket (before answering it here)."""
+        remaining = len(request.pdu)
+        while remaining > 0:
+            chunk = socket.socket.recv(self, min(remaining, 65536))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+
+class GuardedTlsSocket(_Guard, ssl.SSLSocket):
+    """A DICOM TLS connection (PS3.15 annex B.9). A TLS socket cannot be
+    peeked at, so the gate reads the request off it after the handshake and
+    the socket hands those bytes to pynetdicom before any others; pynetdicom
+    sees them as the socket's :meth:`pending` data."""
+
+    #: The client certificate, once the handshake is done.
+    certificate: PeerCertificate | None
+
+    @classmethod
+    def wrap(cls, context: ssl.SSLContext, conn: socket.socket, peer: str, limits: Limits,
+             watcher: ConnectionWatcher) -> GuardedTlsSocket:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The context is the server's own (node/tls.py makes one per listener).
+        context.sslsocket_class = cls
+        guarded = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        assert isinstance(guarded, cls)
+        guarded._guard(peer, limits, watcher)
+        guarded._replay = b""
+        guarded.certificate = None
+        return guarded
+
+    def handshake(self, deadline: float) -> Violation | None:
+        """The TLS handshake, within the gate's deadline; the client must
+        present a certificate that chains to ``node.tls.client_ca``."""
+        try:
+            ssl.SSLSocket.settimeout(self, max(0.001, deadline - time.monotonic()))
+            self.do_handshake()
+        except TimeoutError:
+            return Violation("request-timeout", f"no TLS handshake within {self.limits.acse_timeout:g} s "
+                             "(node.acse_timeout)", None)
+        except ssl.SSLError as exc:
+            return Violation("tls-handshake", f"TLS handshake failed: {_tls_reason(exc)}", None)
+        except OSError as exc:
+            return Violation("closed", f"connection failed during the TLS handshake: {exc}", None)
+        self.certificate = peer_certificate(self)
+        return None
+
+    def read_request(self, deadline: float) -> Request | Violation:
+        """Read the A-ASSOCIATE-RQ, to be replayed to pynetdicom."""
+        data = b""
+        while True:
+            outcome = examine_request(data)
+            if isinstance(outcome, Violation):
+                return outcome
+            if isinstance(outcome, Request):
+                if ssl.SSLSocket.pending(self):
+                    return _DATA_BEFORE_ANSWER
+                self._replay = outcome.pdu
+                return outcome
+            wanted = 6 - len(data) if len(data) < 6 else 6 + struct.unpack_from(">L", data, 2)[0] - len(data)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _request_timeout(self.limits)
+            try:
+                ssl.SSLSocket.settimeout(self, remaining)
+                chunk = ssl.SSLSocket.recv(self, min(wanted, 65536))
+            except TimeoutError:
+                return _request_timeout(self.limits)
+            except (ssl.SSLError, OSError) as exc:
+                return Violation("closed", f"connection failed before its request: {exc}", None)
+            if not chunk:
+                return Violation("closed", "closed before sending a request", None)
+            data += chunk
+
+    def take_request(self, request: Request) -> None:
+        """The request was read already (:meth:`read_request`); it is not replayed."""
+        self._replay = b""
+
+    def pending(self) -> int:
+        return len(self._replay) + super().pending()
+
+    def _receive(self, bufsize: int) -> bytes:
+        if self._replay:
+            data, self._replay = self._replay[:bufsize], self._replay[bufsize:]
+            return data
+        try:
+            return ssl.SSLSocket.recv(self, bufsize)
+        except ssl.SSLError as exc:
+            self.drop(Violation("tls-error", f"TLS: {_tls_reason(exc)}", None))
+            return b""
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """An OpenSSL failure in words: the verify message of a certificate that
+    was refused, else the library's reason code."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return exc.verify_message
+    return exc.reason or str(exc)
+
+
+def _request_timeout(limits: Limits) -> Violation:
+    # ARTIM expiry in Sta2 closes without an A-ABORT (AA-2).
+    return Violation("request-timeout", f"no A-ASSOCIATE-RQ within {limits.acse_timeout:g} s "
+                     "(node.acse_timeout)", None)
+
+
+# The requestor waits for the answer (Sta5, PS3.8 section 9.2); pynetdicom
+# fails in its state machine when more arrives before it has answered.
+_DATA_BEFORE_ANSWER = Violation("unexpected-pdu", "data after the A-ASSOCIATE-RQ before its answer",
+                                ABORT_BY_USER)
 
 
 @dataclass(frozen=True)
 class Request:
-    """A whole A-ASSOCIATE-RQ, still unread in the kernel's buffer."""
+    """A whole A-ASSOCIATE-RQ: still unread in the kernel's buffer (plain), or
+    read and kept to be replayed to pynetdicom (TLS)."""
 
     pdu: bytes
     calling_ae_title: str
     called_ae_title: str
+
+
+#: (calling AE, called AE, address, client certificate or None on a plain
+#: connection) -> why the request is rejected, or None to go on.
+Admission = Callable[[str, str, str, PeerCertificate | None], Rejection | None]
 
 
 class ConnectionGate:
@@ -448,10 +586,10 @@ class ConnectionGate:
     ``enter`` and ``leave`` run on the accepting thread and the connection's
     own thread; ``admit`` holds the connection's thread until its
     A-ASSOCIATE-RQ is whole, at most ``acse_timeout``; ``admission``
-    (calling AE, called AE, address) then says whether it may go on.
+    then says whether it may go on.
     """
 
-    def __init__(self, limits: Limits, admission: Callable[[str, str, str], Rejection | None],
+    def __init__(self, limits: Limits, admission: Admission,
                  metrics: NodeMetrics):
         self.limits = limits
         self._admission = admission
@@ -480,14 +618,20 @@ class ConnectionGate:
                 del self._pending[address]
             self._metrics.pending_connections.dec()
 
-    def admit(self, sock: GuardedSocket, address: str) -> bool:
-        """Wait for the connection's A-ASSOCIATE-RQ and decide: True hands it
-        to pynetdicom; False means it was answered (or closed) here."""
-        request = self._read_request(sock, time.monotonic() + self.limits.acse_timeout)
+    def admit(self, sock: GuardedSocket | GuardedTlsSocket, address: str) -> bool:
+        """Wait for the connection's A-ASSOCIATE-RQ (after the TLS handshake
+        on a TLS port) and decide: True hands it to pynetdicom; False means
+        it was answered (or closed) here."""
+        deadline = time.monotonic() + self.limits.acse_timeout
+        if isinstance(sock, GuardedTlsSocket):
+            request = sock.handshake(deadline) or sock.read_request(deadline)
+            certificate = sock.certificate
+        else:
+            request, certificate = self._peek_request(sock, deadline), None
         if isinstance(request, Violation):
             sock.drop(request)
             return False
-        verdict = self._admission(request.calling_ae_title, request.called_ae_title, address)
+        verdict = self._admission(request.calling_ae_title, request.called_ae_title, address, certificate)
         if verdict is None:
             return True
         (result, source, diagnostic), reason = verdict
@@ -495,7 +639,8 @@ class ConnectionGate:
         self.reject(sock, request, (result, source, diagnostic))
         return False
 
-    def reject(self, sock: GuardedSocket, request: Request, parameters: tuple[int, int, int]) -> None:
+    def reject(self, sock: GuardedSocket | GuardedTlsSocket, request: Request,
+               parameters: tuple[int, int, int]) -> None:
         """Answer A-ASSOCIATE-RJ, give the peer a moment to read it, close.
 
         The request is read off the socket first: closing a socket with
@@ -505,12 +650,7 @@ class ConnectionGate:
         self._metrics.associations_rejected.labels(reject_reason(*parameters[1:])).inc()
         try:
             sock.settimeout(_LINGER_SECONDS)
-            remaining = len(request.pdu)
-            while remaining > 0:
-                chunk = socket.socket.recv(sock, min(remaining, 65536))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
+            sock.take_request(request)
             sock.sendall(reject_pdu(*parameters))
             sock.shutdown(socket.SHUT_WR)
             # Until the peer closes, but no longer than the linger: a peer that
@@ -523,15 +663,13 @@ class ConnectionGate:
         except OSError:
             pass  # the peer closed first, or never read
 
-    def _read_request(self, sock: GuardedSocket, deadline: float) -> Request | Violation:
+    def _peek_request(self, sock: GuardedSocket, deadline: float) -> Request | Violation:
         """Peek until a whole A-ASSOCIATE-RQ is in the buffer (state Sta2, PS3.8 section 9.2)."""
         interval, seen = _PEEK_INTERVAL_SECONDS, 0
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                # ARTIM expiry in Sta2 closes without an A-ABORT (AA-2).
-                return Violation("request-timeout", f"no A-ASSOCIATE-RQ within "
-                                 f"{self.limits.acse_timeout:g} s (node.acse_timeout)", None)
+                return _request_timeout(self.limits)
             try:
                 readable, _, _ = select.select([sock], [], [], remaining)
                 if not readable:
@@ -541,44 +679,50 @@ class ConnectionGate:
                 return Violation("closed", f"connection failed before its request: {exc}", None)
             if not data:
                 return Violation("closed", "closed before sending a request", None)
-            if len(data) >= 6:
-                pdu_type, _, length = struct.unpack_from(">BBL", data)
-                if pdu_type != _ASSOCIATE_RQ:
-                    # Any other PDU in Sta2 is AA-1: an A-ABORT from the service user.
-                    kind = "unexpected-pdu" if pdu_type in _KNOWN_PDU_TYPES else "unrecognized-pdu"
-                    return Violation(kind, f"PDU type {pdu_type:#04x} before an A-ASSOCIATE-RQ",
-                                     ABORT_BY_USER)
-                if length > REQUEST_BOUND:
-                    return Violation("pdu-too-long", f"an A-ASSOCIATE-RQ of {length} bytes, more than the "
-                                     f"{REQUEST_BOUND} accepted", ABORT_BY_USER)
-                if len(data) > 6 + length:
-                    # The requestor waits for the answer (Sta5, PS3.8 section 9.2); pynetdicom
-                    # fails in its state machine when more arrives before it has answered.
-                    return Violation("unexpected-pdu", "data after the A-ASSOCIATE-RQ before its answer",
-                                     ABORT_BY_USER)
-                if len(data) == 6 + length:
-                    return self._decode(data)
+            outcome = examine_request(data)
+            if outcome is not None:
+                return outcome
             grew = len(data) > seen
             interval = _PEEK_INTERVAL_SECONDS if grew else min(2 * interval, _PEEK_INTERVAL_MAX_SECONDS)
             seen = len(data)
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
-    @staticmethod
-    def _decode(data: bytes) -> Request | Violation:
-        pdu = A_ASSOCIATE_RQ()
-        try:
-            pdu.decode(data)
-            calling, called = pdu.calling_ae_title, pdu.called_ae_title
-            contexts = pdu.to_primitive().presentation_context_definition_list
-        except Exception as exc:  # pynetdicom's decoder raises whatever the bytes provoke
-            return Violation("invalid-pdu", f"an A-ASSOCIATE-RQ that cannot be decoded: {exc}", ABORT_BY_USER)
-        for context in contexts:
-            # pynetdicom's negotiation fails in its acceptor thread on these,
-            # leaving the connection open and unanswered.
-            if context.abstract_syntax is None or not context.transfer_syntax:
-                return Violation("invalid-pdu", f"presentation context {context.context_id} without an "
-                                 "abstract syntax or transfer syntaxes", ABORT_BY_USER)
-        return Request(data, calling, called)
+
+def examine_request(data: bytes) -> Request | Violation | None:
+    """What a connection's first bytes say: a whole A-ASSOCIATE-RQ, why the
+    connection is dropped, or None while more must come."""
+    if len(data) < 6:
+        return None
+    pdu_type, _, length = struct.unpack_from(">BBL", data)
+    if pdu_type != _ASSOCIATE_RQ:
+        # Any other PDU in Sta2 is AA-1: an A-ABORT from the service user.
+        kind = "unexpected-pdu" if pdu_type in _KNOWN_PDU_TYPES else "unrecognized-pdu"
+        return Violation(kind, f"PDU type {pdu_type:#04x} before an A-ASSOCIATE-RQ", ABORT_BY_USER)
+    if length > REQUEST_BOUND:
+        return Violation("pdu-too-long", f"an A-ASSOCIATE-RQ of {length} bytes, more than the "
+                         f"{REQUEST_BOUND} accepted", ABORT_BY_USER)
+    if len(data) > 6 + length:
+        return _DATA_BEFORE_ANSWER
+    if len(data) == 6 + length:
+        return _decode_request(data)
+    return None
+
+
+def _decode_request(data: bytes) -> Request | Violation:
+    pdu = A_ASSOCIATE_RQ()
+    try:
+        pdu.decode(data)
+        calling, called = pdu.calling_ae_title, pdu.called_ae_title
+        contexts = pdu.to_primitive().presentation_context_definition_list
+    except Exception as exc:  # pynetdicom's decoder raises whatever the bytes provoke
+        return Violation("invalid-pdu", f"an A-ASSOCIATE-RQ that cannot be decoded: {exc}", ABORT_BY_USER)
+    for context in contexts:
+        # pynetdicom's negotiation fails in its acceptor thread on these,
+        # leaving the connection open and unanswered.
+        if context.abstract_syntax is None or not context.transfer_syntax:
+            return Violation("invalid-pdu", f"presentation context {context.context_id} without an "
+                             "abstract syntax or transfer syntaxes", ABORT_BY_USER)
+    return Request(data, calling, called)
 
 
 _REJECT_REASONS = {
@@ -632,17 +776,22 @@ class GatedAssociationServer(ThreadedAssociationServer):
     # Connections still at the gate must not hold up shutdown.
     block_on_close = False
 
-    def __init__(self, *args, gate: ConnectionGate, watcher: ConnectionWatcher, **kwargs):
+    def __init__(self, *args, gate: ConnectionGate, watcher: ConnectionWatcher,
+                 tls: ssl.SSLContext | None, **kwargs):
         self.gate = gate
         self._watcher = watcher
+        #: DICOM TLS on this port; replaced on a reload, for connections accepted after it.
+        self.tls = tls
         super().__init__(*args, request_handler=GatedRequestHandler, **kwargs)
 
-    def get_request(self) -> tuple[GuardedSocket, tuple[str, int]]:
+    def get_request(self) -> tuple[GuardedSocket | GuardedTlsSocket, tuple[str, int]]:
         conn, address = self.socket.accept()
         peer = normalise_address(str(address[0]))
-        return GuardedSocket.adopt(conn, peer, self.gate.limits, self._watcher), address
+        if self.tls is None:
+            return GuardedSocket.adopt(conn, peer, self.gate.limits, self._watcher), address
+        return GuardedTlsSocket.wrap(self.tls, conn, peer, self.gate.limits, self._watcher), address
 
-    def process_request(self, request: GuardedSocket, client_address) -> None:
+    def process_request(self, request: GuardedSocket | GuardedTlsSocket, client_address) -> None:
         refusal = self.gate.enter(request.peer)
         if refusal is not None:
             request.drop(refusal)
@@ -681,7 +830,7 @@ def contain_thread_failures() -> None:
             previous(args)
             return
         sock = getattr(dul_socket, "socket", None)
-        if not isinstance(sock, GuardedSocket):
+        if not isinstance(sock, _Guard):
             previous(args)
             return
         LOG.debug("pynetdicom's %s failed", thread.name,

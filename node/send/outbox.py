@@ -3,9 +3,9 @@
 One row per (job, destination, file), ``pending`` until the destination has
 acknowledged the file, then ``delivered``; ``failed`` only after repeated
 permanent refusals (the destination refused the instance itself, or never
-accepts its SOP class). A destination that is down, rejects associations or
-stalls is retried with exponential backoff for as long as it takes. Files are
-never deleted here.
+accepts its SOP class). A destination that is down, fails TLS, rejects
+associations or stalls is retried with exponential backoff for as long as it
+takes. Files are never deleted here.
 
 Delivery is at least once: a file is marked delivered only after its success
 status came back, so a kill between the status and the commit sends it again
@@ -305,6 +305,20 @@ class OutboxStore:
         return [FailedItem(row[0], row[1], Path(row[2]), row[3], row[4]) for row in rows]
 
 
+def _warn_of_unchecked_certificates(config: SegnodeConfig) -> None:
+    """Say which destinations accept a certificate for any host: allowed, for
+    a PACS whose certificate does not name the address it is reached at, but
+    then its CA alone stands between the results and whoever it certified."""
+    for name, destination in config.destinations.items():
+        tls = destination.tls
+        if tls is not None and not tls.verify_hostname and tls.sha256 is None:
+            LOG.warning(
+                "destinations.%s.tls: verify_hostname is false and no sha256 pin: "
+                "any certificate its CA signed is accepted",
+                name,
+            )
+
+
 class Outbox:
     """Sends what the store holds: a scheduler thread, and one round thread per destination.
 
@@ -349,9 +363,11 @@ class Outbox:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._scheduler = threading.Thread(target=self._schedule, name="outbox", daemon=True)
+        _warn_of_unchecked_certificates(config)
 
     def apply(self, config: SegnodeConfig) -> None:
         """Use ``config``'s destinations and AE title from the next round on."""
+        _warn_of_unchecked_certificates(config)
         with self._lock:
             self._config = config
             self._unconfigured_reported.clear()

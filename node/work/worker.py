@@ -58,7 +58,9 @@ class Worker:
         self.config_path = Path(config_path)
         self.owner = f"{name}:{os.getpid()}"
         self.device = device
-        self.config = load_config(self.config_path)
+        # The node's copy, checked by the node: a certificate that expired since
+        # must not keep a restarted worker from its jobs.
+        self.config = load_config(self.config_path, check_files=False)
         self._config_signature = file_signature(self.config_path)
         storage = self.config.node.storage_dir
         self.queue = JobQueue(storage)
@@ -204,7 +206,8 @@ class Worker:
             return
         self._config_signature = signature
         try:
-            self.config = reloaded(read_for_reload(self.config_path, self.config).config, self.config)
+            loaded = read_for_reload(self.config_path, self.config, check_files=False)
+            self.config = reloaded(loaded.config, self.config)
         except ConfigError as exc:
             LOG.error("keeping the configuration in force: %s", exc)
 
