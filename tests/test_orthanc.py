@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -38,9 +39,13 @@ def orthanc() -> str:
 
 
 class OrthancProcess:
-    """Orthanc on free loopback ports, knowing one modality: the segnode under test."""
+    """Orthanc on free loopback ports, knowing one modality: the segnode under test.
 
-    def __init__(self, workdir: Path, node: NodeProcess):
+    ``settings`` add to or replace options of its configuration (its DICOM
+    TLS, say: tests/test_orthanc_tls.py).
+    """
+
+    def __init__(self, workdir: Path, node: NodeProcess, **settings):
         workdir.mkdir(parents=True, exist_ok=True)
         self.http_port = free_port()
         self.dicom_port = free_port()
@@ -63,6 +68,7 @@ class OrthancProcess:
             "DicomCheckModalityHost": True,
             "DicomModalities": {"segnode": [node.config["node"]["ae_title"], "127.0.0.1", node.port]},
             "SaveJobs": False,
+            **settings,
         }
         self.config_path = workdir / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
@@ -121,20 +127,28 @@ class OrthancProcess:
             self.proc.wait(30)
 
 
+def serve_orthanc(node: NodeProcess, pacs: OrthancProcess, *, peer: dict | None = None,
+                  destination: dict | None = None) -> None:
+    """Start the node taking series from Orthanc and sending its results back
+    there; ``peer`` and ``destination`` add to Orthanc's entries (their TLS, say)."""
+    node.config["peers"].append({"ae_title": ORTHANC_AE, "host": "127.0.0.1", **(peer or {})})
+    node.config.update(
+        destinations={"PACS": {"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": pacs.dicom_port,
+                               **(destination or {})}},
+        pipelines={"organs": {"model": "builtin"}},
+        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "organs", "send_to": ["PACS"]}],
+        sending={"retry_base_seconds": 0.5, "retry_max_seconds": 2},
+    )
+    node.write_config()
+    node.start()
+
+
 @pytest.fixture
 def node_and_orthanc(node_factory, tmp_path) -> Iterator[tuple[NodeProcess, OrthancProcess]]:
     node = node_factory()
     pacs = OrthancProcess(tmp_path / "orthanc", node)
     try:
-        node.config["peers"].append({"ae_title": ORTHANC_AE, "host": "127.0.0.1"})
-        node.config.update(
-            destinations={"PACS": {"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": pacs.dicom_port}},
-            pipelines={"organs": {"model": "builtin"}},
-            routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "organs", "send_to": ["PACS"]}],
-            sending={"retry_base_seconds": 0.5, "retry_max_seconds": 2},
-        )
-        node.write_config()
-        node.start()
+        serve_orthanc(node, pacs)
         yield node, pacs
     finally:
         pacs.stop()
@@ -155,26 +169,40 @@ def wait_for_results(pacs: OrthancProcess, node: NodeProcess, study_id: str, tim
     )
 
 
-def test_orthanc_sends_a_ct_series_and_gets_seg_and_sr_back_in_the_same_study(node_and_orthanc, tmp_path):
-    node, pacs = node_and_orthanc
-    ct_files = write_ct_series(tmp_path / "ct", slices=24, rows=96, columns=96,
-                               pixel_spacing=(4.0, 4.0), slice_thickness=4.0)
-    uploaded = [pacs.upload(path) for path in ct_files]
+@dataclass(frozen=True)
+class Upload:
+    """A series put into Orthanc: its files and Orthanc's ids of the series and study."""
+
+    files: list[Path]
+    series_id: str
+    study_id: str
+
+
+def upload_series(pacs: OrthancProcess, files: list[Path]) -> Upload:
+    uploaded = [pacs.upload(path) for path in files]
     assert {item["Status"] for item in uploaded} == {"Success"}
-    (ct_series_id,) = {item["ParentSeries"] for item in uploaded}
+    (series_id,) = {item["ParentSeries"] for item in uploaded}
     (study_id,) = {item["ParentStudy"] for item in uploaded}
+    return Upload(files, series_id, study_id)
+
+
+def run_the_loop(node: NodeProcess, pacs: OrthancProcess, folder: Path) -> None:
+    """Orthanc C-STOREs a CT series to the node; its SEG and SR come back
+    into the CT's study, whole and referencing what they should."""
+    ct = upload_series(pacs, write_ct_series(folder / "ct", slices=24, rows=96, columns=96,
+                                             pixel_spacing=(4.0, 4.0), slice_thickness=4.0))
 
     sent = pacs.post("/modalities/segnode/store",
-                     json.dumps({"Resources": [ct_series_id], "Synchronous": True}).encode())
-    assert (sent["InstancesCount"], sent["FailedInstancesCount"]) == (len(ct_files), 0)
+                     json.dumps({"Resources": [ct.series_id], "Synchronous": True}).encode())
+    assert (sent["InstancesCount"], sent["FailedInstancesCount"]) == (len(ct.files), 0)
 
-    found = wait_for_results(pacs, node, study_id, timeout=60)
+    found = wait_for_results(pacs, node, ct.study_id, timeout=60)
     assert set(found) == {"CT", "SEG", "SR"}
-    ct_sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in ct_files}
-    ct_series_uid = pydicom.dcmread(ct_files[0], stop_before_pixels=True).SeriesInstanceUID
-    study_uid = pacs.get(f"/studies/{study_id}")["MainDicomTags"]["StudyInstanceUID"]
+    ct_sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in ct.files}
+    ct_series_uid = pydicom.dcmread(ct.files[0], stop_before_pixels=True).SeriesInstanceUID
+    study_uid = pacs.get(f"/studies/{ct.study_id}")["MainDicomTags"]["StudyInstanceUID"]
     (received,) = node.status()  # segnode took the series from Orthanc's AE, whole
-    assert (received["series_instance_uid"], received["instances"]) == (ct_series_uid, len(ct_files))
+    assert (received["series_instance_uid"], received["instances"]) == (ct_series_uid, len(ct.files))
 
     results = {}
     for modality in ("SEG", "SR"):
@@ -201,3 +229,7 @@ def test_orthanc_sends_a_ct_series_and_gets_seg_and_sr_back_in_the_same_study(no
         assert source_series.value == ct_series_uid
         referenced_numbers.update(segment_item.referenced_segment_numbers)
     assert referenced_numbers == segment_numbers
+
+
+def test_orthanc_sends_a_ct_series_and_gets_seg_and_sr_back_in_the_same_study(node_and_orthanc, tmp_path):
+    run_the_loop(*node_and_orthanc, tmp_path)
