@@ -10,9 +10,10 @@ extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
 # dcmtk: storescu/echoscu/storescp for diagnosis and tests; dicom3tools: dciodvfy;
-# orthanc: the PACS of the end-to-end tests.
+# orthanc: the PACS of the end-to-end tests; openssl: s_client, a TLS peer that
+# renegotiates and updates keys, for the hostile-peer tests.
 packages="dcmtk dicom3tools"
-[ -n "$extras" ] && packages="$packages orthanc"
+[ -n "$extras" ] && packages="$packages orthanc openssl"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

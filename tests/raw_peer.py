@@ -4,16 +4,19 @@ Real senders (dcmtk, pynetdicom) only send well-formed PDUs; a broken or
 hostile device sends whatever it likes. This peer builds PDUs from their
 definitions in PS3.8 section 9.3 so that tests can send half of one, one
 that lies about its length, or data before any association, and read back
-exactly what the node answers.
+exactly what the node answers. Over DICOM TLS (PS3.15 annex B.9) it does
+the same inside a TLS session, or sends the handshake's first flight alone.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_dataset
@@ -175,15 +178,36 @@ class Drained:
         return split_pdus(self.data)
 
 
-class RawPeer:
-    """One TCP connection to the node, driven byte by byte."""
+def tls_context(certificate: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """A TLS client presenting `certificate` and trusting servers that chain to `ca`."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    context.load_cert_chain(certificate, key)
+    return context
 
-    def __init__(self, port: int, host: str = "127.0.0.1", bind: str | None = None):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+def client_hello(context: ssl.SSLContext) -> bytes:
+    """The first flight of a TLS handshake (a ClientHello record) as `context` sends it."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    session = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        session.do_handshake()
+    except ssl.SSLWantReadError:  # waiting for the ServerHello, which never comes here
+        pass
+    return outgoing.read()
+
+
+class RawPeer:
+    """One TCP connection to the node, driven byte by byte; with `tls`, a
+    whole TLS handshake first and the bytes inside the session."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", bind: str | None = None,
+                 tls: ssl.SSLContext | None = None):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if bind is not None:
-            self.sock.bind((bind, 0))
-        self.sock.settimeout(10)
-        self.sock.connect((host, port))
+            sock.bind((bind, 0))
+        sock.settimeout(10)
+        sock.connect((host, port))
+        self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname="localhost")
 
     def __enter__(self) -> RawPeer:
         return self

@@ -8,9 +8,11 @@ C-STORE exchange, slow and silent peers) and 1,000 C-STOREs of data sets
 mutated from real slices (byte flips, insertions, deletions, truncations and
 length fields; wrong VR values, odd binary lengths, undefined and huge
 lengths, nested sequences, invalid UIDs, Modality garbage, Pixel Data that
-does not match its attributes), in batches of 100. After every batch:
+does not match its attributes), in batches of 100; then the same PDU-level
+inputs again inside TLS sessions on the DICOM TLS port, each after a good
+handshake with a listed peer's certificate. After every batch:
 
-(a) a listed peer (dcmtk storescu) still stores a slice;
+(a) a listed peer (dcmtk storescu, over TLS in the TLS run) still stores a slice;
 (b) the node's RSS, sampled every 50 ms, stayed under ``RSS_GROWTH_BOUND``
     above its RSS after start;
 (c) every instance the node acknowledged is in the store, and every stored
@@ -35,7 +37,9 @@ import hashlib
 import os
 import random
 import re
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import warnings
@@ -70,6 +74,7 @@ from tests.raw_peer import (
     store_pdus,
 )
 from tests.synthetic import dataset_bytes, write_ct_series
+from tests.test_hostile_peers import Pki, start_tls_node, storescu_tls
 from tests.test_receive import storescu
 
 pytestmark = pytest.mark.fuzz
@@ -345,10 +350,11 @@ _PDU_NAMES = {0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ", 0x04: "P-DATA-TF",
               0x07: "A-ABORT"}
 
 
-def exchange(port: int, item: PduInput) -> Answer:
-    """Send one PDU-level input and wait for the node to end the connection."""
+def exchange(port: int, item: PduInput, tls: ssl.SSLContext | None) -> Answer:
+    """Send one PDU-level input (inside a TLS session with `tls`) and wait
+    for the node to end the connection."""
     received = []
-    with RawPeer(port) as peer:
+    with RawPeer(port, tls=tls) as peer:
         peer.sock.settimeout(ANSWER_SECONDS)
         for pause, data, wait in item.chunks:
             time.sleep(pause)
@@ -818,9 +824,11 @@ class NodeWatch:
     collected and reported together at the end, so that one run finds them all.
     """
 
-    def __init__(self, node, listed_slices: list[Path]):
+    def __init__(self, node, listed_slices: list[Path],
+                 store: Callable[[list[Path]], subprocess.CompletedProcess]):
         self.node = node
         self.listed_slices = listed_slices
+        self.store = store
         self.baseline = rss_bytes(node.proc.pid)
         self.sampler = RssSampler(node.proc.pid)
         self.checked: set[Path] = set()
@@ -834,7 +842,7 @@ class NodeWatch:
         assert node.proc.poll() is None, f"segnode exited with {node.proc.returncode}:\n{node.log()[-4000:]}"
         # (a) a listed peer still stores.
         listed = self.listed_slices[batch]
-        result = storescu(node, [listed])
+        result = self.store([listed])
         assert result.returncode == 0, f"a listed peer could not store after batch {batch}: {result.stderr}"
         stored = {path.stem: path for path in node.stored_files()}
         listed_uid = str(pydicom.dcmread(listed, stop_before_pixels=True).SOPInstanceUID)
@@ -912,13 +920,26 @@ def _report(capsys, line: str) -> None:
         print(line, flush=True)
 
 
+def listed_slices(folder: Path) -> list[Path]:
+    """One slice for the listed peer to store after each batch."""
+    return write_ct_series(folder, ExplicitVRLittleEndian, slices=BATCHES, rows=32, columns=32, seed=1)
+
+
 @pytest.fixture
 def fuzz_node(node_factory, tmp_path):
     node = node_factory(**NODE_SETTINGS).start()
-    listed = write_ct_series(tmp_path / "listed", ExplicitVRLittleEndian, slices=BATCHES, rows=32, columns=32,
-                             seed=1)
-    watch = NodeWatch(node, listed)
+    watch = NodeWatch(node, listed_slices(tmp_path / "listed"), lambda files: storescu(node, files))
     yield node, watch
+    watch.sampler.stop()
+
+
+@pytest.fixture
+def tls_fuzz_node(node_factory, tmp_path):
+    """A node on a DICOM TLS port, and the listed peer's credentials."""
+    pki = Pki.make(tmp_path / "pki")
+    node = start_tls_node(node_factory, pki, **NODE_SETTINGS)
+    watch = NodeWatch(node, listed_slices(tmp_path / "listed"), lambda files: storescu_tls(node, pki, files))
+    yield node, pki, watch
     watch.sampler.stop()
 
 
@@ -934,14 +955,15 @@ def slice_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-def test_pdu_level_inputs_are_answered_and_harm_nothing(fuzz_node, slice_files, capsys):
-    node, watch = fuzz_node
-    base = Base.read("synthetic explicit VR", slice_files["synthetic explicit VR"])
-    with replayable("PDU level"), ThreadPoolExecutor(PDU_THREADS) as pool:
+def run_pdu_batches(watch: NodeWatch, port: int, tls: ssl.SSLContext | None, slice_file: Path,
+                    capsys, kind: str) -> None:
+    """Every PDU-level batch against `port` (inside TLS sessions with `tls`), checked after each."""
+    base = Base.read("synthetic explicit VR", slice_file)
+    with replayable(kind), ThreadPoolExecutor(PDU_THREADS) as pool:
         for batch in range(BATCHES):
             start = time.monotonic()
             items = [pdu_input(SEED, batch * BATCH_SIZE + i, base) for i in range(BATCH_SIZE)]
-            answers = list(pool.map(lambda item: exchange(node.port, item), items))
+            answers = list(pool.map(lambda item: exchange(port, item, tls), items))
             watch.defects += [f"batch {batch}: no answer within {ANSWER_SECONDS} s to {item}"
                               for item, a in zip(items, answers, strict=True) if a.what == "silence"]
             elapsed = time.monotonic() - start
@@ -949,10 +971,24 @@ def test_pdu_level_inputs_are_answered_and_harm_nothing(fuzz_node, slice_files, 
             memory = watch.after_batch(batch, {item.uid: item for item in items}, acknowledged)
             slowest = max(zip(answers, items, strict=True), key=lambda pair: pair[0].seconds)
             counts = Counter(a.what for a in answers).most_common(5)
-            _report(capsys, f"PDU batch {batch}: {len(items)} inputs in {elapsed:.1f} s, {memory}, slowest "
-                    f"answer {slowest[0].seconds:.1f} s (index {slowest[1].index}), {len(acknowledged)} "
-                    f"C-STOREs stored, answers {counts}")
+            _report(capsys, f"{kind} batch {batch}: {len(items)} inputs in {elapsed:.1f} s, {memory}, "
+                    f"slowest answer {slowest[0].seconds:.1f} s (index {slowest[1].index}), "
+                    f"{len(acknowledged)} C-STOREs stored, answers {counts}")
         watch.finish()
+
+
+def test_pdu_level_inputs_are_answered_and_harm_nothing(fuzz_node, slice_files, capsys):
+    node, watch = fuzz_node
+    run_pdu_batches(watch, node.port, None, slice_files["synthetic explicit VR"], capsys, "PDU level")
+
+
+def test_pdu_level_inputs_inside_tls_are_answered_and_harm_nothing(tls_fuzz_node, slice_files, capsys):
+    """The same inputs, each in a TLS session of its own after a good
+    handshake: the TLS port's socket (node/receive/transport.py,
+    GuardedTlsSocket) must hold the same bounds as the plain one."""
+    node, pki, watch = tls_fuzz_node
+    run_pdu_batches(watch, node.tls_port, pki.context(), slice_files["synthetic explicit VR"], capsys,
+                    "PDU level over TLS")
 
 
 def test_mutated_data_sets_are_refused_or_stored_readable(fuzz_node, slice_files, capsys):

@@ -362,8 +362,12 @@ class _Guard:
     watcher: ConnectionWatcher
     #: Set once pynetdicom has made the association (its accepted contexts).
     association: Association | None
+    #: False until :meth:`_guard`: ``ssl`` reads and closes a socket while
+    #: making it (a peer that reset the connection before it was accepted).
+    _guarded = False
 
     def _guard(self, peer: str, limits: Limits, watcher: ConnectionWatcher) -> None:
+        self._guarded = True
         self.peer = peer
         self.limits = limits
         self.watcher = watcher
@@ -377,7 +381,7 @@ class _Guard:
         raise NotImplementedError
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        if flags & socket.MSG_PEEK:
+        if flags & socket.MSG_PEEK or not self._guarded:
             return super().recv(bufsize, flags)
         if self._dropped:
             return b""
@@ -412,7 +416,7 @@ class _Guard:
         (pynetdicom skips its end events when its reader thread fails), its
         socket is closed."""
         super().close()
-        if self._closed_once.acquire(blocking=False):
+        if self._guarded and self._closed_once.acquire(blocking=False):
             self.watcher.closed(self)
 
     def send(self, data, flags: int = 0) -> int:
@@ -782,14 +786,26 @@ class GatedAssociationServer(ThreadedAssociationServer):
         self._watcher = watcher
         #: DICOM TLS on this port; replaced on a reload, for connections accepted after it.
         self.tls = tls
+        # The kernel's backlog as deep as the gate: with socketserver's 5, a
+        # burst of scanners waits a second for the SYN to be sent again.
+        self.request_queue_size = gate.limits.max_pending_connections
         super().__init__(*args, request_handler=GatedRequestHandler, **kwargs)
 
     def get_request(self) -> tuple[GuardedSocket | GuardedTlsSocket, tuple[str, int]]:
         conn, address = self.socket.accept()
         peer = normalise_address(str(address[0]))
-        if self.tls is None:
-            return GuardedSocket.adopt(conn, peer, self.gate.limits, self._watcher), address
-        return GuardedTlsSocket.wrap(self.tls, conn, peer, self.gate.limits, self._watcher), address
+        try:
+            if self.tls is None:
+                return GuardedSocket.adopt(conn, peer, self.gate.limits, self._watcher), address
+            return GuardedTlsSocket.wrap(self.tls, conn, peer, self.gate.limits, self._watcher), address
+        except OSError:
+            conn.close()
+            raise  # socketserver skips the connection
+        except Exception as exc:
+            # Anything else would end serve_forever: one connection must never stop the listener.
+            LOG.exception("cannot take the connection from %s", peer)
+            conn.close()
+            raise OSError(f"the connection from {peer} was not taken: {exc}") from exc
 
     def process_request(self, request: GuardedSocket | GuardedTlsSocket, client_address) -> None:
         refusal = self.gate.enter(request.peer)
