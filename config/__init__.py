@@ -14,6 +14,7 @@ from config.loader import (
     restart_only_changes,
 )
 from config.reload_guard import GUARDED, read_for_reload, reload_refusals, sets_nothing
+from config.research_key import MIN_KEY_BYTES, ResearchKeyError, read_research_key
 from config.schema import (
     CertificateBinding,
     Destination,
@@ -24,8 +25,10 @@ from config.schema import (
     Peer,
     Pipeline,
     QaSettings,
+    ResearchSettings,
     Route,
     RouteMatch,
+    RouteResearch,
     SegnodeConfig,
     SendingSettings,
     default_models_dir,
@@ -34,6 +37,7 @@ from config.schema import (
 __all__ = [
     "EXPIRY_WARNING_DAYS",
     "GUARDED",
+    "MIN_KEY_BYTES",
     "RESTART_ONLY",
     "CertificateBinding",
     "CertificateExpiry",
@@ -47,9 +51,12 @@ __all__ = [
     "Peer",
     "Pipeline",
     "QaSettings",
+    "ResearchKeyError",
+    "ResearchSettings",
     "RestartOnlyChange",
     "Route",
     "RouteMatch",
+    "RouteResearch",
     "SegnodeConfig",
     "SendingSettings",
     "certificate_expiries",
@@ -59,6 +66,7 @@ __all__ = [
     "parse_config",
     "read_config",
     "read_for_reload",
+    "read_research_key",
     "reload_refusals",
     "reloaded",
     "restart_only_changes",

@@ -44,7 +44,8 @@ class FileChecks:
     enabled: bool
 
 
-def _read(path: Path) -> bytes:
+def read_file(path: Path) -> bytes:
+    """The bytes of a file the configuration names; the error says why not, never what it holds."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -59,7 +60,7 @@ def _read(path: Path) -> bytes:
 
 def read_certificates(path: Path) -> tuple[x509.Certificate, ...]:
     """The PEM certificates in `path`, in file order (a leaf comes first)."""
-    data = _read(path)
+    data = read_file(path)
     try:
         return tuple(x509.load_pem_x509_certificates(data))
     except ValueError:
@@ -81,15 +82,20 @@ def check_certificates(path: Path, now: datetime.datetime) -> tuple[x509.Certifi
     return certificates
 
 
-def check_private_key(path: Path) -> PrivateKeyTypes:
-    """The unencrypted private key in `path`, refused if every user may read it."""
+def refuse_readable_by_everyone(path: Path) -> None:
+    """A secret (a private key, the research key) that every user may read is refused."""
     try:
         mode = path.stat().st_mode
     except OSError:
-        mode = 0  # _read says why
+        return  # read_file says why
     if mode & 0o004:
         raise CertificateError(f"{path}: readable by every user; chmod 600 or 640")
-    data = _read(path)
+
+
+def check_private_key(path: Path) -> PrivateKeyTypes:
+    """The unencrypted private key in `path`, refused if every user may read it."""
+    refuse_readable_by_everyone(path)
+    data = read_file(path)
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:  # what cryptography raises for an encrypted key read without a password

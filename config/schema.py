@@ -32,6 +32,7 @@ from config.certificates import (
     key_matches,
     read_certificates,
 )
+from config.research_key import ResearchKeyError, read_research_key
 
 
 def _check_ae_title(value: str) -> str:
@@ -290,6 +291,22 @@ class RouteMatch(_Strict):
     body_part_examined: str | None = None
 
 
+class RouteResearch(_Strict):
+    """A de-identified copy of a route's source series and results, for research
+    (PS3.15 annex E, Basic Application Level Confidentiality Profile).
+
+    ``dates``: ``removed`` is the Basic Profile alone; ``full`` and
+    ``modified`` are its Retain Longitudinal Temporal Information option, with
+    full dates (113106) or dates shifted by a per-patient offset (113107).
+    ``clean_descriptors`` is the Clean Descriptors option (113105): free-text
+    descriptions are kept, cleaned, instead of removed.
+    """
+
+    destination: str = Field(min_length=1)
+    dates: Literal["full", "modified", "removed"] = "removed"
+    clean_descriptors: bool = False
+
+
 class Route(_Strict):
     """Which pipeline a matching series goes through and where results go."""
 
@@ -297,6 +314,32 @@ class Route(_Strict):
     match: RouteMatch = RouteMatch()
     pipeline: str = Field(min_length=1)
     send_to: list[str] = Field(min_length=1)
+    research: RouteResearch | None = None
+
+
+def _research_key_checked(path: Path, info: ValidationInfo) -> Path:
+    """The key file, readable, long enough and private now (unless the loader
+    reads shape only); the secret itself is not kept."""
+    if _checks_files(info):
+        try:
+            read_research_key(path)
+        except ResearchKeyError as exc:
+            raise PydanticCustomError("key_file", "{problem}", {"problem": str(exc)}) from None
+    return path
+
+
+class ResearchSettings(_Strict):
+    """What every route's research export shares: the secret that keys its
+    pseudonyms, UIDs and date shifts, so that one patient gets one pseudonym
+    across studies and processes. Only its path is in the configuration."""
+
+    # At least 32 bytes, not readable by every user (chmod 600 or 640).
+    key_file: Path
+
+    @field_validator("key_file")
+    @classmethod
+    def _usable_key(cls, path: Path, info: ValidationInfo) -> Path:
+        return _research_key_checked(path, info)
 
 
 class QaSettings(_Strict):
@@ -400,6 +443,7 @@ class SegnodeConfig(_Strict):
     jobs: JobSettings = JobSettings()
     sending: SendingSettings = SendingSettings()
     storage: StorageSettings = StorageSettings()
+    research: ResearchSettings | None = None
 
     @model_validator(mode="after")
     def _check_references(self) -> SegnodeConfig:
@@ -410,6 +454,13 @@ class SegnodeConfig(_Strict):
             for name in route.send_to:
                 if name not in self.destinations:
                     errors.append(f"routes[{index}].send_to: unknown destination {name!r}")
+            if route.research is not None:
+                if route.research.destination not in self.destinations:
+                    errors.append(f"routes[{index}].research.destination: unknown destination "
+                                  f"{route.research.destination!r}")
+                if self.research is None:
+                    errors.append(f"routes[{index}].research: needs research.key_file, the "
+                                  "secret of its pseudonyms, which is not set")
         titles = [peer.ae_title for peer in self.peers]
         for index, title in enumerate(titles):
             if title in titles[:index]:

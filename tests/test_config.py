@@ -135,3 +135,13 @@ def test_models_dir_is_a_path_as_storage_dir_is_with_its_default_from_the_enviro
     monkeypatch.delenv("SEGNODE_MODELS")
     default = Path.home() / ".local" / "share" / "segnode" / "models"
     assert parse_config("peers: []\n").node.models_dir == default
+
+
+def test_the_research_key_file_is_read_only_when_files_are_checked(tmp_path):
+    """``segnode status`` and the workers read shape only: a key they may not read
+    must not stop them; check-config, start and reload read it."""
+    text = f"research: {{key_file: {tmp_path / 'absent.key'}}}\n"
+    assert parse_config(text, check_files=False).research.key_file == tmp_path / "absent.key"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.errors == [f"research.key_file: {tmp_path / 'absent.key'}: no such file"]

@@ -122,15 +122,19 @@ def test_an_unreadable_file_is_named(tmp_path, authority):
     assert f"destinations.PACS.tls.ca: {good.certificate}: permission denied" in result.stderr.splitlines()
 
 
-def test_the_example_tls_lines_uncommented_with_usable_files_are_valid(tmp_path, authority):
+def test_the_example_s_commented_lines_uncommented_with_usable_files_are_valid(tmp_path, authority):
     node = authority.issue("node")
+    research_key = tmp_path / "research.key"
+    research_key.write_bytes(bytes(range(32)))
+    research_key.chmod(0o600)
     example = (REPO / "config" / "segnode.example.yaml").read_text()
-    # Every indented commented-out key, uncommented, pointing at real files.
-    example = re.sub(r"^(\s+)# ( *[A-Za-z_-]+:(?: .*)?)$", r"\1\2", example, flags=re.MULTILINE)
-    placeholders = {"node.crt": node.certificate, "node.key": node.key,
-                    "clients-ca.pem": authority.certificate, "pacs-ca.pem": authority.certificate}
+    # Every commented-out key, uncommented, pointing at real files.
+    example = re.sub(r"^(\s*)# ( *[A-Za-z_-]+:(?: .*)?)$", r"\1\2", example, flags=re.MULTILINE)
+    placeholders = {"tls/node.crt": node.certificate, "tls/node.key": node.key,
+                    "tls/clients-ca.pem": authority.certificate, "tls/pacs-ca.pem": authority.certificate,
+                    "research.key": research_key}
     for placeholder, path in placeholders.items():
-        example = example.replace(f"/etc/segnode/tls/{placeholder}", str(path))
+        example = example.replace(f"/etc/segnode/{placeholder}", str(path))
     path = tmp_path / "segnode.yaml"
     path.write_text(example)
     result = check_config(path)

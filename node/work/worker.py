@@ -22,7 +22,16 @@ from pathlib import Path
 
 import pydicom
 
-from config import ConfigError, file_signature, load_config, read_for_reload, reloaded
+from config import (
+    ConfigError,
+    ResearchKeyError,
+    file_signature,
+    load_config,
+    read_for_reload,
+    read_research_key,
+    reloaded,
+)
+from dicomio.deidentify import Deidentifier, NotExportable
 from inference.model_store import ModelStore
 from inference.segmenter import Segmenter
 from inference.segmenters import open_segmenter
@@ -34,6 +43,7 @@ from node.receive.storage import installation_uid
 from node.send.outbox import OutboxStore
 from node.work.comparison import compare_with_reference
 from node.work.pipeline import PipelineError, PipelineInputs, run_pipeline
+from node.work.research import export_for_research, research_profile
 
 LOG = logging.getLogger("segnode.worker")
 
@@ -132,6 +142,7 @@ class Worker:
         for warning in result.warnings:
             LOG.warning("job %d: %s", job.id, warning)
         self._send(job, ((result.seg, result.seg_uid), (result.sr, result.sr_uid)))
+        self._export_for_research(job, (*ct_files, result.seg, result.sr), out_dir)
         return SegmentResult(
             seg=result.seg, sr=result.sr, csv=result.csv, labels=result.labels,
             model=f"{segmenter.algorithm.name} {segmenter.algorithm.version}",
@@ -166,6 +177,31 @@ class Worker:
         for path, uid in objects:
             for destination in job.destinations:
                 self.outbox.enqueue(f"{job.id}/{uid}", destination, [path], time.time())
+
+    def _export_for_research(self, job: Job, sources: tuple[Path, ...], out_dir: Path) -> None:
+        """Queue a de-identified copy of `sources` for the route's research
+        destination, if the route has one (node/work/research.py), under keys
+        of their new UIDs, as :meth:`_send` does. A series that must not leave
+        is logged and not exported; the job's clinical results stand."""
+        route = next((r for r in self.config.routes if r.name == job.route), None)
+        if route is None or route.research is None or self.config.research is None:
+            return
+        try:
+            # Read at each export, so that a reload that names another file applies.
+            secret = read_research_key(self.config.research.key_file)
+        except ResearchKeyError as exc:
+            raise PipelineError(f"research.key_file: {exc}") from None
+        deidentifier = Deidentifier(secret, research_profile(route.research))
+        try:
+            exported = export_for_research(sources, deidentifier, out_dir)
+        except NotExportable as exc:
+            LOG.warning("job %d: not exported for research: %s", job.id, exc)  # names the series
+            return
+        for item in exported:
+            self.outbox.enqueue(f"{job.id}/research/{item.sop_instance_uid}", route.research.destination,
+                                [item.path], time.time())
+        LOG.info("job %d: %d de-identified instance(s) queued for %s", job.id, len(exported),
+                 route.research.destination)
 
     def _pipeline(self, job: Job):
         pipeline = self.config.pipelines.get(job.pipeline)
