@@ -302,10 +302,9 @@ def _apply_table(ds: Dataset, profile: DeidentificationProfile, identifiers: fro
             continue
         if action in ("Z", "X/Z", "Z/D", "X/Z/D", "D", "X/D"):
             _replace(element, dummy="D" in action)
-        elif action is None and tag == _TEXT_VALUE:
-            if not _clean(element, profile, identifiers):
-                del ds[tag]
-                continue
+        elif action is None and tag == _TEXT_VALUE and not _clean(element, profile, identifiers):
+            # A TEXT content item needs its value (Type 1C): nothing left to keep is a dummy.
+            element.value = "ANONYMIZED"
         if element.VR == "SQ":
             for item in element.value:
                 _apply_table(item, profile, identifiers)

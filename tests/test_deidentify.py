@@ -387,3 +387,40 @@ def test_highdicom_objects_in_memory() -> None:
     ct = make_ct(JANE, "20240115", "ACC0001")
     out = Deidentifier(SECRET, DeidentificationProfile("modified", False)).deidentify(make_seg(ct))
     assert out.StudyDate != "20240115" and out.PatientID != "MRN123"
+
+
+@pytest.mark.parametrize("profile", [PROFILES[0], PROFILES[-1]], ids=str)
+def test_segnode_s_own_seg_and_sr_stay_valid_and_line_up_on_the_deidentified_ct(profile, tmp_path) -> None:
+    """The interoperability checks of tests/test_seg.py on de-identified copies:
+    dciodvfy finds no error in the SEG and SR, and dcmqi (an independent
+    reader) places the SEG's segments on the de-identified CT exactly where
+    the original SEG's lie on the original CT."""
+    from config import Pipeline
+    from dicomio.label_map import read_label_map
+    from dicomio.series import load_series
+    from inference.builtin import BuiltinSegmenter
+    from node.work.pipeline import PipelineInputs, run_pipeline
+    from tests.synthetic import write_ct_series
+    from tests.test_seg import dciodvfy, read_with_dcmqi
+
+    ct_files = write_ct_series(tmp_path / "ct", slices=20, rows=96, columns=96, pixel_spacing=(4.0, 4.0),
+                               slice_thickness=4.0)
+    created = datetime.datetime(2026, 3, 4, 5, 6, 7, tzinfo=datetime.timezone.utc)
+    result = run_pipeline(PipelineInputs(tuple(ct_files), (), "organs", Pipeline(), created, "2.25.1234"),
+                          BuiltinSegmenter(), tmp_path / "results")
+    labels, structures = read_label_map(result.labels, load_series(ct_files).volume)
+
+    deidentifier = Deidentifier(SECRET, profile)
+    out = tmp_path / "deidentified"
+    out.mkdir()
+    copies = []
+    for source in (*ct_files, result.seg, result.sr):
+        copy = deidentifier.deidentify(pydicom.dcmread(source))
+        path = out / f"{copy.SOPInstanceUID}.dcm"
+        copy.save_as(path, enforce_file_format=True)
+        copies.append(path)
+    *ct_copies, seg_copy, sr_copy = copies
+    for path in (seg_copy, sr_copy):
+        dciodvfy(path)
+    volume = load_series(ct_copies).volume
+    assert np.array_equal(read_with_dcmqi(seg_copy, volume, structures, tmp_path), labels)
