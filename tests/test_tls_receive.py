@@ -144,7 +144,8 @@ def test_a_peer_bound_to_a_certificate_needs_that_one(tls_node, pki, calling):
     bound.release()
     # The AE title alone, without TLS, never gets in.
     plain = scu(calling).associate("127.0.0.1", tls_node.port, ae_title="SEGNODE")
-    assert plain.is_rejected
+    assert not plain.is_established
+    wait_for_log(tls_node, f"calling AE {calling!r} must use DICOM TLS")
 
 
 def test_a_node_can_listen_on_tls_alone(node_factory, pki):
