@@ -144,7 +144,7 @@ def test_a_peer_bound_to_a_certificate_needs_that_one(tls_node, pki, calling):
     bound.release()
     # The AE title alone, without TLS, never gets in.
     plain = scu(calling).associate("127.0.0.1", tls_node.port, ae_title="SEGNODE")
-    assert not plain.is_established
+    assert plain.is_rejected
     wait_for_log(tls_node, f"calling AE {calling!r} must use DICOM TLS")
 
 

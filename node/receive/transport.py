@@ -656,9 +656,11 @@ class ConnectionGate:
             sock.settimeout(_LINGER_SECONDS)
             sock.take_request(request)
             sock.sendall(reject_pdu(*parameters))
-            sock.shutdown(socket.SHUT_WR)
-            # Until the peer closes, but no longer than the linger: a peer that
-            # keeps sending must not keep its place at the gate.
+            # Sta13 (PS3.8 section 9.2, AE-8): the requestor closes once it has
+            # read the rejection; closing first can reach a requestor before it
+            # has acted on the rejection (pynetdicom then reports no answer).
+            # No longer than the linger: a peer that keeps sending must not
+            # keep its place at the gate.
             deadline = time.monotonic() + _LINGER_SECONDS
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
