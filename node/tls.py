@@ -71,6 +71,18 @@ def client_context(tls: DestinationTls) -> ssl.SSLContext:
     return context
 
 
+def tls_failure(exc: OSError, peer: str) -> str:
+    """Why TLS failed, as OpenSSL says it: the verify message of a refused
+    certificate ("certificate verify failed: certificate has expired"), the
+    alert `peer` ("the client", "the destination") sent, or the error."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        reason = exc.reason.lower().replace("_", " ")
+        return f"{peer} sent {reason}" if " alert " in reason else reason
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 @dataclass(frozen=True)
 class PeerCertificate:
     """The certificate a TLS peer presented: its subject (RFC 4514) and

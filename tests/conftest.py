@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from config import Destination
 from tests.synthetic import STORESCP_FLAGS
@@ -203,6 +204,23 @@ def scu(ae_title: str = "TESTSCU") -> AE:
     for sop_class in (CTImageStorage, MRImageStorage, Verification):
         ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     return ae
+
+
+def rejection(ae: AE, port: int, **associate) -> tuple[int, int, int]:
+    """(result, source, diagnostic) of the A-ASSOCIATE-RJ that `ae` received from the node on `port`.
+
+    Read from the PDU as it arrived, not from the association: pynetdicom 3.0's
+    requestor checks its socket only after connecting, and when the rejection
+    comes fast enough that its reader has already acted on it and closed the
+    socket, it reports a failed connection instead.
+    """
+    received = []
+    handler = (evt.EVT_PDU_RECV, lambda event: received.append(event.pdu))
+    assoc = ae.associate("127.0.0.1", port, ae_title="SEGNODE", evt_handlers=[handler], **associate)
+    assert not assoc.is_established, "the association was accepted"
+    answers = [pdu for pdu in received if isinstance(pdu, A_ASSOCIATE_RJ)]
+    assert answers, f"no A-ASSOCIATE-RJ came back, only {[type(pdu).__name__ for pdu in received]}"
+    return answers[0].result, answers[0].source, answers[0].reason_diagnostic
 
 
 class StoreSCP:

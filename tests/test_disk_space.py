@@ -9,6 +9,7 @@ import copy
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
+from tests.conftest import rejection
 from tests.synthetic import write_ct_series
 from tests.test_e2e import (  # noqa: F401 (ct_series and destination are fixtures)
     configure,
@@ -52,10 +53,7 @@ def test_below_the_low_watermark_stores_are_refused_and_associations_rejected_as
     finally:
         assoc.release()
 
-    rejected = _scu().associate("127.0.0.1", node.port, ae_title="SEGNODE")
-    assert rejected.is_rejected
-    primitive = rejected.acceptor.primitive
-    assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 3, 1)
+    assert rejection(_scu(), node.port) == (2, 3, 1)
     metrics = wait_for(lambda: (m := node.metrics())['segnode_storage_low_space'] == 1 and m, 10,
                        "the low-space gauge")
     assert metrics['segnode_store_failures_total{reason="low-space"}'] == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.conftest import scu
+from tests.conftest import rejection, scu
 from tests.synthetic import dataset_bytes, write_ct_series
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -193,8 +193,7 @@ def test_a_disk_that_fills_anyway_loses_nothing_and_frees_the_spool(node_factory
         while True:
             handle.write(b"\0" * 4096)
     assert os.statvfs(small_tmpfs).f_bavail == 0
-    assoc = scu().associate("127.0.0.1", node.port, ae_title="SEGNODE")
-    assert assoc.is_rejected and assoc.acceptor.primitive.result == 0x02
+    assert rejection(scu(), node.port)[0] == 0x02
 
 
 def test_failing_write_loses_nothing(node_factory, tmp_path):

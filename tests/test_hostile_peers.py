@@ -85,11 +85,11 @@ def test_silent_connections_never_lock_out_a_listed_peer(node_factory, slice_fil
         assert node.metrics()['segnode_connections_dropped_total{reason="pending-per-address"}'] == 3
         # None of them counts against max_associations: two associations of
         # a listed peer get in at the same time, and a third is refused.
-        from tests.conftest import scu
+        from tests.conftest import rejection, scu
 
         held = [scu().associate("127.0.0.1", node.port, ae_title="SEGNODE") for _ in range(2)]
         assert all(a.is_established for a in held)
-        assert scu().associate("127.0.0.1", node.port, ae_title="SEGNODE").is_rejected
+        rejection(scu(), node.port)
         for a in held:
             a.release()
         assert_a_listed_peer_stores(node, slice_file)

@@ -58,7 +58,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from config import NodeSettings
 from node.metrics import NodeMetrics
 from node.receive.peers import Rejection, normalise_address
-from node.tls import PeerCertificate, peer_certificate
+from node.tls import PeerCertificate, peer_certificate, tls_failure
 
 LOG = logging.getLogger(__name__)
 
@@ -478,8 +478,6 @@ class GuardedTlsSocket(_Guard, ssl.SSLSocket):
     def wrap(cls, context: ssl.SSLContext, conn: socket.socket, peer: str, limits: Limits,
              watcher: ConnectionWatcher) -> GuardedTlsSocket:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # The context is the server's own (node/tls.py makes one per listener).
-        context.sslsocket_class = cls
         guarded = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         assert isinstance(guarded, cls)
         guarded._guard(peer, limits, watcher)
@@ -497,7 +495,7 @@ class GuardedTlsSocket(_Guard, ssl.SSLSocket):
             return Violation("request-timeout", f"no TLS handshake within {self.limits.acse_timeout:g} s "
                              "(node.acse_timeout)", None)
         except ssl.SSLError as exc:
-            return Violation("tls-handshake", f"TLS handshake failed: {_tls_reason(exc)}", None)
+            return Violation("tls-handshake", f"TLS handshake failed: {tls_failure(exc, 'the client')}", None)
         except OSError as exc:
             return Violation("closed", f"connection failed during the TLS handshake: {exc}", None)
         self.certificate = peer_certificate(self)
@@ -544,16 +542,8 @@ class GuardedTlsSocket(_Guard, ssl.SSLSocket):
         try:
             return ssl.SSLSocket.recv(self, bufsize)
         except ssl.SSLError as exc:
-            self.drop(Violation("tls-error", f"TLS: {_tls_reason(exc)}", None))
+            self.drop(Violation("tls-error", f"TLS: {tls_failure(exc, 'the client')}", None))
             return b""
-
-
-def _tls_reason(exc: ssl.SSLError) -> str:
-    """An OpenSSL failure in words: the verify message of a certificate that
-    was refused, else the library's reason code."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return exc.verify_message
-    return exc.reason or str(exc)
 
 
 def _request_timeout(limits: Limits) -> Violation:
@@ -786,12 +776,23 @@ class GatedAssociationServer(ThreadedAssociationServer):
                  tls: ssl.SSLContext | None, **kwargs):
         self.gate = gate
         self._watcher = watcher
-        #: DICOM TLS on this port; replaced on a reload, for connections accepted after it.
         self.tls = tls
         # The kernel's backlog as deep as the gate: with socketserver's 5, a
         # burst of scanners waits a second for the SYN to be sent again.
         self.request_queue_size = gate.limits.max_pending_connections
         super().__init__(*args, request_handler=GatedRequestHandler, **kwargs)
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """DICOM TLS on this port; replaced on a reload, for connections accepted after it."""
+        return self._tls
+
+    @tls.setter
+    def tls(self, context: ssl.SSLContext | None) -> None:
+        if context is not None:
+            # The context is this listener's own (node/tls.py makes one per load).
+            context.sslsocket_class = GuardedTlsSocket
+        self._tls = context
 
     def get_request(self) -> tuple[GuardedSocket | GuardedTlsSocket, tuple[str, int]]:
         conn, address = self.socket.accept()

@@ -63,7 +63,7 @@ from pynetdicom.events import Event
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
 
 from config import Destination, DestinationTls
-from node.tls import client_context, peer_certificate
+from node.tls import client_context, peer_certificate, tls_failure
 
 LOG = logging.getLogger(__name__)
 
@@ -279,18 +279,6 @@ class _TlsFailed(ConnectionError):
     ``ssl.SSLError`` gets a traceback."""
 
 
-def _tls_reason(exc: OSError) -> str:
-    """Why TLS failed, as OpenSSL says it: the verify message of a rejected
-    certificate ("certificate has expired"), the alert the destination sent,
-    or the error."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        reason = exc.reason.lower().replace("_", " ")
-        return f"the destination sent {reason}" if " alert " in reason else reason
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
 def _not_speaking_tls(exc: OSError) -> bool:
     """Whether a handshake ended as one with a peer without TLS ends: the
     connection closed or reset, or a DICOM PDU where a TLS record should be."""
@@ -348,7 +336,7 @@ class _TlsAttempt:
 
     def failed(self, exc: OSError, hint: str = "") -> _TlsFailed:
         if self.failure is None:  # the cause, not what followed from it
-            self.failure = f"TLS with {self._where} failed: {_tls_reason(exc)}{hint}"
+            self.failure = f"TLS with {self._where} failed: {tls_failure(exc, 'the destination')}{hint}"
         return _TlsFailed(self.failure)
 
     def check_pin(self, sock: ssl.SSLSocket) -> None:
