@@ -8,7 +8,6 @@ same bytes and a destination that already has them just gets them again.
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,7 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicomio.files import write_atomically
+from dicomio.files import atomic_file
 
 #: Namespace of segnode's name-based UIDs.
 _UID_NAMESPACE = uuid.UUID("5e9a0de1-7c3b-4a52-9a7e-3d1f0c6b2e41")
@@ -44,10 +43,13 @@ def source_headers(files: Sequence[Path], used: set[str]) -> list[Dataset]:
 
 
 def write_dicom_atomically(dataset: Dataset, path: Path) -> None:
-    """Write `dataset` to `path` durably; a reader never sees a partial file."""
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    write_atomically(path, buffer.getvalue())
+    """Write `dataset` to `path` durably; a reader never sees a partial file.
+
+    Written once, where it will lie: a SEG's Pixel Data (55 MB for a
+    512x512x300 CT) is not copied into a buffer first.
+    """
+    with atomic_file(path) as handle:
+        dataset.save_as(handle, enforce_file_format=True)
 
 
 def date_object(dataset: Dataset, created: datetime) -> None:

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 #: The permissions of stored instances (node/receive/storage.py) and of
 #: everything else written here, not mkstemp's 0600.
 _FILE_MODE = 0o640
 
 
-def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to `path` durably, replacing an existing file.
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A file to write that appears, durably, as `path` (replacing an existing
+    file) once the block ends; nothing appears if it raises.
 
     Raises
     ------
@@ -34,7 +39,7 @@ def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), _FILE_MODE)
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -42,7 +47,13 @@ def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_folder(target.parent)
-    return target
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` durably, replacing an existing file (see :func:`atomic_file`)."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def move_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:

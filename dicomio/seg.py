@@ -169,6 +169,7 @@ def write_seg(
     fractional: bool = False,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    segments: Sequence[Segment] | None = None,
 ) -> hd.seg.Segmentation:
     """A DICOM Segmentation of `volume` with one segment per present structure.
 
@@ -205,6 +206,10 @@ def write_seg(
         UIDs of the new object; new random UIDs by default. Pass UIDs derived
         from the source series and the model so that a retry produces the same
         instance rather than a second one.
+    segments : sequence of Segment, optional
+        What :func:`plan_segments` gave for these `labels` and `structures`,
+        for a caller that has it already: finding the present structures
+        again is a pass over the whole label map (0.3 s for 512x512x300).
 
     Returns
     -------
@@ -228,7 +233,8 @@ def write_seg(
         raise SegInputError(
             series_uid, f"labels of shape {labels.shape} do not fit the volume's {volume.array.shape}"
         )
-    segments = plan_segments(labels, structures, fractional=fractional, series_instance_uid=series_uid)
+    if segments is None:
+        segments = plan_segments(labels, structures, fractional=fractional, series_instance_uid=series_uid)
     if not segments:
         raise EmptySegmentationError(series_uid, "no structure has a voxel")
 

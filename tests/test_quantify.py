@@ -151,6 +151,37 @@ def test_components_are_26_connected():
     assert stomach.density_g_ml == DEFAULT_DENSITIES.default_g_ml == 1.03
 
 
+@pytest.mark.parametrize(("hu_dtype", "far"), [(np.int16, 0), (np.float32, 0), (np.int32, 100_000)])
+def test_hu_statistics_of_many_structures_are_those_of_their_voxels(hu_dtype, far):
+    # Noisy HU and overlapping random boxes; integer HU within an int16's
+    # span are counted in one pass (histograms), others (floats, a voxel far
+    # out) gathered per structure: both must give what numpy gives on each
+    # structure's own voxels.
+    rng = np.random.default_rng(3)
+    hu = rng.integers(-1024, 1500, (24, 40, 36)).astype(hu_dtype)
+    hu[-1, -1, -1] += far
+    ct = axial(hu, (2.0, 0.7, 0.7), (0.0, 0.0, 0.0), "CT")
+    labels = np.zeros(ct.array.shape, dtype=np.uint8)
+    for value in range(1, 8):
+        start = rng.integers(0, 16, 3)
+        labels[tuple(slice(a, a + int(rng.integers(2, 12))) for a in start)] = value
+    labels[labels == 6] = 0  # a value left with no voxel: no segment
+    labels[0, 0, :2] = 9  # a two-voxel structure, an even count: median of two
+    segmentation, segments = segmented(ct, labels, ("spleen", "liver", "stomach", "pancreas", "heart",
+                                                    "aorta", "brain", "skull", "sacrum"))
+
+    measured = quantify(segmentation, segments)
+
+    names = ["spleen", "liver", "stomach", "pancreas", "heart", "brain", "sacrum"]
+    assert [m.name for m in measured] == names
+    for segment, m in zip(segments, measured, strict=True):
+        inside = ct.array[labels == segment.value].astype(np.float64)
+        assert m.voxel_count == inside.size
+        assert (m.hu_min, m.hu_max, m.hu_median) == (inside.min(), inside.max(), np.median(inside))
+        assert m.hu_mean == pytest.approx(inside.mean(), rel=1e-12)
+        assert m.hu_std == pytest.approx(inside.std(), rel=1e-12)
+
+
 def test_measurements_follow_the_seg_segment_numbers():
     ct = ct_1mm((16, 16, 16))
     labels = np.zeros(ct.array.shape, dtype=np.uint8)

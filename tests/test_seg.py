@@ -34,6 +34,7 @@ from dicomio.codes import (
     UnknownStructureError,
     structure_code,
 )
+from dicomio.derived import write_dicom_atomically
 from dicomio.seg import (
     AlgorithmIdentity,
     EmptySegmentationError,
@@ -307,6 +308,27 @@ def test_empty_segments_and_frames_are_left_out(tmp_path: Path) -> None:
     seg = write(volume, labels, structures, headers(paths), tmp_path / "seg.dcm")
     assert [item.SegmentLabel for item in seg.SegmentSequence] == ["Liver", "Heart"]
     assert seg.NumberOfFrames == 3  # liver on 2 slices, heart on 1
+    dciodvfy(tmp_path / "seg.dcm")
+    np.testing.assert_array_equal(read_with_highdicom(tmp_path / "seg.dcm", volume, structures), labels)
+
+
+def test_written_atomically_with_the_segments_planned_beforehand(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path / "ct", slices=6, rows=16, columns=16)
+    volume = load_series(paths).volume
+    structures = totalseg(3, 5, 23)
+    labels = blobs(volume.array.shape, [3, 5, 23])
+    planned = plan_segments(labels, structures, series_instance_uid=volume.series_instance_uid)
+    uids = {"series_instance_uid": "2.25.41", "sop_instance_uid": "2.25.42"}
+    seg = write(volume, labels, structures, headers(paths), tmp_path / "plain.dcm", **uids)
+    given = write(volume, labels, structures, headers(paths), tmp_path / "given.dcm",
+                  segments=planned, **uids)
+    write_dicom_atomically(given, tmp_path / "seg.dcm")
+
+    assert (tmp_path / "seg.dcm").read_bytes() == (tmp_path / "given.dcm").read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    # highdicom dates the objects and gives the dimensions a random UID; the rest is the same.
+    for keyword in ("PixelData", "PerFrameFunctionalGroupsSequence", "SegmentSequence"):
+        assert seg[keyword] == given[keyword], keyword
     dciodvfy(tmp_path / "seg.dcm")
     np.testing.assert_array_equal(read_with_highdicom(tmp_path / "seg.dcm", volume, structures), labels)
 

@@ -144,6 +144,7 @@ def run_pipeline(inputs: PipelineInputs, segmenter: Segmenter, out_dir: Path) ->
             device_serial_number=inputs.device_uid,
             series_instance_uid=result_uid("seg-series", sources, identity),
             sop_instance_uid=result_uid("seg", sources, identity),
+            segments=segments,
         )
         date_object(seg, inputs.created)
         fix_dimension_organisation(seg, result_uid("seg-dimensions", sources, identity))
