@@ -1,8 +1,12 @@
 """End-to-end latency: from a series' last success status to the destination acknowledging SEG and SR.
 
 One synthetic CT (phantom/anatomy.py, 512x512x300 by default) is sent, as a
-scanner sends it, into ``segnode serve`` (``series_stable_seconds`` 2, the
-built-in segmenter on the CPU, one destination); the clock starts when the
+scanner sends it, into ``segnode serve`` (the built-in segmenter on the CPU,
+one destination), in two cases measured in the same run, one series of
+each in turn: a scanner whose series complete when its association is
+released (``peers[].completion: association``, the default 1 s grace
+period), and one whose series complete after the stable period
+(``series_stable_seconds`` 2), the reference. The clock starts when the
 success status of the series' last instance arrives at the scanner, and stops
 when the destination has returned success for both the SEG and the SR. Both
 ends of the clock live in this process, so they are exact: the scanner is a
@@ -14,10 +18,12 @@ responses). Both set TCP_NODELAY, as segnode's sender does.
 The latency is cut into parts that add up to it exactly, from the node's
 records of the same run:
 
-- stable period: from the last success status to the last arrival plus
-  ``series_stable_seconds`` (the index's arrival time is taken before the
-  instance is stored, so this is a little under the setting);
-- assembler poll lag: to the "series complete" log line;
+- association end: the release, as the scanner saw it return, then the
+  grace period and the assembler's lag to the "series complete" log line;
+- or, for the stable timer: from the last success status to the last
+  arrival plus ``series_stable_seconds`` (the index's arrival time is taken
+  before the instance is stored, so this is a little under the setting),
+  then the assembler's poll lag to the "series complete" log line;
 - routing + queueing: to the job's ``queued_at``;
 - worker claims the job: to the worker's "attempt" log line;
 - each stage the pipeline times (the job's result: load, segment, quantify,
@@ -31,10 +37,11 @@ records of the same run:
 One node serves all ``--repeat`` runs, each with a series of its own (a new
 seed, so new UIDs), as a node that has been up a while would; the first run
 includes the worker's first job (the model's loading, highdicom reading its
-tables of the standard). The table gives each part in each run, its best and
-median, and the total against the 20 s goal; then how busy the machine was.
+tables of the standard). A table per case gives each part in each run, its
+best and median, the total and how busy the machine was; the two medians
+close it, association end's against the 12 s goal.
 
-    .venv/bin/python bench/e2e.py                  # 512x512x300, 3 runs
+    .venv/bin/python bench/e2e.py                  # 512x512x300, 3 runs of each case
     .venv/bin/python bench/e2e.py --slices 40 --repeat 1   # a quick check
 
 Measured on the shared 2-core build machine (others' work: 1-minute load 1.2
@@ -88,10 +95,11 @@ from node.send.outbox import OUTBOX_FILENAME  # noqa: E402
 from phantom.anatomy import CT_GRID, AxialGrid  # noqa: E402
 from phantom.study import write_study  # noqa: E402
 
-GOAL_SECONDS = 20.0
+#: Issue 13's goal for the median with association end.
+GOAL_SECONDS = 12.0
 STABLE_SECONDS = 2.0
+GRACE_SECONDS = 1.0
 NODE_AE = "SEGNODE"
-SCANNER_AE = "SCANNER"
 DESTINATION_AE = "RESULTS"
 #: How long one run may take from the last instance to both results.
 RESULT_TIMEOUT_SECONDS = 600.0
@@ -100,7 +108,7 @@ SCANNER_DIMSE_TIMEOUT_SECONDS = 5.0
 
 # asctime of the node's and the workers' log lines (node/cli.py, node/work/worker.py).
 _STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
-_COMPLETE_LINE = _STAMP + r" \w+ node\.assembly: series (\S+) complete:"
+_COMPLETE_LINE = _STAMP + r" \w+ node\.assemble\.assembly: series (\S+) complete \([\w-]+\):"
 _CLAIM_LINE = _STAMP + r" \w+ \S+ segnode\.worker: job (\d+) \(segment of series (\S+), route"
 
 
@@ -121,15 +129,28 @@ def _nodelay(event) -> None:
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class Case(Enum):
+    """How the scanner's series complete: its calling AE title, configured so."""
+
+    ASSOCIATION = "SCANNER-ASSOC"
+    STABLE = "SCANNER-STABLE"
+
+    @property
+    def completion(self) -> str:
+        return "association" if self is Case.ASSOCIATION else "stable"
+
+
 @dataclass(frozen=True)
 class SentSeries:
-    """A series as the scanner sent it: when its last success status arrived."""
+    """A series as the scanner sent it: when its last success status arrived,
+    and when the release of its association returned."""
 
     last_success: float
+    released: float
     lost_responses: int
 
 
-def send_series(files: Sequence[Path], port: int) -> SentSeries:
+def send_series(files: Sequence[Path], port: int, calling_ae: str) -> SentSeries:
     """C-STORE `files` in order on one association, as a scanner does.
 
     Each response is timestamped in the DUL thread as it is decoded
@@ -144,7 +165,7 @@ def send_series(files: Sequence[Path], port: int) -> SentSeries:
         if "MessageIDBeingRespondedTo" in command:
             answered[int(command.MessageIDBeingRespondedTo)] = (time.time(), int(command.Status))
 
-    ae = AE(SCANNER_AE)
+    ae = AE(calling_ae)
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     ae.dimse_timeout = SCANNER_DIMSE_TIMEOUT_SECONDS
     handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_DIMSE_RECV, on_message)]
@@ -153,7 +174,7 @@ def send_series(files: Sequence[Path], port: int) -> SentSeries:
     while sent < len(files):
         assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE, evt_handlers=handlers)
         if not assoc.is_established:
-            raise RuntimeError(f"segnode on port {port} did not accept an association from {SCANNER_AE}")
+            raise RuntimeError(f"segnode on port {port} did not accept an association from {calling_ae}")
         try:
             while sent < len(files):
                 message_id = sent + 1
@@ -170,7 +191,7 @@ def send_series(files: Sequence[Path], port: int) -> SentSeries:
         finally:
             if assoc.is_established:
                 assoc.release()
-    return SentSeries(answered[len(files)][0], lost)
+    return SentSeries(answered[len(files)][0], time.time(), lost)
 
 
 @dataclass(frozen=True)
@@ -233,9 +254,10 @@ class BenchNode:
             "node": {
                 "ae_title": NODE_AE, "host": "127.0.0.1", "port": self.port,
                 "storage_dir": str(self.storage_dir), "series_stable_seconds": STABLE_SECONDS,
-                "metrics_port": free_port(),
+                "association_grace_seconds": GRACE_SECONDS, "metrics_port": free_port(),
             },
-            "peers": [{"ae_title": SCANNER_AE, "host": "127.0.0.1"}],
+            "peers": [{"ae_title": case.value, "host": "127.0.0.1", "completion": case.completion}
+                      for case in Case],
             "destinations": {
                 "PACS": {"ae_title": DESTINATION_AE, "host": "127.0.0.1", "port": destination_port},
             },
@@ -319,7 +341,7 @@ class BenchNode:
 class Kind(Enum):
     """Where a part's time goes."""
 
-    WAITING = "waiting: the stable period and polls"
+    WAITING = "waiting: completion and polls"
     BOOKKEEPING = "routing and queueing"
     COMPUTING = "the worker computing"
     SENDING = "sending the results"
@@ -376,14 +398,14 @@ def wait_for_acknowledgement(node: BenchNode, destination: ResultsDestination, p
 
 
 def measure(
-    node: BenchNode, destination: ResultsDestination, workdir: Path, grid: AxialGrid, seed: int
+    node: BenchNode, destination: ResultsDestination, workdir: Path, grid: AxialGrid, seed: int, case: Case
 ) -> Run:
     """Send one phantom series (its own seed, so its own UIDs) and take its latency apart."""
     # Others' work on the shared machine slows the worker: say how busy it was.
     load_before = os.getloadavg()[0]
     study = write_study(workdir / f"study-{seed}", grid, seed=seed, with_pet=False)
     series_uid = study.ct.series_instance_uid
-    sent = send_series(study.ct.files, node.port)
+    sent = send_series(study.ct.files, node.port, case.value)
     start = sent.last_success
     cpu_before = node.worker_cpu_seconds()
     job = wait_for_job(node, series_uid)
@@ -395,15 +417,27 @@ def measure(
     (first, first_at), (second, second_at) = sorted(acknowledged.items(), key=lambda item: item[1])
     connected = max(at for at in destination.connections_since(start) if at <= first_at)
 
-    stable_end = node.last_received(study.study_instance_uid, series_uid) + STABLE_SECONDS
     completed = node.logged_at(_COMPLETE_LINE, series_uid)
+    if case is Case.ASSOCIATION:
+        completion = (
+            Part("association release", Kind.WAITING, sent.released - start),
+            # From the scanner's release returning: the node heard it a little before.
+            Part(f"grace period ({GRACE_SECONDS:g} s) + assembler lag", Kind.WAITING,
+                 completed - sent.released),
+        )
+    else:
+        stable_end = node.last_received(study.study_instance_uid, series_uid) + STABLE_SECONDS
+        completion = (
+            Part(f"stable period ({STABLE_SECONDS:g} s from the last arrival)", Kind.WAITING,
+                 stable_end - start),
+            Part("assembler poll lag", Kind.WAITING, completed - stable_end),
+        )
     claimed = node.logged_at(_CLAIM_LINE, str(job.id), series_uid)
     enqueued = node.enqueued((seg_path, sr_path))
     stages = [Part(f"pipeline: {stage}", Kind.COMPUTING, seconds)
               for stage, seconds in job.result.seconds.items()]
     parts = (
-        Part(f"stable period ({STABLE_SECONDS:g} s from the last arrival)", Kind.WAITING, stable_end - start),
-        Part("assembler poll lag", Kind.WAITING, completed - stable_end),
+        *completion,
         Part("routing + queueing the job", Kind.BOOKKEEPING, job.queued_at - completed),
         Part("worker claims the job (poll)", Kind.WAITING, claimed - job.queued_at),
         *stages,
@@ -418,11 +452,14 @@ def measure(
                sent.lost_responses, load_before, worker_cpu, enqueued - claimed)
 
 
-def report(runs: list[Run], grid: AxialGrid) -> None:
+def report(runs: list[Run], grid: AxialGrid, case: Case) -> float:
+    """Print one case's table; returns its median."""
     totals = [run.total for run in runs]
     best, median = min(totals), statistics.median(totals)
-    print(f"\nCT {grid.shape[1]}x{grid.shape[2]}x{grid.shape[0]}, built-in segmenter on the CPU, "
-          f"series_stable_seconds {STABLE_SECONDS:g}, {len(runs)} run(s)")
+    completion = (f"association end, {GRACE_SECONDS:g} s grace" if case is Case.ASSOCIATION
+                  else f"the stable timer, series_stable_seconds {STABLE_SECONDS:g}")
+    print(f"\n== completed by {completion}: CT {grid.shape[1]}x{grid.shape[2]}x{grid.shape[0]}, "
+          f"built-in segmenter on the CPU, {len(runs)} run(s)")
     print(f"SEG {runs[0].seg_megabytes:.1f} MB, SR {runs[0].sr_kilobytes:.0f} kB, sent first: "
           + ", ".join(run.sent_first for run in runs)
           + f"; responses pynetdicom lost at the scanner: {sum(run.lost_responses for run in runs)}")
@@ -440,20 +477,18 @@ def report(runs: list[Run], grid: AxialGrid) -> None:
         print(f"{name:<{width}}{each}{min(seconds[name]):>8.3f}{medians[name]:>8.3f}{share:>7.0%}")
     each = "".join(f"{total:>8.3f}" for total in totals)
     print(f"{total_label:<{width}}{each}{best:>8.3f}{median:>8.3f}")
-    print(f"{'goal':<{width}}{'':>{8 * len(runs)}}{GOAL_SECONDS:>8.3f}{GOAL_SECONDS:>8.3f}")
     each = "".join(f"{run.load_before:>8.2f}" for run in runs)
     print(f"{'1-minute load average before the run':<{width}}{each}")
     # Below 100 %, the worker waited: for a core (others' work), the disk, or a lock.
     each = "".join(f"{run.worker_cpu / run.worker_busy:>8.0%}" for run in runs)
     print(f"{'worker CPU time / its busy time':<{width}}{each}")
-    verdict = "within" if median <= GOAL_SECONDS else "OVER"
-    print(f"\nmedian {median:.2f} s (best {best:.2f} s) is {verdict} the {GOAL_SECONDS:g} s goal; "
-          "by median, the time goes to:")
+    print(f"\nmedian {median:.2f} s (best {best:.2f} s); by median, the time goes to:")
     for kind in Kind:
         share = sum(medians[name] for name in names if kinds[name] is kind)
         print(f"  {kind.value}: {share:.2f} s ({share / median:.0%})")
     largest = sorted(names, key=medians.__getitem__, reverse=True)[:3]
     print("largest parts: " + "; ".join(f"{name} {medians[name]:.2f} s" for name in largest))
+    return median
 
 
 def main() -> int:
@@ -471,18 +506,23 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="segnode-e2e-"))
     destination = ResultsDestination()
     node = None
-    runs = []
+    runs: dict[Case, list[Run]] = {case: [] for case in Case}
     try:
         node = BenchNode(workdir, destination.port)
-        for seed in range(args.repeat):
-            runs.append(measure(node, destination, workdir, grid, seed))
-            print(f"run {seed + 1}: {runs[-1].total:.2f} s", flush=True)
+        for repeat in range(args.repeat):
+            for number, case in enumerate(Case):
+                runs[case].append(measure(node, destination, workdir, grid, 2 * repeat + number, case))
+                print(f"run {repeat + 1}, {case.completion}: {runs[case][-1].total:.2f} s", flush=True)
     finally:
         if node is not None:
             node.stop()
         destination.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report(runs, grid)
+    medians = {case: report(runs[case], grid, case) for case in Case}
+    ours, reference = medians[Case.ASSOCIATION], medians[Case.STABLE]
+    verdict = "within" if ours <= GOAL_SECONDS else "OVER"
+    print(f"\nmedian with association end {ours:.2f} s, with the stable timer {reference:.2f} s; "
+          f"association end is {verdict} the {GOAL_SECONDS:g} s goal")
     return 0
 
 

@@ -173,7 +173,16 @@ class NodeSettings(_Strict):
     storage_dir: Path = Path("./var/segnode")
     # Where `segnode models install` put the models the pipelines name.
     models_dir: Annotated[Path, AfterValidator(Path.expanduser)] = Field(default_factory=default_models_dir)
+    # A series is complete once quiet this long, unless an exact signal
+    # (peers[].completion, MPPS) completes it first.
     series_stable_seconds: float = Field(10.0, gt=0)
+    # After an association that brought a series is released, how long the
+    # series waits for a sender that opens its next association at once.
+    association_grace_seconds: float = Field(1.0, ge=0)
+    # How long a series that a completed MPPS step lists, but that misses some
+    # of its instances, waits after the later of the step's completion and its
+    # last instance before it completes anyway (with a warning).
+    mpps_wait_seconds: float = Field(300.0, gt=0)
     metrics_port: Port = 9102
     max_associations: int = Field(10, ge=1)
     # The largest PDU we accept. 256 KiB lets a sender put a 512x512 slice in
@@ -230,6 +239,10 @@ class Peer(_Strict):
     host: str | None = None
     tls: Literal["optional", "required"] = "optional"
     certificate: CertificateBinding | None = None
+    # What tells that a series it sends is complete: the stable period, or
+    # the normal release of the association that brought it (an abort falls
+    # back to the stable period). MPPS, when the peer sends it, applies to all.
+    completion: Literal["stable", "association"] = "stable"
 
     @property
     def requires_tls(self) -> bool:

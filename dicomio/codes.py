@@ -578,8 +578,11 @@ FLAG_VALUES: Final[Mapping[FlagKind, Concept]] = MappingProxyType(
         FlagKind.LATERALITY_RATIO: _private("LATRATIO", "Implausible left to right ratio"),
     }
 )
-#: The detail text of a flag.
+#: The detail text of a flag, and each of the report's notes on its input.
 COMMENT: Final = Concept("DCM", "121106", "Comment")
+#: TID 1500's container of evaluations of the whole report (PS3.16 TID 1500),
+#: where the notes on its input go (e.g. instances an MPPS step listed that never came).
+QUALITATIVE_EVALUATIONS: Final = Concept("UMLS", "C0034375", "Qualitative Evaluations")
 
 #: TID 1500 Procedure Reported (CID 100) for each modality the SR reports on.
 CT_PROCEDURE: Final = Concept("LN", "25045-6", "CT unspecified body region")

@@ -57,6 +57,7 @@ from dicomio.codes import (
     PET_PROCEDURE,
     PLAUSIBILITY,
     PRIVATE_SCHEME,
+    QUALITATIVE_EVALUATIONS,
     RIGHT,
     SOURCE_OF_MEASUREMENT,
     SUL_MEAN,
@@ -96,6 +97,7 @@ def write_measurement_report(
     reference_segmentation: Dataset | None = None,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    notes: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the SR document reporting `measurements` of `segmentation`.
 
@@ -136,6 +138,10 @@ def write_measurement_report(
         The SEG of the same images that Dice, Jaccard and HD95 compare with
         (each structure's ``reference_segment_number`` is its segment there).
         Required exactly when one of those is given; it joins the evidence.
+    notes : sequence of str, optional
+        What a reader must know about the input (a series completed without
+        instances that its MPPS step listed): each a Comment in the report's
+        Qualitative Evaluations, so that no gap in the input is silent.
     series_instance_uid, sop_instance_uid : str, optional
         UIDs of the SR; new ones by default. Give them to rebuild an
         identical document.
@@ -197,6 +203,8 @@ def write_measurement_report(
         procedure_reported=procedures,
         imaging_measurements=groups,
     )
+    if notes:
+        report[0].ContentSequence.append(_notes(notes))
     evidence = [*source_images, segmentation]
     if reference_segmentation is not None:
         evidence.append(reference_segmentation)
@@ -216,6 +224,18 @@ def write_measurement_report(
         is_complete=True,
         coding_schemes=_private_schemes(measurements),
     )
+
+
+def _notes(notes: Sequence[str]) -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS.coded(), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = [
+        hd.sr.TextContentItem(name=COMMENT.coded(), value=note,
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for note in notes
+    ]
+    return container
 
 
 def _reported_values(structure: StructureMeasurements) -> list[tuple[MeasurementConcept, float]]:

@@ -55,7 +55,11 @@ def _check_config(args: argparse.Namespace) -> int:
     node = config.node
     print(f"{args.file}: valid")
     print(f"  node {node.ae_title} on {node.host}:{node.port}, storage {node.storage_dir}")
-    print(f"  series complete after {node.series_stable_seconds:g} s without a new instance")
+    print(f"  series complete after {node.series_stable_seconds:g} s without a new instance, or by MPPS")
+    ending = [p.ae_title for p in config.peers if p.completion == "association"]
+    if ending:
+        print(f"  series complete {node.association_grace_seconds:g} s after their association is released, "
+              f"from: {', '.join(ending)}")
     print(f"  metrics on port {node.metrics_port}")
     print(f"  {len(config.peers)} peer(s): " + ", ".join(p.ae_title for p in config.peers))
     print(f"  {len(config.destinations)} destination(s): " + ", ".join(config.destinations))
@@ -91,6 +95,8 @@ def _status(args: argparse.Namespace) -> int:
             "state": s.state.value,
             "first_received": _iso(s.first_received),
             "last_received": _iso(s.last_received),
+            "completed_by": None if s.completed_by is None else s.completed_by.value,
+            "completion_note": s.completion_note,
         }
         for s in series
     ]
@@ -130,12 +136,15 @@ def _status(args: argparse.Namespace) -> int:
     if not rows:
         print("no series received yet")
         return 0
-    print(f"{'state':<10} {'modality':<8} {'instances':>9}  {'last received':<29}  series")
+    print(f"{'state':<10} {'modality':<8} {'instances':>9}  {'last received':<29}  "
+          f"{'completed by':<17}  series")
     for row in rows:
         print(
             f"{row['state']:<10} {row['modality']:<8} {row['instances']:>9}  "
-            f"{row['last_received']:<29}  {row['series_instance_uid']}"
+            f"{row['last_received']:<29}  {row['completed_by'] or '':<17}  {row['series_instance_uid']}"
         )
+        if row["completion_note"]:
+            print(f"  warning: {row['completion_note']}")
     counts = {state.value: sum(job["state"] == state.value for job in jobs) for state in JobState}
     print("jobs: " + ", ".join(f"{count} {state}" for state, count in counts.items()))
     for job in jobs:

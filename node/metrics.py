@@ -56,7 +56,19 @@ class NodeMetrics:
             registry=r,
         )
         self.series_completed = Counter(
-            "segnode_series_completed_total", "Series that became complete.", registry=r
+            "segnode_series_completed_total",
+            "Series that became complete, by the signal that completed them.",
+            ["signal"],
+            registry=r,
+        )
+        self.mpps_steps = Counter(
+            "segnode_mpps_steps_total",
+            "MPPS N-CREATE and N-SET requests kept, by the step's status after them.",
+            ["status"],
+            registry=r,
+        )
+        self.mpps_refused = Counter(
+            "segnode_mpps_refused_total", "MPPS N-CREATE and N-SET requests refused.", registry=r
         )
         self.series_reopened = Counter(
             "segnode_series_reopened_total",

@@ -25,6 +25,7 @@ from config import (
     sets_nothing,
 )
 from node.assemble.assembly import SeriesAssembler
+from node.assemble.completion import Timing
 from node.assemble.handover import Handover
 from node.config_record import ConfigReading, ConfigRecord, in_force_path, write_in_force, write_record
 from node.disk_space import DiskSpace
@@ -46,6 +47,10 @@ _SPOOL_CHECK_SECONDS = 60.0
 _CERTIFICATE_WARNING_SECONDS = 86400.0
 
 
+def _timing(config: SegnodeConfig) -> Timing:
+    return Timing(config.node.series_stable_seconds, config.node.mpps_wait_seconds)
+
+
 class Node:
     """One running segnode: metrics endpoint, SCP, series assembler and
     handover of complete series, worker processes, outbox, config watcher."""
@@ -58,7 +63,6 @@ class Node:
         self.store.clear_spool()
         self.index = InstanceIndex(config.node.storage_dir)
         self.disk_space = DiskSpace(config.node.storage_dir, config.storage.low_watermark_bytes)
-        self.scp = StorageSCP(config, self.store, self.index, self.metrics, self.disk_space)
         self.queue = JobQueue(config.node.storage_dir)
         self.metrics.registry.register(JobCollector(self.queue))
         self.certificates = CertificateExpiryCollector()
@@ -66,8 +70,10 @@ class Node:
         self.metrics.registry.register(self.certificates)
         handover = Handover(self.index, self.queue, lambda: self.config)
         self.assembler = SeriesAssembler(
-            self.index, self.metrics, config.node.series_stable_seconds, handover.hand_over_complete
+            self.index, self.metrics, _timing(config), lambda: self.scp.held(), handover.hand_over_complete
         )
+        self.scp = StorageSCP(config, self.store, self.index, self.metrics, self.disk_space,
+                              self.assembler.due)
         sending = config.sending  # the outbox's retry policy and timeout are read at start only
         policy = RetryPolicy(sending.retry_base_seconds, sending.retry_max_seconds, sending.max_refusals)
         self.outbox = Outbox(config.node.storage_dir, config, self.metrics, policy=policy,
@@ -153,7 +159,7 @@ class Node:
         self.certificates.apply(effective)
         self.outbox.apply(effective)
         self.disk_space.set_low_watermark(effective.storage.low_watermark_bytes)
-        self.assembler.stable_seconds = effective.node.series_stable_seconds
+        self.assembler.timing = _timing(effective)
         self.config = effective
         self.metrics.config_reloads.labels("applied").inc()
         self.metrics.config_refused.set(0)

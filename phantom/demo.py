@@ -117,7 +117,8 @@ def _node(workdir: Path, pacs: DemoPacs) -> Iterator[tuple[Destination, Path]]:
         "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": port,
                  "storage_dir": str(workdir / "store"), "series_stable_seconds": 2,
                  "metrics_port": _free_port()},
-        "peers": [{"ae_title": SCANNER_AE, "host": "127.0.0.1"}],
+        # The scanner's series are complete once its association is released.
+        "peers": [{"ae_title": SCANNER_AE, "host": "127.0.0.1", "completion": "association"}],
         "destinations": {"PACS": pacs.destination},
         "pipelines": {"organs": {"model": "builtin", "qa": {"plausibility": True}}},
         "routes": [{"name": "ct-organs", "match": {"modality": "CT"}, "pipeline": "organs",

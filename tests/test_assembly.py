@@ -24,7 +24,7 @@ def test_series_completes_only_after_the_stable_period(node_factory, tmp_path):
     assert series["state"] == "receiving" and series["instances"] == 6
     node.wait_for_series(series_uid, "dispatched", 6, timeout=10)
     assert time.monotonic() - sent_at >= 2.5
-    assert node.metrics()["segnode_series_completed_total"] == 1
+    assert node.metrics()['segnode_series_completed_total{signal="stable"}'] == 1
 
 
 def test_late_instance_reopens_a_completed_series(node, tmp_path):
@@ -38,7 +38,7 @@ def test_late_instance_reopens_a_completed_series(node, tmp_path):
     assert "reopens series " + series_uid in node.log()
     node.wait_for_series(series_uid, "dispatched", 5)
     metrics = node.metrics()
-    assert metrics["segnode_series_completed_total"] == 2
+    assert metrics['segnode_series_completed_total{signal="stable"}'] == 2
     assert metrics["segnode_series_reopened_total"] == 1
 
 

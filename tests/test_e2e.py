@@ -311,6 +311,29 @@ def test_a_pet_series_arriving_after_its_ct_was_measured_adds_pet_measurements(
     assert len(seg_uids) == 2  # the inputs changed, so the objects are new ones
 
 
+def test_a_pet_ct_study_ended_by_its_associations_is_measured_once_with_pet(
+    node_factory, destination, tmp_path
+):
+    """Both series complete when their associations end, with no stable
+    period; the CT's job, held while the PET of its study arrives in the next
+    association, runs once, with PET."""
+    study = write_study(tmp_path / "study", DEMO_GRID)
+    node = node_factory(series_stable_seconds=60, association_grace_seconds=2)
+    configure(node, destination.port)
+    node.config["peers"] = [{"ae_title": "STORESCU", "completion": "association"}]
+    node.write_config()
+    node.start()
+    storescu(node, study.ct.files)
+    storescu(node, study.pet.files)
+    wait_for(lambda: results(destination).get("SR"), 90, "the results")
+    (job,) = node.status_jobs()
+    assert job["state"] == "done" and job["result"]["pet"] is True
+    signals = {series["modality"]: series["completed_by"] for series in node.status()}
+    assert signals == {"CT": "association", "PT": "association"}
+    time.sleep(2)
+    assert len(results(destination)["SR"]) == 1
+
+
 def test_workers_never_outlive_their_node_even_while_starting(node_factory, tmp_path):
     node = node_factory()
     configure(node, free_port())

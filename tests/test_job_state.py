@@ -13,7 +13,7 @@ from config import JobSettings
 from node.queue.job_state import TRANSITIONS, JobEvent, JobState
 from node.queue.jobs import JobQueue, LeaseLostError
 from node.receive.index import InstanceIndex
-from tests.test_jobs import RESULT, receive, segment_job
+from tests.test_jobs import RESULT, complete_quiet, receive, segment_job
 
 SETTINGS = JobSettings(max_attempts=3, retry_base_seconds=10, retry_max_seconds=25)
 LAST_ATTEMPT = JobSettings(max_attempts=1, retry_base_seconds=10, retry_max_seconds=25)
@@ -36,7 +36,7 @@ class Jobs:
         """Complete series 1.1 (again: a late instance reopens it) and route it."""
         self.now += 10
         receive(self.index, "1.1", "9.1", "CT", at=self.now)
-        self.index.complete_stable_series(received_before=math.inf)
+        complete_quiet(self.index, math.inf)
         (self.job_id,) = self.queue.enqueue_series("1.1", [segment_job()], now=self.now)
 
     def claim(self) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from config import JobSettings
+from node.assemble.completion import Timing, completion
 from node.queue.job_state import JobState
 from node.queue.jobs import JobKind, JobQueue, LeaseLostError, NewJob, retry_delay
 from node.queue.results import Agreement, ComparisonResult, SegmentResult
@@ -29,6 +31,15 @@ def receive(index: InstanceIndex, series: str, study: str, modality: str, at: fl
                                              "SCANNER", at))
 
 
+def complete_quiet(index: InstanceIndex, before: float) -> None:
+    """Complete, as the stable period would at `before`, every series quiet since then."""
+    for progress in index.receiving():
+        timing = Timing(stable_seconds=0, mpps_wait_seconds=math.inf)
+        decided = completion(progress, before, timing, held=False)
+        if decided is not None:
+            index.complete(progress, decided)
+
+
 def segment_job(route: str = "organs") -> NewJob:
     return NewJob(JobKind.SEGMENT, route, "organs", ("PACS",), subject="")
 
@@ -38,7 +49,7 @@ def queue(tmp_path):
     index = InstanceIndex(tmp_path)
     queue = JobQueue(tmp_path)
     receive(index, "1.1", "9.1", "CT", at=100.0, n=3)
-    index.complete_stable_series(received_before=200.0)
+    complete_quiet(index, 200.0)
     yield queue, index
     queue.close()
     index.close()
@@ -61,7 +72,7 @@ def test_a_job_waits_while_its_study_is_still_arriving(queue):
     jobs.enqueue_series("1.1", [segment_job()], now=300.0)
     receive(index, "1.2", "9.1", "PT", at=310.0)  # the PET of the same study is arriving
     assert jobs.claim("w1", 60, now=320.0) is None
-    index.complete_stable_series(received_before=400.0)
+    complete_quiet(index, 400.0)
     job = jobs.claim("w1", 60, now=420.0)
     assert job is not None and (job.state, job.owner, job.attempts) == (JobState.RUNNING, "w1", 1)
     assert jobs.claim("w2", 60, now=421.0) is None  # taken
@@ -123,7 +134,7 @@ def test_a_reopened_series_is_queued_afresh(queue):
     jobs.claim("w", 60, now=300.0)
     jobs.succeed(job_id, "w", RESULT)
     receive(index, "1.1", "9.1", "CT", at=400.0)  # a late slice reopens the series
-    index.complete_stable_series(received_before=500.0)
+    complete_quiet(index, 500.0)
     assert jobs.enqueue_series("1.1", [segment_job()], now=500.0) == [job_id]
     job = jobs.get(job_id)
     assert (job.state, job.attempts, job.queued_at, job.result) == (JobState.QUEUED, 0, 500.0, None)
@@ -134,7 +145,7 @@ def test_results_written_by_the_previous_version_decode_and_print_as_they_were(q
     they decode by job kind, and encode (for ``segnode jobs --json``) to the same object."""
     jobs, index = queue
     receive(index, "1.3", "9.2", "SEG", at=100.0)
-    index.complete_stable_series(received_before=200.0)
+    complete_quiet(index, 200.0)
     (segment_id,) = jobs.enqueue_series("1.1", [segment_job()], now=300.0)
     qa_job = NewJob(JobKind.QA, "organs", "organs", ("PACS",), subject="1.1")
     (qa_id,) = jobs.enqueue_series("1.3", [qa_job], now=300.0)
@@ -162,7 +173,7 @@ def test_a_qa_result_from_before_jaccard_and_hd95_keeps_its_dice_and_a_broken_on
     jobs, index = queue
     receive(index, "1.3", "9.2", "SEG", at=100.0)
     receive(index, "1.4", "9.2", "SEG", at=100.0)
-    index.complete_stable_series(received_before=200.0)
+    complete_quiet(index, 200.0)
     qa_job = NewJob(JobKind.QA, "organs", "organs", ("PACS",), subject="1.1")
     (old_id,) = jobs.enqueue_series("1.3", [qa_job], now=300.0)
     (broken_id,) = jobs.enqueue_series("1.4", [qa_job], now=300.0)

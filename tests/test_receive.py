@@ -53,7 +53,7 @@ def test_real_siemens_jpeg2000_series_arrives_whole_and_completes(node):
         assert dataset_bytes(received) == dataset_bytes(sent)
     metrics = node.metrics()
     assert metrics['segnode_instances_received_total{modality="CT"}'] == len(files)
-    assert metrics["segnode_series_completed_total"] == 1
+    assert metrics['segnode_series_completed_total{signal="stable"}'] == 1
     assert metrics["segnode_received_bytes_total"] == sum(p.stat().st_size for p in stored.values())
 
 

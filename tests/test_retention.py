@@ -29,6 +29,7 @@ from node.retention.removal import RemovalStore
 from node.send.outbox import OutboxStore, RetryPolicy
 from node.send.sender import Outcome, SendResult
 from node.work.worker import results_dir
+from tests.test_jobs import complete_quiet
 
 HOUR = 3600.0
 RETENTION = RetentionSettings(instances_hours=1, results_hours=2, failed_hours=10)
@@ -74,7 +75,7 @@ class Storage:
         return paths
 
     def complete(self) -> None:
-        self.index.complete_stable_series(received_before=math.inf)
+        complete_quiet(self.index, math.inf)
 
     def run_segmentation(self, series: str, at: float) -> tuple[int, Path]:
         """Hand a CT series over as a segment job, run it (results on disk, queued to PACS)."""

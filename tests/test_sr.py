@@ -48,6 +48,7 @@ from dicomio.codes import (
     PET_PROCEDURE,
     PLAUSIBILITY,
     PRIVATE_SCHEME,
+    QUALITATIVE_EVALUATIONS,
     SOURCE_OF_MEASUREMENT,
     SUL_MEAN,
     SUL_PEAK,
@@ -394,6 +395,25 @@ def test_ct_report_reads_back_with_every_value(seg, ct_headers, tmp_path):
     # No private code in use, so no private scheme declared.
     assert "CodingSchemeIdentificationSequence" not in report
     assert dciodvfy(path) == []
+
+
+def test_notes_on_the_input_are_comments_in_the_reports_qualitative_evaluations(seg, ct_headers, tmp_path):
+    notes = ("MPPS step 1.2.3 listed 6 instances; 2 never arrived within 300 s",)
+    path = tmp_path / "sr.dcm"
+    report = save_and_read(build(CT_ONLY, seg, ct_headers, notes=notes), path)
+
+    check_groups(report, CT_ONLY, seg)
+    [container] = [item for item in report.ContentSequence
+                   if item.ValueType == "CONTAINER"
+                   and item.ConceptNameCodeSequence[0].CodeValue == QUALITATIVE_EVALUATIONS.value]
+    assert container.RelationshipType == "CONTAINS"
+    assert [(item.ValueType, item.ConceptNameCodeSequence[0].CodeValue, item.TextValue)
+            for item in container.ContentSequence] == [("TEXT", COMMENT.value, notes[0])]
+    assert dciodvfy(path) == []
+    without = build(CT_ONLY, seg, ct_headers)
+    assert not any(item.ValueType == "CONTAINER"
+                   and item.ConceptNameCodeSequence[0].CodeValue == QUALITATIVE_EVALUATIONS.value
+                   for item in without.ContentSequence)
 
 
 def private_scheme_warnings_only(path: Path) -> None:

@@ -1,8 +1,11 @@
 """Series assembly: deciding when a series is complete.
 
-A series is complete once no instance of it has arrived for the stable
-period. The decision is made from timestamps in the index, so it survives
-restarts: a series interrupted by a crash completes after the node is back.
+What completes a series is decided by node/assemble/completion.py from the
+index (its arrivals, its association's end, the MPPS step that lists it)
+and, for what only the running node knows, the series that open
+associations are still sending. Everything else is in the index, so the
+decision survives restarts: a series interrupted by a crash completes after
+the node is back, by its MPPS step or the stable period.
 """
 
 from __future__ import annotations
@@ -12,33 +15,46 @@ import threading
 import time
 from collections.abc import Callable
 
+from node.assemble.completion import Timing, completion
 from node.metrics import NodeMetrics
 from node.receive.index import InstanceIndex
 
 LOG = logging.getLogger(__name__)
 
+#: The longest wait between two rounds: the stable period and the MPPS wait
+#: are checked at least this often.
+_ROUND_SECONDS = 1.0
+
 
 class SeriesAssembler:
-    """A thread that completes series that have been quiet for the stable
-    period and hands them over (`hand_over`).
+    """A thread that completes series and hands them over (`hand_over`).
 
-    Nothing passes from one to the other but the index: handover takes every
-    series in the complete state from it, so one completed just before a
-    crash is handed over after the restart.
+    It runs a round at least every second (a quarter of the stable period,
+    if shorter), and at once when the SCP says a signal is due
+    (:meth:`due`): an association's grace period ending, an MPPS step
+    ending, an instance that a step promised arriving.
+
+    Nothing passes from it to the handover but the index: handover takes
+    every series in the complete state from it, so one completed just before
+    a crash is handed over after the restart.
     """
 
     def __init__(
         self,
         index: InstanceIndex,
         metrics: NodeMetrics,
-        stable_seconds: float,
+        timing: Timing,
+        held: Callable[[], frozenset[str]],
         hand_over: Callable[[], object],
     ):
         self._index = index
         self._metrics = metrics
-        self.stable_seconds = stable_seconds
+        self.timing = timing
+        self._held = held
         self._hand_over = hand_over
         self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._next_due: float | None = None
         self._thread = threading.Thread(target=self._run, name="series-assembler", daemon=True)
 
     def start(self) -> None:
@@ -46,21 +62,53 @@ class SeriesAssembler:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._wake:
+            self._wake.notify()
         self._thread.join()
 
+    def due(self, at: float) -> None:
+        """A series may complete at `at` (time.time()): run a round then."""
+        with self._wake:
+            if self._next_due is None or at < self._next_due:
+                self._next_due = at
+                self._wake.notify()
+
     def _complete_due(self) -> None:
-        """Complete every series quiet for the stable period."""
-        for series in self._index.complete_stable_series(time.time() - self.stable_seconds):
-            self._metrics.series_completed.inc()
-            self._metrics.series_receive_duration.observe(
-                series.last_received - series.first_received
-            )
-            LOG.info(
-                "series %s complete: %d instances, modality %s",
+        now = time.time()
+        held = self._held()
+        for progress in self._index.receiving():
+            decided = completion(progress, now, self.timing, progress.series_instance_uid in held)
+            if decided is None:
+                continue
+            series = self._index.complete(progress, decided)
+            if series is None:
+                continue  # an instance arrived meanwhile
+            self._metrics.series_completed.labels(decided.signal.value).inc()
+            self._metrics.series_receive_duration.observe(series.last_received - series.first_received)
+            LOG.log(
+                logging.INFO if decided.note is None else logging.WARNING,
+                "series %s complete (%s): %d instances, modality %s%s",
                 series.series_instance_uid,
+                decided.signal.value,
                 series.instances,
                 series.modality or "unknown",
+                "" if decided.note is None else f"; {decided.note}",
             )
+
+    def _wait(self) -> None:
+        """Until the next round: the round interval, or sooner when a signal is due."""
+        interval = min(_ROUND_SECONDS, self.timing.stable_seconds / 4)
+        deadline = time.time() + interval
+        with self._wake:
+            while not self._stop.is_set():
+                now = time.time()
+                if self._next_due is not None and self._next_due <= now:
+                    self._next_due = None
+                    return
+                if now >= deadline:
+                    return
+                until = deadline if self._next_due is None else min(deadline, self._next_due)
+                self._wake.wait(until - now)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -69,6 +117,4 @@ class SeriesAssembler:
                 self._hand_over()
             except Exception:
                 LOG.exception("series assembly failed; trying again")
-            # Check often enough that completion lags the stable period by
-            # at most a quarter of it (and at most a second).
-            self._stop.wait(min(1.0, self.stable_seconds / 4))
+            self._wait()

@@ -17,7 +17,7 @@ from pathlib import Path
 class SegmentResult:
     """A segmentation's outputs (kept, and sent from, the job's results folder),
     the model that made it, how many structures it found, whether PET was
-    measured, and seconds by stage."""
+    measured, seconds by stage, and what its report says about its input."""
 
     seg: Path
     sr: Path
@@ -27,12 +27,15 @@ class SegmentResult:
     structures: int
     pet: bool
     seconds: Mapping[str, float]
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
             "seg": str(self.seg), "sr": str(self.sr), "csv": str(self.csv), "labels": str(self.labels),
             "model": self.model, "structures": self.structures, "pet": self.pet,
             "seconds": dict(self.seconds),
+            # Only where there are any: results without print as they always did.
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
     @classmethod
@@ -41,6 +44,8 @@ class SegmentResult:
             seg=Path(value["seg"]), sr=Path(value["sr"]), csv=Path(value["csv"]),
             labels=Path(value["labels"]), model=value["model"], structures=value["structures"],
             pet=value["pet"], seconds=dict(value["seconds"]),
+            # Rows written before the completion signals have no notes.
+            notes=tuple(value.get("notes", ())),
         )
 
 

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.database import open_database, transaction
-from node.receive.series_state import InvalidTransition, SeriesEvent, SeriesState, next_state
+from node.receive.mpps import PerformedSeries, Step, StepStatus
+from node.receive.series_state import (
+    CompletionSignal,
+    InvalidTransition,
+    SeriesEvent,
+    SeriesState,
+    next_state,
+)
 from node.receive.storage import StoredInstance
 
 INDEX_FILENAME = "index.sqlite3"
@@ -24,7 +32,10 @@ CREATE TABLE IF NOT EXISTS series (
     modality            TEXT NOT NULL,
     state               TEXT NOT NULL,
     first_received      REAL NOT NULL,
-    last_received       REAL NOT NULL
+    last_received       REAL NOT NULL,
+    complete_at         REAL,
+    completed_by        TEXT,
+    completion_note     TEXT
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid    TEXT PRIMARY KEY,
@@ -36,6 +47,27 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ae          TEXT NOT NULL,
     received            REAL NOT NULL
 );
+-- MPPS steps: the index row says which version of the step's file is current.
+CREATE TABLE IF NOT EXISTS steps (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    status              TEXT NOT NULL,
+    version             INTEGER NOT NULL,
+    path                TEXT NOT NULL,
+    calling_ae          TEXT NOT NULL,
+    updated             REAL NOT NULL
+);
+-- What an ended step listed, per series, until it completed the series once.
+CREATE TABLE IF NOT EXISTS promised_series (
+    series_instance_uid TEXT PRIMARY KEY,
+    step_uid            TEXT NOT NULL,
+    discontinued        INTEGER NOT NULL,
+    ended               REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS promised_instances (
+    series_instance_uid TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL,
+    PRIMARY KEY (series_instance_uid, sop_instance_uid)
+);
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_instance_uid);
 CREATE INDEX IF NOT EXISTS series_by_state ON series(state, last_received);
 CREATE INDEX IF NOT EXISTS series_by_study ON series(study_instance_uid);
@@ -44,7 +76,8 @@ CREATE INDEX IF NOT EXISTS series_by_study ON series(study_instance_uid);
 
 @dataclass(frozen=True)
 class SeriesRecord:
-    """One series as the index knows it."""
+    """One series as the index knows it; once complete, what completed it
+    and any warning that goes with it (both cleared when it reopens)."""
 
     study_instance_uid: str
     series_instance_uid: str
@@ -53,6 +86,39 @@ class SeriesRecord:
     state: SeriesState
     first_received: float
     last_received: float
+    completed_by: CompletionSignal | None = None
+    completion_note: str | None = None
+
+
+@dataclass(frozen=True)
+class Promise:
+    """What an ended MPPS step said about a series."""
+
+    step_uid: str
+    discontinued: bool
+    promised: int
+    # How many of the promised instances are stored.
+    arrived: int
+    ended: float
+
+
+@dataclass(frozen=True)
+class SeriesProgress:
+    """A receiving series as the index knows it."""
+
+    series_instance_uid: str
+    instances: int
+    last_received: float
+    # When its association's grace period ends (None: no association ended it).
+    complete_at: float | None
+    promise: Promise | None
+
+
+@dataclass(frozen=True)
+class Completion:
+    signal: CompletionSignal
+    # A warning that goes with the series into its status and its report.
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +129,8 @@ class RecordedInstance:
     previous_state: SeriesState | None
     state: SeriesState
     replaced_path: Path | None
+    # An ended MPPS step lists the series: this instance may complete it.
+    promised: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +152,8 @@ class InstanceIndex:
     def __init__(self, storage_dir: Path, *, read_only: bool = False):
         path = Path(storage_dir) / INDEX_FILENAME
         self._db = open_database(path, _SCHEMA, read_only=read_only)
+        if not read_only:
+            _add_missing_columns(self._db)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -104,7 +174,7 @@ class InstanceIndex:
                     state = self._received_state(previous, stored)
                     if row is None:
                         self._db.execute(
-                            "INSERT INTO series VALUES (?, ?, ?, ?, ?, ?)",
+                            "INSERT INTO series VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
                             (
                                 ident.series_instance_uid,
                                 ident.study_instance_uid,
@@ -115,9 +185,10 @@ class InstanceIndex:
                             ),
                         )
                     else:
+                        # Whatever signal there was came before this instance.
                         self._db.execute(
-                            "UPDATE series SET state = ?, last_received = ? "
-                            "WHERE series_instance_uid = ?",
+                            "UPDATE series SET state = ?, last_received = ?, complete_at = NULL, "
+                            "completed_by = NULL, completion_note = NULL WHERE series_instance_uid = ?",
                             (state.value, stored.received_at, ident.series_instance_uid),
                         )
                     old = self._db.execute(
@@ -137,10 +208,14 @@ class InstanceIndex:
                             stored.received_at,
                         ),
                     )
+                    promised = self._db.execute(
+                        "SELECT 1 FROM promised_series WHERE series_instance_uid = ?",
+                        (ident.series_instance_uid,),
+                    ).fetchone()
             except sqlite3.Error as exc:
                 raise IndexWriteError(f"cannot index {ident.sop_instance_uid}: {exc}") from exc
         replaced = Path(old[0]) if old and old[0] != str(stored.path) else None
-        return RecordedInstance(previous, state, replaced)
+        return RecordedInstance(previous, state, replaced, promised is not None)
 
     @staticmethod
     def _received_state(previous: SeriesState | None, stored: StoredInstance) -> SeriesState:
@@ -173,32 +248,81 @@ class InstanceIndex:
             ).fetchone()
         return row is not None
 
-    def complete_stable_series(self, received_before: float) -> list[SeriesRecord]:
-        """Move every receiving series quiet since ``received_before`` to complete."""
+    def end_association(self, series_instance_uids: Iterable[str], released: float,
+                        complete_at: float) -> None:
+        """An association that brought these series was released at `released`:
+        each completes at `complete_at` unless an instance arrives meanwhile."""
+        with self._lock, transaction(self._db):
+            self._db.executemany(
+                "UPDATE series SET complete_at = ? "
+                "WHERE series_instance_uid = ? AND state = ? AND last_received <= ?",
+                [(complete_at, uid, SeriesState.RECEIVING.value, released) for uid in series_instance_uids],
+            )
+
+    def receiving(self) -> list[SeriesProgress]:
+        """Every receiving series with what the completion signals need."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.series_instance_uid, "
+                "(SELECT COUNT(*) FROM instances i WHERE i.series_instance_uid = s.series_instance_uid), "
+                "s.last_received, s.complete_at, p.step_uid, p.discontinued, p.ended, "
+                "(SELECT COUNT(*) FROM promised_instances pi "
+                " WHERE pi.series_instance_uid = s.series_instance_uid), "
+                "(SELECT COUNT(*) FROM promised_instances pi JOIN instances i "
+                " ON i.sop_instance_uid = pi.sop_instance_uid "
+                " AND i.series_instance_uid = pi.series_instance_uid "
+                " WHERE pi.series_instance_uid = s.series_instance_uid) "
+                "FROM series s LEFT JOIN promised_series p ON p.series_instance_uid = s.series_instance_uid "
+                "WHERE s.state = ?",
+                (SeriesState.RECEIVING.value,),
+            ).fetchall()
+        return [
+            SeriesProgress(
+                uid, instances, last, complete_at,
+                None if step is None else Promise(step, bool(discontinued), promised, arrived, ended),
+            )
+            for uid, instances, last, complete_at, step, discontinued, ended, promised, arrived in rows
+        ]
+
+    def complete(self, progress: SeriesProgress, completion: Completion) -> SeriesRecord | None:
+        """Move a series to complete by `completion`, unless an instance came
+        after `progress` was read (then it waits for the next decision).
+        An MPPS step's promise is spent once it has completed the series."""
+        state = next_state(SeriesState.RECEIVING, SeriesEvent.COMPLETED)
+        uid = progress.series_instance_uid
         with self._lock:
             with transaction(self._db):
-                rows = self._db.execute(
-                    "SELECT series_instance_uid FROM series "
-                    "WHERE state = ? AND last_received < ?",
-                    (SeriesState.RECEIVING.value, received_before),
-                ).fetchall()
-                state = next_state(SeriesState.RECEIVING, SeriesEvent.STABLE_PERIOD_ELAPSED)
-                for (uid,) in rows:
-                    self._db.execute(
-                        "UPDATE series SET state = ? WHERE series_instance_uid = ?",
-                        (state.value, uid),
-                    )
-            return [self._series(uid) for (uid,) in rows]
+                changed = self._db.execute(
+                    "UPDATE series SET state = ?, complete_at = NULL, completed_by = ?, completion_note = ? "
+                    "WHERE series_instance_uid = ? AND state = ? AND last_received = ?",
+                    (state.value, completion.signal.value, completion.note, uid,
+                     SeriesState.RECEIVING.value, progress.last_received),
+                ).rowcount
+                if changed and progress.promise is not None:
+                    self._forget_promise(uid)
+            return self._series(uid) if changed else None
+
+    def _forget_promise(self, series_instance_uid: str) -> None:
+        for table in ("promised_series", "promised_instances"):
+            self._db.execute(f"DELETE FROM {table} WHERE series_instance_uid = ?", (series_instance_uid,))
 
     def _series(self, series_instance_uid: str) -> SeriesRecord:
         row = self._db.execute(
             "SELECT s.study_instance_uid, s.series_instance_uid, s.modality, "
             "(SELECT COUNT(*) FROM instances i WHERE i.series_instance_uid = s.series_instance_uid), "
-            "s.state, s.first_received, s.last_received "
+            "s.state, s.first_received, s.last_received, s.completed_by, s.completion_note "
             "FROM series s WHERE s.series_instance_uid = ?",
             (series_instance_uid,),
         ).fetchone()
-        return SeriesRecord(*row[:4], SeriesState(row[4]), row[5], row[6])
+        return SeriesRecord(*row[:4], SeriesState(row[4]), row[5], row[6],
+                            None if row[7] is None else CompletionSignal(row[7]), row[8])
+
+    def series(self, series_instance_uid: str) -> SeriesRecord | None:
+        with self._lock:
+            known = self._db.execute(
+                "SELECT 1 FROM series WHERE series_instance_uid = ?", (series_instance_uid,)
+            ).fetchone()
+            return None if known is None else self._series(series_instance_uid)
 
     def all_series(self) -> list[SeriesRecord]:
         with self._lock:
@@ -240,3 +364,86 @@ class InstanceIndex:
                 (state.value,),
             ).fetchall()
             return [self._series(uid) for (uid,) in uids]
+
+    # MPPS steps ----------------------------------------------------------
+
+    def step(self, sop_instance_uid: str) -> StoredStep | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT status, version, path FROM steps WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+        return None if row is None else StoredStep(sop_instance_uid, StepStatus(row[0]), row[1], Path(row[2]))
+
+    def record_step(self, step: Step, stored: StoredStep, calling_ae: str, at: float,
+                    replaces: StoredStep | None) -> list[str]:
+        """Record `step` as held in `stored`, in place of `replaces` (None: a
+        new step). Returns the series whose completion it now decides.
+
+        An ended step promises, for each series it lists, exactly the
+        instances it names. A series that is already complete and has all
+        of them needs nothing more; one that misses some keeps the promise
+        for when they arrive and reopen it.
+        """
+        try:
+            with self._lock, transaction(self._db):
+                if replaces is None:
+                    self._db.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?)",
+                                     (step.sop_instance_uid, step.status.value, stored.version,
+                                      str(stored.path), calling_ae, at))
+                elif not self._db.execute(
+                    "UPDATE steps SET status = ?, version = ?, path = ?, updated = ? "
+                    "WHERE sop_instance_uid = ? AND version = ?",
+                    (step.status.value, stored.version, str(stored.path), at,
+                     step.sop_instance_uid, replaces.version),
+                ).rowcount:
+                    raise StepConflict(f"MPPS step {step.sop_instance_uid} was changed meanwhile")
+                if step.status == StepStatus.IN_PROGRESS:
+                    return []
+                decided = [self._promise(series, step, at) for series in step.series]
+                return [uid for uid in decided if uid is not None]
+        except sqlite3.IntegrityError:
+            raise StepConflict(f"MPPS step {step.sop_instance_uid} exists already") from None
+        except sqlite3.Error as exc:
+            raise IndexWriteError(f"cannot record MPPS step {step.sop_instance_uid}: {exc}") from exc
+
+    def _promise(self, series: PerformedSeries, step: Step, at: float) -> str | None:
+        uid = series.series_instance_uid
+        self._db.execute("INSERT OR REPLACE INTO promised_series VALUES (?, ?, ?, ?)",
+                         (uid, step.sop_instance_uid, int(step.status == StepStatus.DISCONTINUED), at))
+        self._db.executemany("INSERT OR IGNORE INTO promised_instances VALUES (?, ?)",
+                             [(uid, sop) for sop in series.sop_instance_uids])
+        row = self._db.execute("SELECT state FROM series WHERE series_instance_uid = ?", (uid,)).fetchone()
+        if row is None or row[0] == SeriesState.RECEIVING.value:
+            return uid
+        (missing,) = self._db.execute(
+            "SELECT COUNT(*) FROM promised_instances pi WHERE pi.series_instance_uid = ? AND NOT EXISTS "
+            "(SELECT 1 FROM instances i WHERE i.sop_instance_uid = pi.sop_instance_uid "
+            " AND i.series_instance_uid = pi.series_instance_uid)",
+            (uid,),
+        ).fetchone()
+        if not missing:
+            self._forget_promise(uid)
+            return None
+        return uid
+
+
+@dataclass(frozen=True)
+class StoredStep:
+    """Where the current version of an MPPS step is kept."""
+
+    sop_instance_uid: str
+    status: StepStatus
+    version: int
+    path: Path
+
+
+class StepConflict(Exception):
+    """An N-CREATE of a step that exists, or an N-SET that lost a race with another."""
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Stores made before the completion signals lack their columns."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(series)")}
+    for column in ("complete_at REAL", "completed_by TEXT", "completion_note TEXT"):
+        if column.split()[0] not in have:
+            db.execute(f"ALTER TABLE series ADD COLUMN {column}")

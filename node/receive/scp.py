@@ -1,10 +1,14 @@
-"""The DICOM SCP: C-ECHO and C-STORE for every storage SOP class.
+"""The DICOM SCP: C-ECHO, C-STORE for every storage SOP class, and MPPS.
 
 The C-STORE handler is the receive stage: it validates an instance, writes
 the bytes exactly as they arrived (no transcoding, no pixel decoding) through
 :class:`node.receive.storage.InstanceStore`, indexes it, and only then answers
 success. Every failure becomes a specific status (PS3.4 table B.2-1) with an
 Error Comment, so the sender knows what happened and nothing is half stored.
+
+It also hears what says a series is complete (node/assemble/completion.py):
+which series each open association has sent, the normal release of an
+association, and MPPS steps (N-CREATE, N-SET), which it keeps like instances.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -43,14 +49,16 @@ from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import ModalityPerformedProcedureStep, Verification
 
 from config import NodeTls, SegnodeConfig
 from node.disk_space import DiskSpace
 from node.metrics import NodeMetrics
 from node.receive.dataset_check import check_instance
-from node.receive.index import IndexWriteError, InstanceIndex
+from node.receive.index import IndexWriteError, InstanceIndex, StepConflict, StoredStep
+from node.receive.mpps import STATUS_PROCESSING_FAILURE, Step, StepRefused, created, updated
 from node.receive.peers import PeerTable, Rejection
+from node.receive.step_files import StepFiles
 from node.receive.storage import InstanceStore, StorageError, StoredInstance
 from node.receive.transport import (
     ConnectionGate,
@@ -94,12 +102,30 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     RLELossless,
 ]
 
-def _status(code: int, comment: str) -> Dataset:
-    """A C-STORE response status with an Error Comment (LO: at most 64 characters)."""
+#: Transfer syntaxes for MPPS: a step is a few attributes, never pixels.
+STEP_TRANSFER_SYNTAXES = ACCEPTED_TRANSFER_SYNTAXES[:4]
+# N-CREATE and N-SET failures (PS3.7 annex C).
+_STATUS_DUPLICATE_INSTANCE = 0x0111
+_STATUS_NO_SUCH_INSTANCE = 0x0112
+
+
+def _status(code: int, comment: str, error_id: int | None = None) -> Dataset:
+    """A response status with an Error Comment (LO: at most 64 characters)."""
     status = Dataset()
     status.Status = code
     status.ErrorComment = comment[:64]
+    if error_id is not None:
+        status.ErrorID = error_id
     return status
+
+
+@dataclass
+class _Sending:
+    """The series an open association has sent instances of; whether its
+    peer's series complete when it is released (peers[].completion)."""
+
+    ends_series: bool
+    series: set[str] = field(default_factory=set)
 
 
 class StorageSCP:
@@ -114,6 +140,9 @@ class StorageSCP:
         The receive stage's collaborators, shared with the rest of the node.
     disk_space : DiskSpace
         Free space against the low watermark, under which instances are refused.
+    completion_due : callable
+        Told the time at which a series may complete by a signal heard here
+        (the series assembler wakes then).
     """
 
     def __init__(
@@ -123,8 +152,11 @@ class StorageSCP:
         index: InstanceIndex,
         metrics: NodeMetrics,
         disk_space: DiskSpace,
+        completion_due: Callable[[float], None],
     ):
         self._store = store
+        self._steps = StepFiles(config.node.storage_dir)
+        self._completion_due = completion_due
         self._index = index
         self._metrics = metrics
         self._disk_space = disk_space
@@ -132,6 +164,7 @@ class StorageSCP:
         for context in AllStoragePresentationContexts:
             self._ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         self._ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
+        self._ae.add_supported_context(ModalityPerformedProcedureStep, STEP_TRANSFER_SYNTAXES)
         self._peers = PeerTable.from_config(config)
         self._gate = ConnectionGate(Limits.from_settings(config.node), self._admission, metrics)
         self._plain_server: GatedAssociationServer | None = None
@@ -145,12 +178,17 @@ class StorageSCP:
         self._stopping = False
         self._in_flight_changed = threading.Condition()
         self._established: weakref.WeakSet = weakref.WeakSet()
+        self._sending: weakref.WeakKeyDictionary[Association, _Sending] = weakref.WeakKeyDictionary()
+        self._sending_lock = threading.Lock()
         self.apply(config)
 
     def apply(self, config: SegnodeConfig) -> None:
         """Take on a new configuration for associations requested from now on."""
         node = config.node
         self._peers = PeerTable.from_config(config)
+        self._ending_peers = frozenset(peer.ae_title for peer in config.peers
+                                       if peer.completion == "association")
+        self._grace_seconds = node.association_grace_seconds
         self._gate.limits = Limits.from_settings(node)
         self._max_instance_bytes = node.max_instance_bytes
         self._ae.maximum_associations = node.max_associations
@@ -197,10 +235,12 @@ class StorageSCP:
         handlers = [
             (evt.EVT_ACSE_SENT, self._on_acse_sent),
             (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_N_CREATE, self._on_n_create),
+            (evt.EVT_N_SET, self._on_n_set),
             (evt.EVT_PDU_SENT, self._on_pdu_sent),
         ]
         # Data sets are spooled to a file as they arrive, not held in
@@ -301,10 +341,38 @@ class StorageSCP:
             Path(unfinished).unlink(missing_ok=True)
 
     def _on_established(self, event: Event) -> None:
-        self._metrics.associations_accepted.labels(event.assoc.requestor.ae_title).inc()
+        calling_ae = event.assoc.requestor.ae_title
+        self._metrics.associations_accepted.labels(calling_ae).inc()
         self._metrics.active_associations.inc()
         with self._in_flight_changed:
             self._established.add(event.assoc)
+        with self._sending_lock:
+            self._sending[event.assoc] = _Sending(calling_ae.strip() in self._ending_peers)
+
+    def held(self) -> frozenset[str]:
+        """Series that an open association, whose release will complete them, has sent."""
+        with self._sending_lock:
+            return frozenset(uid for sending in self._sending.values() if sending.ends_series
+                             for uid in sending.series)
+
+    def _on_released(self, event: Event) -> None:
+        """A normal release completes, after the grace period, the series the
+        association sent, where its peer says so and no other open
+        association has sent them too."""
+        released = time.time()
+        with self._sending_lock:
+            sending = self._sending.pop(event.assoc, None)
+            others = {uid for other in self._sending.values() for uid in other.series}
+        if sending is not None and sending.ends_series and sending.series - others:
+            complete_at = released + self._grace_seconds
+            try:
+                self._index.end_association(sending.series - others, released, complete_at)
+            except IndexWriteError as exc:
+                LOG.error("association from %s: its series wait for the stable period: %s",
+                          event.assoc.requestor.ae_title, exc)
+            else:
+                self._completion_due(complete_at)
+        self._on_ended_association(event.assoc)
 
     def _on_ended(self, event: Event) -> None:
         self._on_ended_association(event.assoc)
@@ -312,6 +380,8 @@ class StorageSCP:
     def _on_ended_association(self, association: Association) -> None:
         # Aborts also end associations that were never established; an
         # association may end twice (its event, then its socket's close).
+        with self._sending_lock:
+            self._sending.pop(association, None)
         with self._in_flight_changed:
             # An ended association owes nothing more.
             if self._responses_owed.pop(association, None):
@@ -394,6 +464,12 @@ class StorageSCP:
             return _status(STATUS_OUT_OF_RESOURCES, "cannot index the instance: out of resources")
         if recorded.replaced_path is not None:
             self._store.remove(recorded.replaced_path)
+        with self._sending_lock:
+            sending = self._sending.get(event.assoc)
+            if sending is not None:
+                sending.series.add(identity.series_instance_uid)
+        if recorded.promised:
+            self._completion_due(received_at)
         if recorded.previous_state is not None and recorded.previous_state != recorded.state:
             self._metrics.series_reopened.inc()
             LOG.warning(
@@ -411,3 +487,76 @@ class StorageSCP:
         LOG.warning("refused an instance from %s: %s", calling_ae, detail)
         self._metrics.store_failures.labels(reason).inc()
         return _status(status, detail)
+
+    # MPPS ----------------------------------------------------------------
+
+    def _on_n_create(self, event: Event) -> tuple[Dataset, Dataset | None]:
+        """A scanner starts a step (PS3.4 F.7.2.1): checked, then kept."""
+        with self._in_flight_changed:
+            self._owe_response(event.assoc)
+        calling_ae = event.assoc.requestor.ae_title
+        uid = event.request.AffectedSOPInstanceUID
+        try:
+            step_dataset, step = created(None if uid is None else str(uid), event.attribute_list)
+        except StepRefused as exc:
+            return self._refuse_step(exc, calling_ae), None
+        except Exception as exc:  # a data set pydicom cannot decode
+            return self._step_undecodable(exc, "N-CREATE", calling_ae), None
+        if self._index.step(step.sop_instance_uid) is not None:
+            return _status(_STATUS_DUPLICATE_INSTANCE, "MPPS step exists already"), None
+        return self._keep_step(step_dataset, step, calling_ae, None)
+
+    def _on_n_set(self, event: Event) -> tuple[Dataset, Dataset | None]:
+        """A scanner updates a step (PS3.4 F.7.2.2); COMPLETED and DISCONTINUED
+        say which instances its series are."""
+        with self._in_flight_changed:
+            self._owe_response(event.assoc)
+        calling_ae = event.assoc.requestor.ae_title
+        current = self._index.step(str(event.request.RequestedSOPInstanceUID))
+        if current is None:
+            return _status(_STATUS_NO_SUCH_INSTANCE, "no such MPPS step"), None
+        try:
+            step_dataset, step = updated(self._steps.read(current.path), event.modification_list)
+        except StepRefused as exc:
+            return self._refuse_step(exc, calling_ae), None
+        except Exception as exc:  # a data set pydicom cannot decode
+            return self._step_undecodable(exc, "N-SET", calling_ae), None
+        return self._keep_step(step_dataset, step, calling_ae, current)
+
+    def _keep_step(self, step_dataset: Dataset, step: Step, calling_ae: str,
+                   current: StoredStep | None) -> tuple[Dataset | int, Dataset | None]:
+        """Write the step's next version and record it (node/receive/step_files.py
+        says why in that order); the response's status and attribute list."""
+        version = 1 if current is None else current.version + 1
+        try:
+            path = self._steps.write(step_dataset, version)
+        except OSError as exc:
+            LOG.error("MPPS step %s from %s cannot be kept: %s", step.sop_instance_uid, calling_ae, exc)
+            return _status(STATUS_PROCESSING_FAILURE, "cannot keep the MPPS step: out of resources"), None
+        stored = StoredStep(step.sop_instance_uid, step.status, version, path)
+        try:
+            decided = self._index.record_step(step, stored, calling_ae, time.time(), current)
+        except (StepConflict, IndexWriteError) as exc:
+            self._steps.remove(path)
+            LOG.error("MPPS step %s from %s not kept: %s", step.sop_instance_uid, calling_ae, exc)
+            if isinstance(exc, StepConflict) and current is None:
+                return _status(_STATUS_DUPLICATE_INSTANCE, "MPPS step exists already"), None
+            return _status(STATUS_PROCESSING_FAILURE, str(exc)), None
+        if current is not None:
+            self._steps.remove(current.path)
+        self._metrics.mpps_steps.labels(step.status.value).inc()
+        LOG.info("MPPS step %s from %s is %s%s", step.sop_instance_uid, calling_ae, step.status.value,
+                 f"; it decides when series {', '.join(decided)} are complete" if decided else "")
+        if decided:
+            self._completion_due(time.time())
+        return 0x0000, step_dataset
+
+    def _refuse_step(self, refused: StepRefused, calling_ae: str) -> Dataset:
+        LOG.warning("refused from %s: %s", calling_ae, refused)
+        self._metrics.mpps_refused.inc()
+        return _status(refused.status, refused.comment, refused.error_id)
+
+    def _step_undecodable(self, exc: Exception, message: str, calling_ae: str) -> Dataset:
+        LOG.warning("refused an %s from %s: its data set cannot be decoded: %s", message, calling_ae, exc)
+        self._metrics.mpps_refused.inc()
+        return _status(STATUS_PROCESSING_FAILURE, f"data set cannot be decoded: {type(exc).__name__}")

@@ -24,10 +24,26 @@ class SeriesState(StrEnum):
 
 class SeriesEvent(StrEnum):
     INSTANCE_RECEIVED = "instance-received"
-    STABLE_PERIOD_ELAPSED = "stable-period-elapsed"
+    # One of the completion signals said it is whole (node/assemble/completion.py).
+    COMPLETED = "completed"
     ROUTED = "routed"
     RETENTION_DUE = "retention-due"
     FILES_REMOVED = "files-removed"
+
+
+class CompletionSignal(StrEnum):
+    """What said that a series is complete."""
+
+    # No instance for node.series_stable_seconds.
+    STABLE = "stable"
+    # The association that brought it was released, and none other was sending it.
+    ASSOCIATION = "association"
+    # A completed MPPS step listed its instances, and all of them are stored.
+    MPPS = "mpps"
+    # An MPPS step was discontinued: what arrived is the series.
+    MPPS_DISCONTINUED = "mpps-discontinued"
+    # A completed MPPS step listed instances that did not come in node.mpps_wait_seconds.
+    MPPS_INCOMPLETE = "mpps-incomplete"
 
 
 class InvalidTransition(Exception):
@@ -41,7 +57,7 @@ TRANSITIONS: dict[tuple[SeriesState | None, SeriesEvent], SeriesState] = {
     # A late instance reopens a completed series.
     (SeriesState.COMPLETE, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
     (SeriesState.DISPATCHED, SeriesEvent.INSTANCE_RECEIVED): SeriesState.RECEIVING,
-    (SeriesState.RECEIVING, SeriesEvent.STABLE_PERIOD_ELAPSED): SeriesState.COMPLETE,
+    (SeriesState.RECEIVING, SeriesEvent.COMPLETED): SeriesState.COMPLETE,
     (SeriesState.COMPLETE, SeriesEvent.ROUTED): SeriesState.DISPATCHED,
     (SeriesState.DISPATCHED, SeriesEvent.RETENTION_DUE): SeriesState.REMOVING,
     (SeriesState.REMOVING, SeriesEvent.FILES_REMOVED): SeriesState.REMOVED,

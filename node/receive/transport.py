@@ -74,11 +74,16 @@ _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
 REQUEST_BOUND = 64 * 1024
 #: A command set is a few hundred bytes (PS3.7 section 9.3).
 _COMMAND_BOUND = 64 * 1024
-#: Only a C-STORE-RQ carries a data set we accept; any other message's data
-#: set (a C-ECHO has none) is held in memory by pynetdicom, so it stays small.
+#: A C-STORE-RQ's data set is spooled to disk; any other message's data set
+#: is held in memory by pynetdicom, so it stays small: an MPPS step's may list
+#: up to 100,000 instances (node/receive/mpps.py) at about 130 bytes each, a
+#: C-ECHO has none.
+_STEP_DATASET_BOUND = 16 * 1024 * 1024
 _OTHER_DATASET_BOUND = 64 * 1024
 _C_STORE_RQ = 0x0001
 _C_ECHO_RQ = 0x0030
+_N_SET_RQ = 0x0120
+_N_CREATE_RQ = 0x0140
 # Command Field, Command Data Set Type and its "no data set" value, PS3.7 section 9.3.
 _COMMAND_FIELD = 0x0100
 _COMMAND_DATA_SET_TYPE = 0x0800
@@ -285,8 +290,13 @@ class PduStream:
             return None
         command = bytes(self._command)
         self._command.clear()
-        store = command_value(command, _COMMAND_FIELD) == _C_STORE_RQ
-        self._dataset_bound = self._limits.max_instance_bytes if store else _OTHER_DATASET_BOUND
+        field = command_value(command, _COMMAND_FIELD)
+        if field == _C_STORE_RQ:
+            self._dataset_bound = self._limits.max_instance_bytes
+        elif field in (_N_CREATE_RQ, _N_SET_RQ):
+            self._dataset_bound = _STEP_DATASET_BOUND
+        else:
+            self._dataset_bound = _OTHER_DATASET_BOUND
         self._expect_dataset = command_value(command, _COMMAND_DATA_SET_TYPE) not in (None, _NO_DATA_SET)
         return self._check_command(self._item_context, command)
 
@@ -305,15 +315,18 @@ def command_value(command: bytes, element: int) -> int | None:
 
 
 #: What a request of the services served here must carry, PS3.7 tables
-#: 9.1-1 (C-STORE-RQ) and 9.3-12 (C-ECHO-RQ).
+#: 9.1-1 (C-STORE-RQ), 9.3-12 (C-ECHO-RQ), 10.3-3 (N-SET-RQ) and 10.3-5
+#: (N-CREATE-RQ, whose SOP Instance UID is the MPPS handler's to check).
 _REQUIRED = {
     _C_STORE_RQ: ("AffectedSOPClassUID", "MessageID", "Priority", "AffectedSOPInstanceUID"),
     _C_ECHO_RQ: ("AffectedSOPClassUID", "MessageID"),
+    _N_SET_RQ: ("RequestedSOPClassUID", "MessageID", "RequestedSOPInstanceUID"),
+    _N_CREATE_RQ: ("AffectedSOPClassUID", "MessageID"),
 }
 
 
 def request_problem(command: bytes, context_id: int, accepted: frozenset[int]) -> str | None:
-    """What makes a C-STORE or C-ECHO request unservable, or None.
+    """What makes a request of the services served here unservable, or None.
 
     pynetdicom drops such a request without an answer (a missing
     parameter), or, spooling a C-STORE's data set, fails inside its reader

@@ -61,6 +61,8 @@ class PipelineInputs:
 
     ``created`` dates the objects: the time the job was queued.
     ``device_uid`` identifies this segnode installation in the SEG and SR.
+    ``notes`` are what the report must say about its input (how the series
+    completed, when that left a gap).
     """
 
     ct_files: tuple[Path, ...]
@@ -69,6 +71,7 @@ class PipelineInputs:
     settings: Pipeline
     created: datetime
     device_uid: str
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ def run_pipeline(inputs: PipelineInputs, segmenter: Segmenter, out_dir: Path) ->
             series_description=f"{segmenter.algorithm.name} measurements"[:64],
             series_instance_uid=result_uid("sr-series", sources, identity),
             sop_instance_uid=result_uid("sr", sources, identity),
+            notes=inputs.notes,
         )
         date_object(sr, inputs.created)
         return seg, sr

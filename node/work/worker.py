@@ -134,12 +134,15 @@ class Worker:
         pet_files = self._pet_files(job, ct_files[0])
         segmenter = self._segmenter(pipeline.model, pipeline.device)
         out_dir = results_dir(self.config.node.storage_dir, job)
+        series = self.index.series(job.series_instance_uid)
+        notes = () if series is None or series.completion_note is None else (series.completion_note,)
         inputs = PipelineInputs(
             ct_files=ct_files, pet_files=pet_files, pipeline_name=job.pipeline, settings=pipeline,
             created=datetime.fromtimestamp(job.queued_at, timezone.utc), device_uid=self.device_uid,
+            notes=notes,
         )
         result = run_pipeline(inputs, segmenter, out_dir)
-        for warning in result.warnings:
+        for warning in (*notes, *result.warnings):
             LOG.warning("job %d: %s", job.id, warning)
         self._send(job, ((result.seg, result.seg_uid), (result.sr, result.sr_uid)))
         self._export_for_research(job, (*ct_files, result.seg, result.sr), out_dir)
@@ -147,6 +150,7 @@ class Worker:
             seg=result.seg, sr=result.sr, csv=result.csv, labels=result.labels,
             model=f"{segmenter.algorithm.name} {segmenter.algorithm.version}",
             structures=len(result.measurements), pet=bool(pet_files), seconds=result.seconds,
+            notes=notes,
         )
 
     def _compare(self, job: Job) -> ComparisonResult:
