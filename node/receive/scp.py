@@ -56,7 +56,14 @@ from node.disk_space import DiskSpace
 from node.metrics import NodeMetrics
 from node.receive.dataset_check import check_instance
 from node.receive.index import IndexWriteError, InstanceIndex, StepConflict, StoredStep
-from node.receive.mpps import STATUS_PROCESSING_FAILURE, Step, StepRefused, created, updated
+from node.receive.mpps import (
+    STATUS_PROCESSING_FAILURE,
+    STATUS_RESOURCE_LIMITATION,
+    Step,
+    StepRefused,
+    created,
+    updated,
+)
 from node.receive.peers import PeerTable, Rejection
 from node.receive.step_files import StepFiles
 from node.receive.storage import InstanceStore, StorageError, StoredInstance
@@ -527,6 +534,8 @@ class StorageSCP:
                    current: StoredStep | None) -> tuple[Dataset | int, Dataset | None]:
         """Write the step's next version and record it (node/receive/step_files.py
         says why in that order); the response's status and attribute list."""
+        if self._stopping or self._disk_space.is_low():
+            return _status(STATUS_RESOURCE_LIMITATION, "stopping or low on space; send again later"), None
         version = 1 if current is None else current.version + 1
         try:
             path = self._steps.write(step_dataset, version)
