@@ -21,6 +21,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from scipy import ndimage
 
 from dicomio.codes import UnknownStructureError, structure_code
 from dicomio.pet import SuvVolume, load_suv_volume
@@ -151,12 +152,34 @@ def test_components_are_26_connected():
     assert stomach.density_g_ml == DEFAULT_DENSITIES.default_g_ml == 1.03
 
 
+def test_components_are_counted_per_structure():
+    # All components are labelled at once: pieces joined only through other
+    # structures' voxels, measured or not, stay apart, and touching
+    # structures do not merge.
+    ct = ct_1mm((16, 16, 40))
+    labels = np.zeros(ct.array.shape, dtype=np.uint8)
+    labels[4:8, 4:8, 2:6] = 1
+    labels[4:8, 4:8, 8:12] = 1
+    labels[4:8, 4:8, 6:8] = 2  # joins the two spleen cubes
+    labels[4:8, 4:8, 14:18] = 1
+    labels[4:8, 4:8, 20:24] = 1
+    labels[4:8, 4:8, 18:20] = 3  # joins the two others, not measured
+    labels[4:8, 4:8, 24:26] = 3
+    segmentation, segments = segmented(ct, labels, ("spleen", "stomach", "liver"))
+
+    spleen, stomach = quantify(segmentation, segments[:2])
+
+    assert (spleen.component_count, spleen.voxel_count) == (4, 4 * 64)
+    assert (stomach.component_count, stomach.voxel_count) == (1, 32)
+
+
 @pytest.mark.parametrize(("hu_dtype", "far"), [(np.int16, 0), (np.float32, 0), (np.int32, 100_000)])
-def test_hu_statistics_of_many_structures_are_those_of_their_voxels(hu_dtype, far):
+def test_statistics_of_many_structures_are_those_of_their_voxels(hu_dtype, far):
     # Noisy HU and overlapping random boxes; integer HU within an int16's
     # span are counted in one pass (histograms), others (floats, a voxel far
     # out) gathered per structure: both must give what numpy gives on each
-    # structure's own voxels.
+    # structure's own voxels. Boxes and components, found for all structures
+    # at once, must be those of each structure alone.
     rng = np.random.default_rng(3)
     hu = rng.integers(-1024, 1500, (24, 40, 36)).astype(hu_dtype)
     hu[-1, -1, -1] += far
@@ -165,6 +188,8 @@ def test_hu_statistics_of_many_structures_are_those_of_their_voxels(hu_dtype, fa
     for value in range(1, 8):
         start = rng.integers(0, 16, 3)
         labels[tuple(slice(a, a + int(rng.integers(2, 12))) for a in start)] = value
+    scattered = rng.random(labels.shape) < 0.03  # many components, some touching only at corners
+    labels[scattered] = rng.integers(1, 8, int(scattered.sum()))
     labels[labels == 6] = 0  # a value left with no voxel: no segment
     labels[0, 0, :2] = 9  # a two-voxel structure, an even count: median of two
     segmentation, segments = segmented(ct, labels, ("spleen", "liver", "stomach", "pancreas", "heart",
@@ -180,6 +205,10 @@ def test_hu_statistics_of_many_structures_are_those_of_their_voxels(hu_dtype, fa
         assert (m.hu_min, m.hu_max, m.hu_median) == (inside.min(), inside.max(), np.median(inside))
         assert m.hu_mean == pytest.approx(inside.mean(), rel=1e-12)
         assert m.hu_std == pytest.approx(inside.std(), rel=1e-12)
+        where = np.nonzero(labels == segment.value)
+        assert m.bounding_box.first_index == tuple(int(w.min()) for w in where)
+        assert m.bounding_box.last_index == tuple(int(w.max()) for w in where)
+        assert m.component_count == ndimage.label(labels == segment.value, structure=np.ones((3, 3, 3)))[1]
 
 
 def test_measurements_follow_the_seg_segment_numbers():
