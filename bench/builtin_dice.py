@@ -13,9 +13,13 @@
   the Dice of ours against itself quantised to 3 mm.
 * Timing: seconds for ``BuiltinSegmenter().segment`` on a synthetic
   512x512xN CT (the torso phantom of phantom/anatomy.py at 0.98 mm, 1 mm
-  slices), best of ``--repeat`` runs, with the peak resident memory.
+  slices), best of ``--repeat`` runs, with the peak resident memory,
+  beside issue 13's goal (5 s for 300 slices on 2 cores, scaled to N).
+* Each Dice is printed beside its value before issue 13's speed-up
+  (commit 15f7bfe; the phantom's for 300 and 600 slices), flagged where
+  it dropped by more than the 0.005 that the issue allows.
 
-    python bench/builtin_dice.py --slices 600
+    python bench/builtin_dice.py --slices 300
 """
 
 from __future__ import annotations
@@ -46,6 +50,53 @@ from tests.test_builtin import (  # noqa: E402
     torso_case,
 )
 
+#: Issue 13: the 512x512x300 phantom in 5 s or less on 2 cores.
+GOAL_S_PER_300_SLICES = 5.0
+#: A Dice may drop by this much at most against BEFORE (issue 13).
+DICE_TOLERANCE = 0.005
+#: Dice before issue 13's speed-up (commit 15f7bfe), by the line that prints it.
+BEFORE = {
+    "Siemens skeleton": 0.803,
+    "Siemens with cartilage": 0.751,
+    "Siemens skeleton on 3 mm": 0.863,
+    "torso lungs": 0.965,
+    "torso left lung": 0.958,
+    "torso right lung": 0.969,
+    "torso skeleton": 0.914,
+}
+BEFORE_PHANTOM = {
+    300: {
+        "body": 1.000,
+        "lung_left": 0.999,
+        "lung_right": 0.999,
+        "airway": 0.000,
+        "skeleton": 0.986,
+        "subcutaneous_fat": 0.985,
+        "visceral_fat": 0.976,
+        "skeletal_muscle": 0.943,
+    },
+    600: {
+        "body": 1.000,
+        "lung_left": 0.999,
+        "lung_right": 0.999,
+        "airway": 0.921,
+        "skeleton": 0.987,
+        "subcutaneous_fat": 0.986,
+        "visceral_fat": 0.988,
+        "skeletal_muscle": 0.936,
+    },
+}
+
+
+def _print_dice(label: str, value: float, before: float | None, aside: bool = False) -> None:
+    """One Dice line, beside its value before issue 13 and flagged where it
+    dropped too far; `aside` puts it in parentheses (a figure for context)."""
+    text = f"{value:.3f}"
+    if before is not None:
+        text += f" (before {before:.3f})" + ("  DROPPED" if value < before - DICE_TOLERANCE else "")
+    opening, closing = ("(", ")") if aside else ("", "")
+    print(f"  {opening + label:30s}Dice {text}{closing}")
+
 
 def report_shared_data() -> None:
     if not (SHARED_DATA / "totalseg_v2_labels.json").exists():
@@ -54,11 +105,12 @@ def report_shared_data() -> None:
     volume, reference = siemens_case()
     labels = _timed("Siemens 512x512x20", volume)
     bone = classes_mask(reference, BONE_CLASSES)
-    print(f"  skeleton vs bone classes      Dice {dice(labels == VALUE['skeleton'], bone):.3f}")
-    with_cartilage = bone | classes_mask(reference, r"^costal_cartilages$")
-    print(f"  (with costal cartilage        Dice {dice(labels == VALUE['skeleton'], with_cartilage):.3f})")
     skeleton = labels == VALUE["skeleton"]
-    print(f"  (itself on a 3 mm grid        Dice {dice(skeleton, _quantised(skeleton, volume, 3.0)):.3f})")
+    _print_dice("skeleton vs bone classes", dice(skeleton, bone), BEFORE["Siemens skeleton"])
+    with_cartilage = dice(skeleton, bone | classes_mask(reference, r"^costal_cartilages$"))
+    _print_dice("with costal cartilage", with_cartilage, BEFORE["Siemens with cartilage"], aside=True)
+    on_3mm = dice(skeleton, _quantised(skeleton, volume, 3.0))
+    _print_dice("itself on a 3 mm grid", on_3mm, BEFORE["Siemens skeleton on 3 mm"], aside=True)
     _body_figures(volume, labels, reference)
 
     volume, reference = torso_case()
@@ -66,11 +118,11 @@ def report_shared_data() -> None:
     left = classes_mask(reference, r"^lung_.*_left$")
     right = classes_mask(reference, r"^lung_.*_right$")
     lung_left, lung_right = labels == VALUE["lung_left"], labels == VALUE["lung_right"]
-    print(f"  lungs vs lobes                Dice {dice(lung_left | lung_right, left | right):.3f}")
-    print(f"  left lung                     Dice {dice(lung_left, left):.3f}")
-    print(f"  right lung                    Dice {dice(lung_right, right):.3f}")
+    _print_dice("lungs vs lobes", dice(lung_left | lung_right, left | right), BEFORE["torso lungs"])
+    _print_dice("left lung", dice(lung_left, left), BEFORE["torso left lung"])
+    _print_dice("right lung", dice(lung_right, right), BEFORE["torso right lung"])
     bone = classes_mask(reference, BONE_CLASSES)
-    print(f"  skeleton vs bone classes      Dice {dice(labels == VALUE['skeleton'], bone):.3f}")
+    _print_dice("skeleton vs bone classes", dice(labels == VALUE["skeleton"], bone), BEFORE["torso skeleton"])
     _body_figures(volume, labels, reference)
 
 
@@ -109,10 +161,16 @@ def report_phantom(grid: AxialGrid, repeat: int) -> None:
         labels = BuiltinSegmenter().segment(phantom.volume).labels
         times.append(time.perf_counter() - start)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"phantom 512x512x{grid.shape[0]}: best {min(times):.1f} s of {repeat}, peak RSS {peak_gb:.1f} GB")
+    slices = grid.shape[0]
+    goal = GOAL_S_PER_300_SLICES * slices / 300
+    print(
+        f"phantom 512x512x{slices}: best {min(times):.1f} s of {repeat} (goal {goal:.1f} s), "
+        f"peak RSS {peak_gb:.1f} GB"
+    )
+    before = BEFORE_PHANTOM.get(slices, {})
     for name in BUILTIN_STRUCTURES:
         predicted = labels > 0 if name == "body" else labels == VALUE[name]
-        print(f"  {name:18s} Dice {dice(predicted, phantom.mask(name)):.3f}")
+        _print_dice(name, dice(predicted, phantom.mask(name)), before.get(name))
 
 
 def main() -> None:

@@ -63,9 +63,14 @@ Cost: after the body, everything runs inside the body's bounding box, and
 morphology with large structuring elements (the body's opening, closing
 the muscle wall and the bone cortex, the wall's depth) on a grid of about
 2 mm, where it costs an eighth of the full-resolution work; thresholds,
-hole filling and boundaries stay at full resolution. Measured with
-bench/builtin_dice.py: 13 s for a 512x512x600 CT (one core; the
-machine has two).
+hole filling and boundaries stay at full resolution. What dominates is
+labelling connected regions (a third of the time), so each region set is
+labelled once: a mask's holes serve both their filling and their sizes,
+and the lungs are components of the internal air's labelling. In-slice
+erosion and dilation combine shifted views of the array (10 times
+faster than ndimage's). On bench/builtin_dice.py's 512x512x300 phantom:
+4.6 s, against 8.7 s before issue 13 run alternately in one process
+(one core; the machine has two).
 
 Modules, in the order the segmenter runs them:
 

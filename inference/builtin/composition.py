@@ -80,10 +80,15 @@ def body_composition(
     if canal is not None:
         radius = CANAL_RADIUS_MM
         muscle_space &= ~canal.region(inside.shape, coarse_spacing, -radius, radius, radius)
+    # The three compartments are disjoint: one coarse map of them goes to full resolution.
+    compartments = np.zeros(inside.shape, dtype=np.uint8)
+    for value, space in enumerate((subcutaneous, cavity, muscle_space), start=1):
+        compartments[space] = value
+    compartment = coarse.up(compartments)
     free = body & ~taken
     fat = free & (hu >= FAT_HU[0]) & (hu <= FAT_HU[1])
     lean = free & (hu >= _MUSCLE_HU[0]) & (hu <= _MUSCLE_HU[1])
-    return fat & coarse.up(subcutaneous), fat & coarse.up(cavity), lean & coarse.up(muscle_space)
+    return fat & (compartment == 1), fat & (compartment == 2), lean & (compartment == 3)
 
 
 def _reached_from(seeds: np.ndarray, allowed: np.ndarray) -> np.ndarray:

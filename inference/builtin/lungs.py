@@ -8,9 +8,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from inference.builtin.airway import Airway
+from inference.builtin.body import InternalAir
 from inference.builtin.constants import GAS_HU, LUNG_DENSITY_HU
-from inference.builtin.morphology import FULL, Coarse, box_of, component_sizes
-from inference.postprocess import HoleFilling, Spacing, fill_holes
+from inference.builtin.morphology import FULL, Coarse, box_of, component_sizes, fill_in_slice
+from inference.postprocess import Spacing
 
 #: Healthy lung has almost no pure gas (below GAS_HU): at most this share.
 _GAS_MAX_FRACTION: Final = 0.3
@@ -26,7 +27,7 @@ _LUNG_SPLIT_MAX_MM: Final = 20.0
 
 def lung_masks(
     hu: np.ndarray,
-    air: np.ndarray,
+    air: InternalAir,
     airway: Airway,
     spacing: Spacing,
     midline: np.ndarray,
@@ -40,14 +41,13 @@ def lung_masks(
     partial volume are below the size limit. A large component that a main
     bronchus opens into is lung whatever its share of gas (emphysema).
     """
-    candidates = air & ~airway.mask
-    components, count = ndi.label(candidates)
-    if count == 0:
-        empty = np.zeros(hu.shape, dtype=bool)
-        return empty, empty.copy()
-    voxels = component_sizes(components, count, candidates)
-    dense = component_sizes(components, count, candidates & (hu <= LUNG_DENSITY_HU)) / np.maximum(voxels, 1)
-    gas = component_sizes(components, count, candidates & (hu < GAS_HU)) / np.maximum(voxels, 1)
+    components, count = _without_airway(air, airway)
+    candidates = air.mask & ~airway.mask
+    # Each component's voxels and those of lung density and of gas, from one gathering.
+    labels, values = components[candidates], hu[candidates]
+    voxels = np.bincount(labels, minlength=count + 1)
+    dense = np.bincount(labels[values <= LUNG_DENSITY_HU], minlength=count + 1) / np.maximum(voxels, 1)
+    gas = np.bincount(labels[values < GAS_HU], minlength=count + 1) / np.maximum(voxels, 1)
     volume_ml = voxels * float(np.prod(spacing)) / 1000.0
     ventilated = np.zeros(count + 1, dtype=bool)
     if airway.carina is not None:
@@ -56,7 +56,28 @@ def lung_masks(
     lung = (volume_ml >= _LUNG_MIN_ML) & (dense >= 0.5) & ((gas <= _GAS_MAX_FRACTION) | ventilated)
     lung[0] = False
     left, right = _split_sides(components, np.flatnonzero(lung), midline, coarse, spacing)
-    return fill_holes(left, HoleFilling.SLICE), fill_holes(right, HoleFilling.SLICE)
+    return fill_in_slice(left), fill_in_slice(right)
+
+
+def _without_airway(air: InternalAir, airway: Airway) -> tuple[np.ndarray, int]:
+    """The air's components with the airway taken out, and the highest label.
+
+    Only the components that the airway runs through change: what is left
+    of them is labelled anew, within their bounding box. The outside air's
+    components keep their labels (off the internal air).
+    """
+    if airway.carina is None:
+        return air.components, air.count
+    crossed = np.zeros(air.count + 1, dtype=bool)
+    crossed[air.components[airway.mask]] = True
+    crossed[0] = False
+    region = crossed[air.components]
+    box = box_of(region, margin=0)
+    pieces, count = ndi.label(region[box] & ~airway.mask[box])
+    components = air.components.copy()
+    components[box][region[box]] = 0
+    components[box][pieces > 0] = pieces[pieces > 0] + air.count
+    return components, air.count + count
 
 
 def _split_sides(
@@ -71,10 +92,11 @@ def _split_sides(
     """
     left = np.zeros(components.shape, dtype=bool)
     right = np.zeros(components.shape, dtype=bool)
-    boxes = ndi.find_objects(components)
     for index in lungs:
-        box = boxes[index - 1]
-        mask = components[box] == index
+        # A lung or two: one comparison each costs less than every label's box.
+        whole = components == index
+        box = box_of(whole, margin=0)
+        mask = whole[box]
         on_left = _left_of_midline(mask, box, midline)
         share = np.count_nonzero(mask & on_left) / np.count_nonzero(mask)
         if share >= 1 - _BOTH_SIDES_FRACTION:

@@ -60,17 +60,44 @@ class Coarse:
         Summing the few strided views is one pass over the data; a reshape
         and a reduction over the short block axes was 5 times slower.
         """
-        is_mask = values.dtype == bool
-        # Masks are counted in integers, cheaper than adding floats.
-        total = np.zeros(self.coarse_shape, dtype=np.uint16 if is_mask else np.float32)
-        for view in self._offsets():
-            part = values.view(np.uint8)[view] if is_mask else values[view]
-            total[: part.shape[0], : part.shape[1], : part.shape[2]] += part
+        if values.dtype == bool:
+            total = self._count(values)
+        else:
+            total = np.zeros(self.coarse_shape, dtype=np.float32)
+            for view in self._offsets():
+                part = values[view]
+                total[: part.shape[0], : part.shape[1], : part.shape[2]] += part
         counts = [
             np.minimum(f, n - np.arange(c) * f).astype(np.float32)
             for n, f, c in zip(self.shape, self.factors, self.coarse_shape, strict=True)
         ]
         return total / (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :])
+
+    def _count(self, mask: np.ndarray) -> np.ndarray:
+        """Set voxels of each block.
+
+        One axis at a time, each pass adding the strided views along it
+        into an array that much smaller, in the narrowest integers that
+        hold a block's count: twice as fast as adding every voxel's view
+        into a coarse array of wider integers.
+        """
+        dtype = np.uint8 if np.prod(self.factors) <= np.iinfo(np.uint8).max else np.uint16
+        total = mask.view(np.uint8)
+        for axis, factor in enumerate(self.factors):
+            if factor == 1:
+                continue
+            summed = _along(total, axis, slice(0, None, factor)).astype(dtype)
+            for offset in range(1, factor):
+                part = _along(total, axis, slice(offset, None, factor))
+                _along(summed, axis, slice(0, part.shape[axis]))[...] += part
+            total = summed
+        return total
+
+    def mean_within(self, values: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+        """:meth:`mean` of the blocks in `box` (a box of the coarse grid) only."""
+        blocks = zip(box, self.factors, self.shape, strict=True)
+        part = values[tuple(slice(b.start * f, min(b.stop * f, n)) for b, f, n in blocks)]
+        return Coarse(self.factors, part.shape).mean(part)
 
     def up(self, coarse: np.ndarray) -> np.ndarray:
         """A coarse array on the full grid, each block's value repeated."""
@@ -97,33 +124,61 @@ def ball(spacing: Spacing, radius_mm: float) -> np.ndarray:
     return (z * spacing[0]) ** 2 + (y * spacing[1]) ** 2 + (x * spacing[2]) ** 2 <= radius_mm**2
 
 
-def _octagon(spacing: Spacing, radius_mm: float) -> tuple[tuple[np.ndarray, int], ...]:
-    """In-slice steps whose succession is an octagon of about `radius_mm`.
+def _octagon(spacing: Spacing, radius_mm: float) -> tuple[tuple[bool, int], ...]:
+    """In-slice steps whose succession is an octagon of about `radius_mm`:
+    (whether the step is the 3x3 square rather than the 4-neighbour cross,
+    how many of it).
 
     Alternating 4- and 8-neighbour steps approximate a disk; a few passes
     with 3x3 elements cost much less than one with a large disk (or a
     distance transform, 3 times slower here).
     """
     steps = int(radius_mm // min(spacing[1:]))
-    square = np.zeros((3, 3, 3), dtype=bool)
-    square[1] = True
-    return ((IN_SLICE, (steps + 1) // 2), (square, steps // 2))
+    return ((False, (steps + 1) // 2), (True, steps // 2))
 
 
 def eroded_in_slice(mask: np.ndarray, spacing: Spacing, radius_mm: float) -> np.ndarray:
     """`mask` eroded within each slice by about `radius_mm` (outside the array is background)."""
-    for structure, count in _octagon(spacing, radius_mm):
-        if count:
-            mask = ndi.binary_erosion(mask, structure, iterations=count)
+    for square, count in _octagon(spacing, radius_mm):
+        for _ in range(count):
+            mask = stepped_in_slice(mask, square=square, erode=True)
     return mask
 
 
 def dilated_in_slice(mask: np.ndarray, spacing: Spacing, radius_mm: float) -> np.ndarray:
     """`mask` dilated within each slice by about `radius_mm`."""
-    for structure, count in _octagon(spacing, radius_mm):
-        if count:
-            mask = ndi.binary_dilation(mask, structure, iterations=count)
+    for square, count in _octagon(spacing, radius_mm):
+        for _ in range(count):
+            mask = stepped_in_slice(mask, square=square, erode=False)
     return mask
+
+
+def stepped_in_slice(mask: np.ndarray, *, square: bool, erode: bool, outside: bool = False) -> np.ndarray:
+    """`mask` eroded or dilated by one in-slice step: the 4-neighbour cross,
+    or the 3x3 square; beyond the array's rows and columns lies `outside`.
+
+    The same as ndimage's binary erosion and dilation with these elements,
+    but the neighbours are combined as shifted views of the whole array,
+    about 10 times faster; the square is a step along rows, then one along
+    columns.
+    """
+    combine = np.logical_and if erode else np.logical_or
+    out = mask.copy()
+    for axis in (1, 2):
+        # The square's second step combines the first's result.
+        source = out.copy() if square and axis == 2 else mask
+        for ahead, behind in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+            target = _along(out, axis, ahead)
+            combine(target, _along(source, axis, behind), out=target)
+        if erode and not outside:
+            _along(out, axis, 0)[...] = False
+            _along(out, axis, -1)[...] = False
+    return out
+
+
+def _along(array: np.ndarray, axis: int, index: slice | int) -> np.ndarray:
+    """A view of `array` indexed along one axis."""
+    return array[(slice(None),) * axis + (index,)]
 
 
 def opened_in_slice(mask: np.ndarray, spacing: Spacing, radius_mm: float) -> np.ndarray:
@@ -168,12 +223,84 @@ def regions_in_slice(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray, i
     return box, regions, count
 
 
+@dataclass(frozen=True, eq=False)
+class SliceHoles:
+    """The background of a mask in connected regions of each slice, and which of them are holes.
+
+    One labelling serves both the filling and the holes' sizes (filling,
+    then labelling the holes, was two). It covers the mask's bounding box
+    grown by a voxel, where the background outside the mask reaches the
+    box's border.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Shape of the mask.
+    box : tuple of slice
+        Where `regions` lies in the mask.
+    regions : numpy.ndarray
+        Label of each background voxel in the box (0 on the mask).
+    enclosed : numpy.ndarray
+        Per label, whether the region is a hole (reaches no border of its slice).
+    """
+
+    shape: tuple[int, ...]
+    box: tuple[slice, ...]
+    regions: np.ndarray
+    enclosed: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> SliceHoles:
+        if not mask.any():
+            nowhere = tuple(slice(0, 0) for _ in mask.shape)
+            return cls(mask.shape, nowhere, np.zeros((0,) * mask.ndim, np.int32), np.zeros(1, dtype=bool))
+        box = box_of(mask, margin=1)
+        regions, count = ndi.label(~mask[box], structure=IN_SLICE)
+        enclosed = np.ones(count + 1, dtype=bool)
+        for axis in (1, 2):
+            for end in (0, -1):
+                enclosed[_along(regions, axis, end)] = False
+        enclosed[0] = False
+        return cls(shape=mask.shape, box=box, regions=regions, enclosed=enclosed)
+
+    def smaller_than(self, voxels: float) -> np.ndarray:
+        """The holes of fewer than `voxels` voxels.
+
+        Counted among the gathered hole voxels: counting every label, the
+        outside one in most voxels, took 3 times longer.
+        """
+        hole = self.enclosed[self.regions]
+        which = self.regions[hole]
+        small = np.bincount(which, minlength=self.enclosed.size) < voxels
+        out = np.zeros(self.shape, dtype=bool)
+        out[self.box][hole] = small[which]
+        return out
+
+
+def fill_in_slice(mask: np.ndarray) -> np.ndarray:
+    """Add to `mask`, in place, the background that it encloses in each slice; return it.
+
+    In place because every caller fills a mask it has just made: a copy of
+    a whole CT's mask cost as much as finding its holes.
+    """
+    holes = SliceHoles.of(mask)
+    mask[holes.box] |= holes.enclosed[holes.regions]
+    return mask
+
+
 def box_of(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """The bounding box of a non-empty mask, grown by `margin` voxels."""
-    box = ndi.find_objects(mask.astype(np.uint8))[0]
-    return tuple(
-        slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, mask.shape, strict=True)
-    )
+    """The bounding box of a non-empty mask, grown by `margin` voxels.
+
+    From the mask's projections: two reductions, where ndimage's
+    find_objects took 10 times longer.
+    """
+    plane = mask.any(axis=0)
+    present = (mask.any(axis=(1, 2)), plane.any(axis=1), plane.any(axis=0))
+    box = []
+    for along, n in zip(present, mask.shape, strict=True):
+        where = np.flatnonzero(along)
+        box.append(slice(max(int(where[0]) - margin, 0), min(int(where[-1]) + 1 + margin, n)))
+    return tuple(box)
 
 
 def body_midline(body: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from inference.builtin.airway import airway_mask
 from inference.builtin.body import body_mask, internal_air
 from inference.builtin.composition import body_composition
 from inference.builtin.lungs import lung_masks
-from inference.builtin.morphology import Coarse, body_midline, box_of
+from inference.builtin.morphology import Coarse, body_midline
 from inference.builtin.skeleton import skeleton_mask
 from inference.postprocess import Spacing
 from inference.segmenter import Segmentation
@@ -97,12 +97,11 @@ def segment_canonical(hu: np.ndarray, spacing: Spacing) -> np.ndarray:
     """
     labels = np.zeros(hu.shape, dtype=np.uint8)
     body = body_mask(hu, spacing, Coarse.of(hu.shape, spacing))
-    if not body.any():
+    if body is None:
         return labels
     # Everything else lies in the body's bounding box (on a typical 500 mm
     # field of view, half the voxels or less).
-    box = box_of(body, margin=1)
-    labels[box] = _inside_body(np.ascontiguousarray(hu[box]), body[box], spacing)
+    labels[body.box] = _inside_body(np.ascontiguousarray(hu[body.box]), body.mask, spacing)
     return labels
 
 
@@ -111,7 +110,7 @@ def _inside_body(hu: np.ndarray, body: np.ndarray, spacing: Spacing) -> np.ndarr
     coarse = Coarse.of(hu.shape, spacing)
     midline = body_midline(body)
     air = internal_air(hu, body)
-    airway = airway_mask(hu, air, body, spacing, midline)
+    airway = airway_mask(hu, air.mask, body, spacing, midline)
     lung_left, lung_right = lung_masks(hu, air, airway, spacing, midline, coarse)
     skeleton = skeleton_mask(hu, body, spacing, coarse)
     lungs = lung_left | lung_right

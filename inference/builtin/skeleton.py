@@ -12,19 +12,22 @@ from inference.builtin.morphology import (
     FULL,
     IN_SLICE,
     Coarse,
+    SliceHoles,
     ball,
     body_midline,
     box_of,
     closed_in_slice,
     component_sizes,
     eroded_in_slice,
+    fill_in_slice,
     opened_along_slices,
     opened_in_slice,
     regions_in_slice,
+    stepped_in_slice,
 )
 from inference.builtin.spinal_canal import SpinalCanal, spinal_canal
 from inference.builtin.vessel_walls import vessel_walls
-from inference.postprocess import HoleFilling, Spacing, fill_holes
+from inference.postprocess import Spacing
 
 #: Cortical bone reaches this even on 3 mm voxels; calcified cartilage and
 #: plaques do too, but are thinner (see BONE_MIN_HALF_THICKNESS_MM).
@@ -100,7 +103,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     foramen, the spinal canal's side of a vertebral body): it lies outside
     the bone's surface.
     """
-    return mask & ~ndi.binary_erosion(mask, IN_SLICE, border_value=1)
+    return mask & ~stepped_in_slice(mask, square=False, erode=True, outside=True)
 
 
 def _canal_mm(canal: SpinalCanal, coarse: Coarse, spacing: Spacing) -> np.ndarray:
@@ -152,13 +155,15 @@ def _contrast_pools(hu: np.ndarray, dense: np.ndarray, spacing: Spacing, coarse:
     box = box_of(cores, margin=max(ring.shape) // 2 + 1)
     pools, count = ndi.label(cores[box])
     index = np.arange(1, count + 1)
-    coarse_hu = coarse.mean(hu)[box]
+    coarse_hu = coarse.mean_within(hu, box)
     surroundings = ndi.grey_dilation(pools, footprint=ring) * ~cores[box]
     inside_hu = ndi.mean(coarse_hu, pools, index)
     around_hu = ndi.mean(coarse_hu, surroundings, index)
-    around_dense = ndi.mean(coarse.mean(dense)[box], surroundings, index)
+    around_dense = ndi.mean(coarse.mean_within(dense, box), surroundings, index)
     darker = np.zeros(count + 1, dtype=bool)
     darker[1:] = (around_hu < inside_hu - _POOL_CONTRAST_HU) & (around_dense < _POOL_DENSE_AROUND)
+    if not darker.any():
+        return np.zeros(hu.shape, dtype=bool)
     # One block more takes the pool's partial-volume rim.
     pool = np.zeros(cores.shape, dtype=bool)
     pool[box] = ndi.binary_dilation(darker[pools], IN_SLICE)
@@ -167,13 +172,7 @@ def _contrast_pools(hu: np.ndarray, dense: np.ndarray, spacing: Spacing, coarse:
 
 def _small_holes(mask: np.ndarray, spacing: Spacing) -> np.ndarray:
     """Holes of `mask` smaller than _MARROW_SMALL_CM2 in their slice."""
-    box, regions, count = regions_in_slice(fill_holes(mask, HoleFilling.SLICE) & ~mask)
-    area_cm2 = component_sizes(regions, count, regions > 0) * spacing[1] * spacing[2] / 100.0
-    small = area_cm2 < _MARROW_SMALL_CM2
-    small[0] = False
-    out = np.zeros(mask.shape, dtype=bool)
-    out[box] = small[regions]
-    return out
+    return SliceHoles.of(mask).smaller_than(_MARROW_SMALL_CM2 * 100.0 / (spacing[1] * spacing[2]))
 
 
 def _thick_parts(dense: np.ndarray, hu: np.ndarray, spacing: Spacing) -> np.ndarray:
@@ -186,6 +185,12 @@ def _thick_parts(dense: np.ndarray, hu: np.ndarray, spacing: Spacing) -> np.ndar
     cortex reaches _CORTICAL_HU only at its crest (whole ribs were lost when
     the cortex had to be that dense 2 mm deep).
     """
+    out = np.zeros(dense.shape, dtype=bool)
+    if not dense.any():
+        return out
+    # In the bones' box (the erosion treats its border as the array's: no dense voxel lies beyond).
+    box = box_of(dense, margin=0)
+    dense, hu = dense[box], hu[box]
     parts, count = ndi.label(dense, structure=FULL)
     thick = eroded_in_slice(dense, spacing, BONE_MIN_HALF_THICKNESS_MM)
     keep = np.zeros(count + 1, dtype=bool)
@@ -194,7 +199,8 @@ def _thick_parts(dense: np.ndarray, hu: np.ndarray, spacing: Spacing) -> np.ndar
     cortical[parts[dense & (hu >= _CORTICAL_HU)]] = True
     keep &= cortical
     keep[0] = False
-    return keep[parts]
+    out[box] = keep[parts]
+    return out
 
 
 def _bone_interior(core: np.ndarray, hu: np.ndarray, spacing: Spacing, coarse: Coarse) -> np.ndarray:
@@ -213,7 +219,7 @@ def _bone_interior(core: np.ndarray, hu: np.ndarray, spacing: Spacing, coarse: C
     coarse_core = coarse.mean(core) > 0
     bridges = closed_in_slice(coarse_core, coarse.spacing(spacing), _BONE_CLOSING_MM) & ~coarse_core
     bridged = core | coarse.up(bridges)
-    box, regions, count = regions_in_slice(fill_holes(bridged, HoleFilling.SLICE) & ~core)
+    box, regions, count = regions_in_slice(fill_in_slice(bridged) & ~core)
     if count == 0:
         return np.zeros(core.shape, dtype=bool)
     enclosed = regions > 0
@@ -226,8 +232,14 @@ def _bone_interior(core: np.ndarray, hu: np.ndarray, spacing: Spacing, coarse: C
     whole[0] = fits[0] = False
     inside, marrow = fits[regions], (fits & whole)[regions]
     denser = hu[box] > _MARROW_HU
-    scan_ends = (box[0].start == 0, box[0].stop == core.shape[0])
-    discs = _disc_layers(inside & ~marrow & denser, core[box], spacing, scan_ends)
+    trabecular = inside & ~marrow & denser
+    discs = np.zeros(trabecular.shape, dtype=bool)
+    if trabecular.any():
+        # In the trabecular bone's own box (half the regions' on the torso phantom).
+        own = box_of(trabecular, margin=0)
+        first, stop = box[0].start + own[0].start, box[0].start + own[0].stop
+        scan_ends = (first == 0, stop == core.shape[0])
+        discs[own] = _disc_layers(trabecular[own], core[box][own], spacing, scan_ends)
     # Where a slice's cortex has a gap too wide to bridge (a vascular
     # foramen, thin cortex lost to partial volume), the slices above and
     # below still enclose its inside.
@@ -304,8 +316,8 @@ def _between_endplates(part: np.ndarray, core: np.ndarray) -> list[tuple[int, in
 
 def _widest_disk_mm(part: np.ndarray, spacing: Spacing) -> float:
     """Diameter of the largest disk that fits in a slice of `part`, holes filled."""
-    widest = 0.0
-    for section in part:
-        filled = np.pad(ndi.binary_fill_holes(section), 1)
-        widest = max(widest, float(ndi.distance_transform_edt(filled, sampling=spacing[1:]).max()))
-    return 2.0 * widest
+    filled = fill_in_slice(np.pad(part, ((0, 0), (1, 1), (1, 1))))
+    # One transform for all slices, set farther apart than any two voxels
+    # of a slice, so that each voxel's nearest background lies in its own.
+    apart = float(np.hypot(*(n * s for n, s in zip(filled.shape[1:], spacing[1:], strict=True)))) + 1.0
+    return 2.0 * float(ndi.distance_transform_edt(filled, sampling=(apart, *spacing[1:])).max())
