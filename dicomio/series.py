@@ -113,6 +113,10 @@ _ORTHONORMAL_TOLERANCE: Final = 1e-3
 
 _INT16: Final = np.iinfo(np.int16)
 
+#: Float Pixel Data (7FE0,0008), the first of the pixel data elements, where
+#: ``stop_before_pixels`` stops.
+_FIRST_PIXEL_DATA_TAG: Final = 0x7FE00008
+
 
 class SeriesProblem(Enum):
     """Why a series was refused (``SeriesError.problem``)."""
@@ -174,10 +178,14 @@ class SeriesWarning:
 
 @dataclass(frozen=True)
 class LoadedSeries:
-    """The volume of a series and what was left out to build it."""
+    """The volume of a series, what was left out to build it, and the
+    headers of the instances it was built from (no pixel data; none for an
+    image file): what a SEG and SR derived from the volume reference, kept
+    so that nobody reads the files again for them."""
 
     volume: Volume
     warnings: tuple[SeriesWarning, ...]
+    headers: tuple[Dataset, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,7 +252,9 @@ def load_series(instances: Iterable[str | os.PathLike[str] | Dataset]) -> Loaded
         modality=str(_attribute(first, "Modality", series_uid)),
         sources=tuple(frame.source for frame in frames),
     )
-    return LoadedSeries(volume=volume, warnings=tuple(warnings))
+    used = {source.sop_instance_uid for source in volume.sources}
+    headers = tuple(_header(ds) for ds in datasets if ds.SOPInstanceUID in used)
+    return LoadedSeries(volume=volume, warnings=tuple(warnings), headers=headers)
 
 
 class VolumeReadError(Exception):
@@ -312,6 +322,16 @@ def _read(item: str | os.PathLike[str] | Dataset) -> Dataset:
         return pydicom.dcmread(item)
     except (InvalidDicomError, OSError) as exc:
         raise SeriesError("", SeriesProblem.UNREADABLE, f"{os.fspath(item)}: {exc}") from exc
+
+
+def _header(ds: Dataset) -> Dataset:
+    """`ds` without its pixel data, as ``dcmread(stop_before_pixels=True)``
+    reads it; the elements are shared, the decoded pixels are not kept."""
+    header = Dataset({tag: ds.get_item(tag) for tag in ds.keys() if tag < _FIRST_PIXEL_DATA_TAG})
+    header.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    return header
 
 
 def _attribute(

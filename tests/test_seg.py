@@ -166,12 +166,13 @@ def totalseg(*values: int) -> list[LabelledStructure]:
 
 
 def write(volume: Volume, labels: np.ndarray, structures, sources, path: Path, **options):
+    """Build a SEG and write it as the pipeline does."""
     seg = write_seg(
         volume, labels, structures, ALGORITHM, sources,
         series_number=300, series_description="Organs (TotalSegmentator)", device_serial_number="SEGNODE",
         **options,
     )
-    seg.save_as(path, enforce_file_format=True)
+    write_dicom_atomically(seg, path)
     return seg
 
 

@@ -337,6 +337,24 @@ def test_enhanced_frame_without_position_is_refused(tmp_path: Path) -> None:
     assert ds.SOPInstanceUID in str(error)
 
 
+def test_headers_of_the_instances_used_without_pixel_data(tmp_path: Path) -> None:
+    """A SEG and SR reference the headers load_series keeps: those of the
+    images in the volume, as reading without pixel data gives them."""
+    files = write_ct_series(tmp_path / "ct", slices=SLICES, rows=ROWS, columns=COLUMNS)
+    scout = _copy(pydicom.dcmread(files[0]), ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    scout.save_as(tmp_path / "scout.dcm", enforce_file_format=True)
+    loaded = load_series([tmp_path / "scout.dcm", *files, files[1]])  # a scout and a repeated instance
+    expected = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    assert loaded.headers == tuple(expected)
+    for header, read in zip(loaded.headers, expected, strict=True):
+        assert "PixelData" not in header
+        assert header.file_meta == read.file_meta
+        assert header.original_encoding == read.original_encoding
+    multi_frame = load_series([write_enhanced_ct(tmp_path / "enhanced", slices=SLICES)])
+    [header] = multi_frame.headers
+    assert "PixelData" not in header and len(header.PerFrameFunctionalGroupsSequence) == SLICES
+
+
 # ---------------------------------------------------------------------------
 # Dropped with a warning
 # ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -115,7 +116,7 @@ def run_pipeline(inputs: PipelineInputs, segmenter: Segmenter, out_dir: Path) ->
     if volume.modality != "CT":
         raise PipelineError(f"series {volume.series_instance_uid} is {volume.modality}, not CT")
     used = {s.sop_instance_uid for s in volume.sources}
-    headers = source_headers(inputs.ct_files, used)
+    headers = list(loaded.headers)
     pet: SuvVolume | None = None
     pet_headers: list[Dataset] = []
     if inputs.pet_files:
@@ -168,10 +169,16 @@ def run_pipeline(inputs: PipelineInputs, segmenter: Segmenter, out_dir: Path) ->
     paths = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "measurements.csv", out_dir / "labels.nii.gz"
 
     def write() -> None:
-        write_dicom_atomically(seg, paths[0])
-        write_dicom_atomically(sr, paths[1])
-        write_measurements_csv(measurements, paths[2])
-        write_label_map(segmentation.labels, volume, segmentation.structures, paths[3])
+        # SimpleITK compresses the label map without holding the GIL: it
+        # overlaps the DICOM writes.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            label_map = pool.submit(
+                write_label_map, segmentation.labels, volume, segmentation.structures, paths[3]
+            )
+            write_dicom_atomically(seg, paths[0])
+            write_dicom_atomically(sr, paths[1])
+            write_measurements_csv(measurements, paths[2])
+            label_map.result()
 
     clock.run("write", write)
     return PipelineResult(*paths, seg_uid=str(seg.SOPInstanceUID), sr_uid=str(sr.SOPInstanceUID),
