@@ -17,8 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_NOW = datetime.datetime.now(datetime.timezone.utc)
 _DAY = datetime.timedelta(days=1)
+
+
+def now() -> datetime.datetime:
+    """Validity is counted from when a certificate is made, not from when the
+    suite was collected: the expiry tests compare days left to 0.01 day."""
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class Authority:
             x509.CertificateBuilder()
             .subject_name(self.name).issuer_name(self.name)
             .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(_NOW - _DAY).not_valid_after(_NOW + 365 * _DAY)
+            .not_valid_before(now() - _DAY).not_valid_after(now() + 365 * _DAY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                          key_encipherment=False, data_encipherment=False,
@@ -77,7 +82,7 @@ class Authority:
             x509.CertificateBuilder()
             .subject_name(subject).issuer_name(self.name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(valid_from or _NOW - _DAY).not_valid_after(valid_until or _NOW + 90 * _DAY)
+            .not_valid_before(valid_from or now() - _DAY).not_valid_after(valid_until or now() + 90 * _DAY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
@@ -95,4 +100,4 @@ class Authority:
 
     def expired(self, common_name: str) -> Credential:
         """A certificate that expired yesterday."""
-        return self.issue(common_name, valid_from=_NOW - 30 * _DAY, valid_until=_NOW - _DAY)
+        return self.issue(common_name, valid_from=now() - 30 * _DAY, valid_until=now() - _DAY)

@@ -19,13 +19,12 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from config import parse_config, reloaded, restart_only_changes
-from tests.certificates import Authority, Credential
+from tests.certificates import Authority, Credential, now
 from tests.conftest import REPO, dcmtk, dcmtk_env, free_port
 from tests.test_association_control import echoscu
 from tests.test_config import check_config
 from tests.test_reload import _wait_for_log
 
-_NOW = datetime.datetime.now(datetime.timezone.utc)
 _DAY = datetime.timedelta(days=1)
 
 
@@ -35,7 +34,7 @@ def authority(tmp_path: Path) -> Authority:
 
 
 def _valid_for(authority: Authority, name: str, days: float) -> Credential:
-    return authority.issue(name, valid_until=_NOW + days * _DAY)
+    return authority.issue(name, valid_until=now() + days * _DAY)
 
 
 def _node_tls(authority: Authority, credential: Credential, port: int = 2762) -> dict:
@@ -62,7 +61,7 @@ def _write(path: Path, config: dict) -> Path:
 def test_every_certificate_problem_is_refused_naming_the_field(tmp_path, authority):
     good, other = authority.issue("node"), authority.issue("other")
     expired = authority.expired("old")
-    future = authority.issue("future", valid_from=_NOW + _DAY, valid_until=_NOW + 10 * _DAY)
+    future = authority.issue("future", valid_from=now() + _DAY, valid_until=now() + 10 * _DAY)
     missing = tmp_path / "missing.pem"
     not_pem = tmp_path / "not-pem.crt"
     not_pem.write_text("not a certificate\n")
