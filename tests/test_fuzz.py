@@ -1,4 +1,4 @@
-"""Seeded fuzzing of a running ``segnode serve``: PDUs, then data sets.
+"""Seeded fuzzing of a running ``segnode serve``: PDUs, data sets, MPPS steps.
 
 test_hostile_peers.py pins down each misbehaviour we already know of; this
 suite looks for the ones we don't. It sends 1,000 PDU-level inputs (random
@@ -10,7 +10,13 @@ length fields; wrong VR values, odd binary lengths, undefined and huge
 lengths, nested sequences, invalid UIDs, Modality garbage, Pixel Data that
 does not match its attributes), in batches of 100; then the same PDU-level
 inputs again inside TLS sessions on the DICOM TLS port, each after a good
-handshake with a listed peer's certificate. After every batch:
+handshake with a listed peer's certificate; and 300 MPPS inputs: N-CREATEs
+and N-SETs mutated from a scanner's (the same data set mutations, and wrong
+step statuses, relied-on attributes in other VRs, Scheduled Step Attributes
+and Performed Series Sequences of thousands of items or of bad references,
+attributes an N-SET may not change, command elements in the data set, data
+sets at the transport's bound; N-SETs on unknown and ended steps,
+N-CREATEs of existing ones; now and then a mutated command). After every batch:
 
 (a) a listed peer (dcmtk storescu, over TLS in the TLS run) still stores a slice;
 (b) the node's RSS, sampled every 50 ms, stayed under ``RSS_GROWTH_BOUND``
@@ -20,11 +26,16 @@ handshake with a listed peer's certificate. After every batch:
     ``pixel_array``);
 (d) the node is alive and its log has no traceback;
 
+and after an MPPS batch, also: every step file reads back and is the one the
+index names, every acknowledged step is kept, nothing is left in the spool,
+and a scanner's step (N-CREATE, N-SET COMPLETED, then its images) completes
+its series by MPPS;
+
 and every input was answered (a status, an A-ASSOCIATE-RJ, an A-ABORT or a
 close) within ``ANSWER_SECONDS`` of its last byte.
 
 Every input is a pure function of the seed and its index (``pdu_input``,
-``dataset_input``), so a failure, which names both, replays with
+``dataset_input``, ``step_input``), so a failure, which names both, replays with
 ``SEGNODE_FUZZ_SEED=<seed> python -m pytest -m fuzz tests/test_fuzz.py``.
 The suite is marked ``fuzz`` and left out of the default run
 (pyproject.toml); ``.ci/run`` runs it as its own stage.
@@ -33,10 +44,12 @@ The suite is marked ``fuzz`` and left out of the default run
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
 import re
+import select
 import ssl
 import struct
 import subprocess
@@ -51,9 +64,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import DicomDictionary, dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from pynetdicom.dsutils import encode
 
+from node.receive.index import InstanceIndex
+from node.receive.transport import STEP_DATASET_BOUND
 from tests.conftest import SHARED_DATA, rss_bytes
 from tests.raw_peer import (
     ABORT,
@@ -68,6 +85,8 @@ from tests.raw_peer import (
     associate_rq,
     c_echo_rq,
     c_store_rq,
+    command_set,
+    decode_command,
     p_data,
     pdu,
     release_rq,
@@ -75,6 +94,8 @@ from tests.raw_peer import (
 )
 from tests.synthetic import dataset_bytes, write_ct_series
 from tests.test_hostile_peers import Pki, start_tls_node, storescu_tls
+from tests.test_mpps import Scanner, completed
+from tests.test_mpps_protocol import scanner_create, scanner_set
 from tests.test_receive import storescu
 
 pytestmark = pytest.mark.fuzz
@@ -124,7 +145,7 @@ SIEMENS = SHARED_DATA / "ct-abdomen-siemens" / "dicom"
 def replay_note(kind: str) -> str:
     return (f"fuzz seed {SEED}, {kind}: replay with SEGNODE_FUZZ_SEED={SEED} "
             ".venv/bin/python -m pytest -q -m fuzz tests/test_fuzz.py; the inputs named above are "
-            "pdu_input(seed, index, base) and dataset_input(bases, seed, index)")
+            "pdu_input(seed, index, base), dataset_input(bases, seed, index) and step_input(seed, index)")
 
 
 @contextlib.contextmanager
@@ -513,8 +534,8 @@ _IMAGE_US = (0x00280010, 0x00280011, 0x00280100, 0x00280101, 0x00280102, 0x00280
 def _byte_level(rng: random.Random, base: Base, uid: str) -> tuple[str, bytes]:
     data = bytearray(base.with_elements(uid))
     elements = _read_elements(bytes(data), base.implicit)
-    # Half in the attributes before Pixel Data, which are a small part of a slice.
-    pixel_start = next(start for tag, start, _ in elements if tag == _PIXEL_DATA)
+    # Half in the attributes before Pixel Data, which are a small part of a slice (an MPPS step has none).
+    pixel_start = next((start for tag, start, _ in elements if tag == _PIXEL_DATA), len(data))
     span = pixel_start if rng.random() < 0.5 else len(data)
     how = rng.choice(("flip", "insert", "delete", "truncate", "length"))
     at = rng.randrange(span)
@@ -1020,4 +1041,578 @@ def test_mutated_data_sets_are_refused_or_stored_readable(fuzz_node, slice_files
         for lane in lanes:
             lane.close()
         _report(capsys, f"stored, by mutation: {dict(acknowledged_by_kind)}")
+        watch.finish()
+
+
+# ---------------------------------------------------------------------------
+# MPPS: N-CREATE and N-SET
+# ---------------------------------------------------------------------------
+
+MPPS = "1.2.840.10008.3.1.2.3.3"
+#: CONTEXTS (ids 1-7), then MPPS in explicit (id 9) and implicit VR (id 11):
+#: the CT contexts stay, so that a step can be sent on the wrong one.
+STEP_CONTEXTS = (*CONTEXTS, (MPPS, (ExplicitVRLittleEndian,)), (MPPS, (ImplicitVRLittleEndian,)))
+STEP_CONTEXT_OF = {ExplicitVRLittleEndian: 9, ImplicitVRLittleEndian: 11}
+STEP_BATCHES = 3
+# Command Field values (PS3.7 annex E) and "no data set" (section 9.3).
+_N_CREATE_RQ, _N_SET_RQ, _N_EVENT_REPORT_RQ, _C_STORE_RQ = 0x0140, 0x0120, 0x0100, 0x0001
+_NO_DATA_SET = 0x0101
+# Elements of a step (PS3.4 table F.7.2-1) that the node relies on.
+_STEP_STATUS, _END_DATE, _END_TIME = 0x00400252, 0x00400250, 0x00400251
+_SCHEDULED_STEPS, _PERFORMED_SERIES = 0x00400270, 0x00400340
+_STUDY_UID, _SERIES_UID = 0x0020000D, 0x0020000E
+_REFERENCED_IMAGES, _REFERENCED_NON_IMAGES = 0x00081140, 0x00400220
+_REFERENCED_CLASS, _REFERENCED_INSTANCE = 0x00081150, 0x00081155
+# The scanner's study, and the series and images its N-SET lists.
+_STEP_STUDY = uid_for(0, "step-study", 0)
+_STEP_SERIES = uid_for(0, "step-series", 0)
+_STEP_IMAGES = tuple(uid_for(0, "step-image", i) for i in range(3))
+
+
+def _ui(value: str) -> bytes:
+    return _even(value.encode(), b"\0")
+
+
+@functools.cache
+def step_bases() -> dict[str, Base]:
+    """A scanner's N-CREATE and final N-SET data sets (tests/test_mpps_protocol.py) in each syntax."""
+    bases = {}
+    for name, dataset in (("N-CREATE", scanner_create(_STEP_STUDY)),
+                          ("N-SET", scanner_set({_STEP_SERIES: _STEP_IMAGES}))):
+        for syntax, context in STEP_CONTEXT_OF.items():
+            implicit = syntax == ImplicitVRLittleEndian
+            data = encode(dataset, implicit, True)
+            label = f"{name} {'implicit' if implicit else 'explicit'} VR"
+            bases[label] = Base(label, data, implicit, context, tuple(_read_elements(data, implicit)))
+    return bases
+
+
+def step_command(field: int, uid: str | None, message_id: int, *, sop_class: str = MPPS,
+                 data_set: bool = True) -> bytes:
+    """An N-CREATE-RQ (PS3.7 table 10.3-5), N-SET-RQ (table 10.3-3) or other
+    request (another DIMSE-N, a C-STORE) on `uid` (None: without one)."""
+    prefix = "Affected" if field in (_N_CREATE_RQ, _N_EVENT_REPORT_RQ, _C_STORE_RQ) else "Requested"
+    elements = {f"{prefix}SOPClassUID": sop_class, "CommandField": field, "MessageID": message_id,
+                "CommandDataSetType": 0x0000 if data_set else _NO_DATA_SET}
+    if field == _C_STORE_RQ:
+        elements["Priority"] = 0
+    if uid is not None:
+        elements[f"{prefix}SOPInstanceUID"] = uid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UIDs sent on purpose
+        return command_set(**elements)
+
+
+def _sequence(base: Base, tag: int, items: list[bytes], undefined: bool) -> bytes:
+    """A sequence of `items` (each an item's encoded elements), with defined or undefined lengths."""
+    if undefined:
+        body = b"".join(_delimiter(_ITEM, _UNDEFINED) + item + _delimiter(_ITEM_END) for item in items)
+        return base.encode(tag, "SQ", body + _delimiter(_SEQUENCE_END), _UNDEFINED)
+    return base.encode(tag, "SQ", b"".join(_delimiter(_ITEM, len(item)) + item for item in items))
+
+
+def _reference(base: Base, sop_uid: str, sop_class: str = CT) -> bytes:
+    return (base.encode(_REFERENCED_CLASS, "UI", _ui(sop_class))
+            + base.encode(_REFERENCED_INSTANCE, "UI", _ui(sop_uid)))
+
+
+def _series_item(base: Base, series_uid: str, references: list[bytes], undefined: bool) -> bytes:
+    """A Performed Series Sequence item listing `references` as images."""
+    return (base.encode(_SERIES_UID, "UI", _ui(series_uid))
+            + _sequence(base, _REFERENCED_IMAGES, references, undefined))
+
+
+def _unchanged(rng, base, uid):
+    return "as the scanner sends it", base.with_elements(uid)
+
+
+_STEP_STATUSES = (b"", b"IN PROGRESS", b"COMPLETED", b"DISCONTINUED", b"in progress",
+                  b"IN PROGRESS\\COMPLETED", b"COMPLETED\0", b"IN  PROGRESS", b"\xff\xfe")
+
+
+def _step_status(rng, base, uid):
+    if rng.random() < 0.15:
+        return "without PerformedProcedureStepStatus", base.with_elements(uid, drop=(_STEP_STATUS,))
+    value = _even(rng.choice((*_STEP_STATUSES, _text(rng, rng.choice((3, 16, 17, 5000))))))
+    return (f"PerformedProcedureStepStatus {value[:24]!r}",
+            base.with_elements(uid, (_STEP_STATUS, base.encode(_STEP_STATUS, "CS", value))))
+
+
+#: What the node reads of a step, and its VR.
+_RELIED_ON = {_STEP_STATUS: "CS", _SCHEDULED_STEPS: "SQ", _PERFORMED_SERIES: "SQ", _END_DATE: "DA",
+              _END_TIME: "TM", 0x00100020: "LO", 0x00080016: "UI"}
+
+
+def _step_wrong_vr(rng, base, uid):
+    tag = rng.choice(sorted(_RELIED_ON))
+    vr = rng.choice(sorted({"SQ", "UN", "OB", "US", "FD", "UI", "AT", "LO"} - {_RELIED_ON[tag]}))
+    value = _even(rng.choice((b"", _text(rng, rng.randint(1, 40)), rng.randbytes(rng.randint(1, 40)),
+                              _delimiter(_ITEM, _UNDEFINED) + rng.randbytes(12),
+                              _delimiter(_ITEM, 14) + base.encode(_STUDY_UID, "UI", b"1.2.3\0"))))
+    written = "implicit VR" if base.implicit else vr
+    return (f"{_tag(tag)} as {written} holding {len(value)} bytes {value[:12]!r}",
+            base.with_elements(uid, (tag, base.encode(tag, vr, value))))
+
+
+def _scheduled_steps(rng, base, uid):
+    count = rng.choice((0, 1, 2, 100, 101, 5000))
+    study = rng.choice(("valid", "none", "empty", "invalid", "two values", "one per item"))
+    bad = rng.choice(_BAD_UIDS)
+    undefined = rng.random() < 0.3
+
+    def item(number: int) -> bytes:
+        accession = base.encode(0x00080050, "SH", b"ACC0001 ")
+        if study == "none":
+            return accession
+        value = {"valid": _STEP_STUDY, "empty": "", "invalid": bad, "two values": f"{_STEP_STUDY}\\1.2.3",
+                 "one per item": f"{_STEP_STUDY}.{number + 1}"}[study]
+        return accession + base.encode(_STUDY_UID, "UI", _ui(value))
+
+    sequence = _sequence(base, _SCHEDULED_STEPS, [item(n) for n in range(count)], undefined)
+    detail = f"{count} scheduled steps, Study Instance UID {study}{f' {bad!r}' * (study == 'invalid')}"
+    return detail, base.with_elements(uid, (_SCHEDULED_STEPS, sequence))
+
+
+def _performed_series(rng, base, uid):
+    """Thousands of series or instances, a series listed again and again, one bad reference among many."""
+    shape = rng.choice(("series", "series", "instances", "instances", "repeated", "bad reference", "no uid"))
+    undefined = rng.random() < 0.3
+    if shape == "series":
+        count = rng.choice((199, 200, 201, 3000, 10000))
+        series = [f"{_STEP_SERIES}.{n + 1}" for n in range(count)]
+        items = [_series_item(base, one, [_reference(base, f"{one}.1")], undefined) for one in series]
+        detail = f"{count} series of one image"
+    elif shape == "instances":
+        # Split between the image and non-image references, which count together.
+        count = rng.choice((1000, 9999, 10000, 10001, 20000))
+        references = [_reference(base, f"{_STEP_SERIES}.{n + 1}") for n in range(count)]
+        images = rng.randint(0, count)
+        items = [_series_item(base, _STEP_SERIES, references[:images], undefined)
+                 + _sequence(base, _REFERENCED_NON_IMAGES, references[images:], undefined)]
+        detail = f"one series of {count} instances ({images} as images)"
+    elif shape == "repeated":
+        count = rng.choice((2, 100, 2000))
+        items = [_series_item(base, _STEP_SERIES, [_reference(base, f"{_STEP_SERIES}.{n + 1}")], undefined)
+                 for n in range(count)]
+        detail = f"the same series in {count} items"
+    elif shape == "bad reference":
+        count = rng.choice((1, 10, 5000))
+        references = [_reference(base, f"{_STEP_SERIES}.{n + 1}") for n in range(count)]
+        at = rng.randrange(count)
+        how, references[at] = rng.choice((
+            ("without its SOP Instance UID", base.encode(_REFERENCED_CLASS, "UI", _ui(CT))),
+            ("with an invalid SOP Instance UID", _reference(base, rng.choice(_BAD_UIDS))),
+            ("with an invalid SOP Class UID", _reference(base, f"{_STEP_SERIES}.1", rng.choice(_BAD_UIDS))),
+            ("with two SOP Instance UIDs", _reference(base, f"{_STEP_SERIES}.1\\{_STEP_SERIES}.2")),
+            ("of random bytes", rng.randbytes(rng.randint(1, 40))),
+        ))
+        items = [_series_item(base, _STEP_SERIES, references, undefined)]
+        detail = f"reference {at} of {count} {how}"
+    else:
+        count = rng.choice((1, 1000))
+        items = [base.encode(0x00181030, "LO", b"Abdomen ")] * count
+        detail = f"{count} series without a Series Instance UID"
+    lengths = "undefined" if undefined else "defined"
+    sequence = _sequence(base, _PERFORMED_SERIES, items, undefined)
+    return f"Performed Series Sequence: {detail}, {lengths} lengths", \
+        base.with_elements(uid, (_PERFORMED_SERIES, sequence))
+
+
+#: What the scanner's N-CREATE says of what an N-SET may not change (PS3.4 table F.7.2-1).
+_CREATED_VALUES = {
+    keyword: str(getattr(scanner_create(_STEP_STUDY), keyword)).encode()
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PerformedProcedureStepID",
+                    "PerformedStationAETitle", "PerformedStationName", "PerformedLocation",
+                    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "Modality",
+                    "StudyID")
+} | {"SOPClassUID": MPPS.encode()}
+
+
+def _not_settable(rng, base, uid):
+    keyword = rng.choice(sorted(_CREATED_VALUES))
+    tag = tag_for_keyword(keyword)
+    vr = dictionary_VR(tag)
+    same = _CREATED_VALUES[keyword]
+    value = rng.choice((same, same + b"1", b"", _text(rng, rng.randint(1, 64))))
+    encoded = base.encode(tag, vr, _even(value, b"\0" if vr == "UI" else b" "))
+    return f"{keyword} {value[:24]!r} (created as {same[:24]!r})", base.with_elements(uid, (tag, encoded))
+
+
+#: Groups 0000-0007: command, file meta, directory elements and odd groups, none an attribute.
+_NO_ATTRIBUTE_TAGS = (0x00000000, 0x00000900, 0x00001000, 0x00020000, 0x00020010, 0x00041220, 0x00010010,
+                      0x00030010, 0x00050000, 0x00070010)
+
+
+def _group_elements(rng, base, uid):
+    tag = rng.choice(_NO_ATTRIBUTE_TAGS)
+    vr = rng.choice(("UL", "US", "UI", "OB", "SQ"))
+    value = rng.choice((struct.pack("<L", 1), b"1.2.3\0", b"", rng.randbytes(6)))
+    return f"{_tag(tag)} as {vr}", base.with_elements(uid, (tag, base.encode(tag, vr, value)))
+
+
+def _other_syntax(rng, base, uid):
+    [other] = set(STEP_CONTEXT_OF.values()) - {base.context}
+    return f"sent on MPPS context {other}", base.with_elements(uid), uid, other
+
+
+def _size_bound(rng, base, uid):
+    """A data set just under node/receive/transport.py's bound, or just over it."""
+    over = rng.random() < 0.5
+    target = STEP_DATASET_BOUND + (1 + rng.randrange(4096) if over else -rng.randrange(4096))
+    padding = target - len(base.with_elements(uid)) - len(base.encode(0x00291010, "OB", b""))
+    padding += padding % 2 if over else -(padding % 2)
+    data = base.with_elements(uid, (0x00291010, base.encode(0x00291010, "OB", bytes(padding))))
+    assert (len(data) > STEP_DATASET_BOUND) == over, len(data)
+    return f"{len(data)} bytes, {'over' if over else 'under'} the bound", data
+
+
+STEP_KINDS: dict[str, Callable] = {
+    "unchanged": _unchanged,
+    "bytes": _byte_level,
+    "step-status": _step_status,
+    "wrong-vr": _step_wrong_vr,
+    "scheduled-steps": _scheduled_steps,
+    "performed-series": _performed_series,
+    "not-settable": _not_settable,
+    "group-elements": _group_elements,
+    "other-syntax": _other_syntax,
+    "size-bound": _size_bound,
+    **{kind: DATASET_KINDS[kind] for kind in ("odd-binary-length", "undefined-length", "nested-sequences",
+                                              "huge-length", "invalid-uid", "modality", "text",
+                                              "wrong-context")},
+}
+_STEP_WEIGHTS = {kind: 3 for kind in STEP_KINDS} | {
+    "bytes": 20, "unchanged": 4, "step-status": 6, "wrong-vr": 6, "scheduled-steps": 6, "performed-series": 8,
+    "not-settable": 6, "other-syntax": 2, "size-bound": 1}
+
+#: Which step the mutated request names: (request, requests before it, whether it must be refused).
+_TARGETS = {
+    "a new step": (_N_CREATE_RQ, (), False),
+    "a step in progress": (_N_SET_RQ, (_N_CREATE_RQ,), False),
+    "an ended step": (_N_SET_RQ, (_N_CREATE_RQ, _N_SET_RQ), True),
+    "an unknown step": (_N_SET_RQ, (), True),
+    "an existing step": (_N_CREATE_RQ, (_N_CREATE_RQ,), True),
+}
+_TARGET_WEIGHTS = {"a new step": 40, "a step in progress": 35, "an ended step": 10, "an unknown step": 5,
+                   "an existing step": 10}
+_REQUEST_NAMES = {_N_CREATE_RQ: "N-CREATE", _N_SET_RQ: "N-SET", 0x0110: "N-GET", 0x0130: "N-ACTION",
+                  0x0150: "N-DELETE", _N_EVENT_REPORT_RQ: "N-EVENT-REPORT", _C_STORE_RQ: "C-STORE"}
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """One request as sent: its command, the data set bytes (None: no data
+    set PDVs, whatever the command says), the context."""
+
+    name: str
+    command: bytes
+    data: bytes | None
+    context: int
+    #: The Message ID the response must name; None where a mutation may have changed it.
+    message_id: int | None
+
+    def pdus(self, fragment: int) -> bytes:
+        if self.data is None:
+            return p_data((self.context, 0x03, self.command))
+        return store_pdus(self.context, self.command, self.data, fragment)
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """Requests that set a step up as a scanner does, then the mutated one,
+    then, after a mutated N-CREATE, sometimes the scanner's N-SET on it."""
+
+    index: int
+    target: str
+    kind: str
+    detail: str
+    step_uid: str  # the step the mutated request's command names
+    requests: tuple[StepRequest, ...]
+    mutated: int  # its position in `requests`
+    fragment: int
+    #: A duplicate N-CREATE, an N-SET on an unknown or ended step: success would be a defect.
+    must_fail: bool
+
+    def __str__(self) -> str:
+        request = self.requests[self.mutated]
+        size = "no data set" if request.data is None else f"{len(request.data)} bytes"
+        return (f"MPPS input {self.index} ({request.name} on {self.target}, {self.kind}: {self.detail}; "
+                f"{size} on context {request.context}, step {self.step_uid})")
+
+
+def _command_mutation(rng: random.Random, field: int) -> tuple[str, int, dict]:
+    """What a mutation changes in the command: (detail, command field, step_command arguments)."""
+    variant = rng.choice(("no instance", "CT class", "bad class", "bad instance", "no data set",
+                          "data set announced as none", "other request", "bit flips", "message id"))
+    if variant == "no instance":
+        return "no SOP Instance UID", field, {"uid": None}
+    if variant == "CT class":
+        return "CT Image Storage as SOP Class", field, {"sop_class": CT}
+    if variant == "bad class":
+        bad = rng.choice([b for b in _BAD_UIDS if b.strip(" \0")])
+        return f"SOP Class UID {bad!r}", field, {"sop_class": bad}
+    if variant == "bad instance":
+        bad = rng.choice([b for b in _BAD_UIDS if b.strip(" \0")])
+        return f"SOP Instance UID {bad!r}", field, {"uid": bad}
+    if variant == "no data set":
+        return "no data set", field, {"data_set": False}
+    if variant == "data set announced as none":
+        return "a data set after a command announcing none", field, {"data_set": False, "send_data": True}
+    if variant == "other request":
+        other = rng.choice(sorted(set(_REQUEST_NAMES) - {_N_CREATE_RQ, _N_SET_RQ}))
+        return f"{_REQUEST_NAMES[other]} with the data set", other, {}
+    if variant == "message id":
+        mid = rng.choice((0, 0xFFFF))
+        return f"Message ID {mid}", field, {"message_id": mid}
+    flips = rng.randint(1, 4)
+    return f"{flips} bit flips", field, {"flips": flips}
+
+
+def step_input(seed: int, index: int) -> StepInput:
+    """The `index`-th MPPS input; its step is a fresh one named by (seed, index)."""
+    rng = rng_for(seed, "mpps", index)
+    target = rng.choices(list(_TARGET_WEIGHTS), weights=list(_TARGET_WEIGHTS.values()))[0]
+    field, before, must_fail = _TARGETS[target]
+    syntax = rng.choice(("explicit", "implicit"))
+    bases = step_bases()
+    create, final = bases[f"N-CREATE {syntax} VR"], bases[f"N-SET {syntax} VR"]
+    uid = uid_for(seed, "mpps", index)
+
+    def scanners(request: int, message_id: int) -> StepRequest:
+        base = create if request == _N_CREATE_RQ else final
+        return StepRequest(_REQUEST_NAMES[request], step_command(request, uid, message_id),
+                           base.with_elements(uid), base.context, message_id)
+
+    requests = [scanners(request, number) for number, request in enumerate(before, 1)]
+    kind = rng.choices(list(_STEP_WEIGHTS), weights=list(_STEP_WEIGHTS.values()))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid values sent on purpose
+        base = create if field == _N_CREATE_RQ else final
+        detail, data, *rest = STEP_KINDS[kind](rng, base, uid)
+    command_uid, context = (rest + [uid, base.context][len(rest):])[:2]
+    message_id = len(requests) + 1
+    arguments: dict = {"uid": command_uid}
+    if rng.random() < 0.12:
+        change, field, changed = _command_mutation(rng, field)
+        detail += f"; command: {change}"
+        must_fail = must_fail and field in (_N_CREATE_RQ, _N_SET_RQ)
+        arguments |= changed
+    flips = arguments.pop("flips", 0)
+    send_data = arguments.pop("send_data", arguments.get("data_set", True))
+    message_id = arguments.pop("message_id", message_id)
+    command = bytearray(step_command(field, message_id=message_id, **arguments))
+    for _ in range(flips):
+        command[rng.randrange(len(command))] ^= 1 << rng.randrange(8)
+    requests.append(StepRequest(_REQUEST_NAMES[field], bytes(command), data if send_data else None, context,
+                                None if flips else message_id))
+    if target == "a new step" and rng.random() < 0.5:
+        requests.append(scanners(_N_SET_RQ, len(requests) + 1))
+    fragment = rng.choice((1024, 16384, 262138))
+    step_uid = arguments["uid"] or "(none)"
+    return StepInput(index, target, kind, detail, step_uid, tuple(requests), len(before), fragment, must_fail)
+
+
+def _pdvs(body: bytes) -> Iterator[tuple[int, bytes]]:
+    """(message control header, bytes) of each PDV of a P-DATA-TF (PS3.8 section 9.3.5)."""
+    offset = 0
+    while offset + 6 <= len(body):
+        length, _, control = struct.unpack_from(">LBB", body, offset)
+        yield control, body[offset + 6 : offset + 4 + length]
+        offset += 4 + length
+
+
+def read_response(peer: RawPeer, deadline: float) -> Dataset | str:
+    """The command set of the node's response, its data set read and
+    dropped; or how the node ended the association instead ("A-ABORT", "close"...)."""
+    command, response = bytearray(), None
+    while True:
+        answer = peer.read_pdu(timeout=max(deadline - time.monotonic(), 0.01))
+        if answer is None:
+            return "close"
+        if answer.type != P_DATA_TF:
+            return _PDU_NAMES.get(answer.type, f"PDU {answer.type:#04x}")
+        for control, data in _pdvs(answer.body):
+            if control & 0x01:
+                command += data
+                if control & 0x02:
+                    response = decode_command(bytes(command))
+                    if response.CommandDataSetType == _NO_DATA_SET:
+                        return response
+            elif control & 0x02 and response is not None:
+                return response
+
+
+class StepLane:
+    """One association of TESTSCU carrying MPPS requests until the node ends it."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.peer: RawPeer | None = None
+
+    def send(self, item: StepInput) -> tuple[Answer, ...]:
+        """The node's answer to each request of `item`, in order. A scanner's
+        request before the mutated one that meets the end of the association
+        is sent again on a new one: the node ends an association whose peer
+        was quiet for its network_timeout, which a request that kept the
+        node busy that long counts as quiet."""
+        answers = []
+        for number, request in enumerate(item.requests):
+            answer = self._request(request, item.fragment)
+            if number < item.mutated and answer.what in ("A-ABORT", "close"):
+                answer = self._request(request, item.fragment)
+            answers.append(answer)
+        return tuple(answers)
+
+    def _request(self, request: StepRequest, fragment: int) -> Answer:
+        if self.peer is not None and select.select([self.peer.sock], [], [], 0)[0]:
+            self.close()  # an A-ABORT or a close came unasked: the node ended the association
+        if self.peer is None:
+            self.peer = RawPeer(self.port)
+            answer = self.peer.associate("TESTSCU", contexts=STEP_CONTEXTS)
+            assert answer.type == ASSOCIATE_AC, f"TESTSCU was not accepted: {answer}"
+        self.peer.sock.settimeout(ANSWER_SECONDS)
+        try:
+            self.peer.send(request.pdus(fragment))
+        except OSError:
+            pass  # the node ended the association while the data set arrived
+        sent = time.monotonic()
+        try:
+            response = read_response(self.peer, sent + ANSWER_SECONDS)
+        except TimeoutError:
+            self.close()
+            return Answer("silence", time.monotonic() - sent)
+        seconds = time.monotonic() - sent
+        if isinstance(response, Dataset):
+            if request.message_id is not None:
+                assert response.MessageIDBeingRespondedTo == request.message_id, response
+            status = int(response.Status)
+            return Answer(f"status {status:#06x}", seconds, status == 0)
+        self.close()
+        return Answer(response, seconds)
+
+    def close(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+            self.peer = None
+
+
+class StepWatch:
+    """The steps' invariants, checked after each batch: every file under
+    mpps/ is the version the index names and reads back as the node reads
+    it (``dcmread``, every value); every step the node acknowledged is in
+    the index; nothing is left in the spool (a data set sent as a C-STORE
+    of the step is spooled).
+
+    A request the node is still handling (one that went unanswered) may
+    hold the files and the index apart for a moment, so they are given
+    ANSWER_SECONDS to agree.
+    """
+
+    def __init__(self, node):
+        self.node = node
+        self.folder = node.storage_dir / "mpps"
+        self.index = InstanceIndex(node.storage_dir, read_only=True)
+        self.checked: set[Path] = set()
+
+    def problems(self, acknowledged: dict[str, StepInput]) -> list[str]:
+        deadline = time.monotonic() + ANSWER_SECONDS
+        while (problems := self._disagreements(acknowledged)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return problems + self._unreadable()
+
+    def _disagreements(self, acknowledged: dict[str, StepInput]) -> list[str]:
+        problems = [f"{path.name} left in the spool" for path in self.node.partial_files()]
+        for path in sorted(self.folder.iterdir()):
+            named = self.index.step(path.name.rsplit(".", 2)[0])
+            if named is None or named.path != path:
+                problems.append(f"{path.name} under mpps/ is not the file the index names for its step "
+                                f"({named})")
+        for uid, item in acknowledged.items():
+            # The command's UID as pydicom decodes it, spaces and NULs around it dropped.
+            named = self.index.step(uid.strip(" \0"))
+            if named is None or not named.path.is_file():
+                problems.append(f"acknowledged but not kept ({named}): {item}")
+        return problems
+
+    def _unreadable(self) -> list[str]:
+        """Step files, each read once (a new version is a new file), that pydicom cannot read."""
+        problems = []
+        for path in sorted(set(self.folder.glob("*.dcm")) - self.checked):
+            self.checked.add(path)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # pydicom warns about, and keeps, invalid values
+                    step = pydicom.dcmread(path)
+                    for data_element in step.iterall():
+                        _ = data_element.value
+                assert path.name.startswith(f"{step.SOPInstanceUID}."), f"it holds step {step.SOPInstanceUID}"
+            except Exception as exc:  # whatever pydicom raises is the defect
+                problems.append(f"step file {path.name} unreadable ({type(exc).__name__}: {str(exc)[:160]})")
+        return problems
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def a_scanner_completes_its_series(node, folder: Path, batch: int) -> None:
+    """A scanner's step, COMPLETED before its images (as many send it),
+    completes the series with its last image."""
+    files = write_ct_series(folder, slices=3, rows=32, columns=32, seed=1000 + batch)
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    series_uid = str(headers[0].SeriesInstanceUID)
+    scanner = Scanner(node)
+    step_uid = uid_for(SEED, "good step", batch)
+    created = scanner.n_create(step_uid, scanner_create(str(headers[0].StudyInstanceUID)))
+    assert created.Status == 0x0000, f"a scanner's N-CREATE after batch {batch}: {created}"
+    ended = scanner.n_set(step_uid, scanner_set({series_uid: [str(h.SOPInstanceUID) for h in headers]}))
+    assert ended.Status == 0x0000, f"a scanner's N-SET after batch {batch}: {ended}"
+    scanner.store(files)
+    row = completed(node, series_uid, len(files))
+    assert row["completed_by"] == "mpps", f"the scanner's series after batch {batch}: {row}"
+
+
+def test_mpps_requests_are_answered_and_harm_nothing(fuzz_node, tmp_path, capsys):
+    node, watch = fuzz_node
+    steps = StepWatch(node)
+    lanes = [StepLane(node.port) for _ in range(STORE_LANES)]
+
+    def run_lane(lane: StepLane, items: list[StepInput]) -> list[tuple[Answer, ...]]:
+        return [lane.send(item) for item in items]
+
+    with replayable("MPPS"), ThreadPoolExecutor(STORE_LANES) as pool:
+        for batch in range(STEP_BATCHES):
+            start = time.monotonic()
+            items = [step_input(SEED, batch * BATCH_SIZE + i) for i in range(BATCH_SIZE)]
+            shares = [items[lane::STORE_LANES] for lane in range(STORE_LANES)]
+            answers = {item.index: answer
+                       for share, results in zip(shares, pool.map(run_lane, lanes, shares), strict=True)
+                       for item, answer in zip(share, results, strict=True)}
+            elapsed = time.monotonic() - start
+            for item in items:
+                mutated = answers[item.index][item.mutated]
+                set_up = all(answer.acknowledged for answer in answers[item.index][: item.mutated])
+                for number, answer in enumerate(answers[item.index]):
+                    if answer.what == "silence":
+                        watch.defects.append(f"batch {batch}: no answer within {ANSWER_SECONDS} s to "
+                                             f"request {number} of {item}")
+                    elif number < item.mutated and not answer.acknowledged:
+                        watch.defects.append(f"batch {batch}: the scanner's request {number} before the "
+                                             f"mutated one was refused ({answer.what}): {item}")
+                if item.must_fail and set_up and mutated.acknowledged:
+                    watch.defects.append(f"batch {batch}: a request that must fail succeeded: {item}")
+            acknowledged = {item.step_uid: item for item in items
+                            if answers[item.index][item.mutated].acknowledged}
+            memory = watch.after_batch(batch, {}, set())
+            watch.defects += [f"batch {batch}: {problem}" for problem in steps.problems(acknowledged)]
+            a_scanner_completes_its_series(node, tmp_path / f"scanner{batch}", batch)
+            mutated_answers = [answers[item.index][item.mutated] for item in items]
+            slowest = max(zip(mutated_answers, items, strict=True), key=lambda pair: pair[0].seconds)
+            counts = Counter(a.what for a in mutated_answers).most_common(6)
+            _report(capsys, f"MPPS batch {batch}: {len(items)} inputs in {elapsed:.1f} s, {memory}, "
+                    f"slowest answer {slowest[0].seconds:.1f} s (index {slowest[1].index}), "
+                    f"{len(acknowledged)} mutated requests succeeded, a scanner's step completed its "
+                    f"series; answers {counts}")
+        for lane in lanes:
+            lane.close()
+        steps.close()
         watch.finish()

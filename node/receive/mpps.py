@@ -40,13 +40,13 @@ STATUS_RESOURCE_LIMITATION: Final = 0x0213
 #: Error ID (0000,0903) of an N-SET on a step no longer IN PROGRESS (PS3.4 table F.7.2-2).
 ERROR_ID_NO_LONGER_UPDATABLE: Final = 0xA710
 
-#: Bounds on what one step may list. The largest real steps are 4D and
-#: perfusion acquisitions stored as single-frame images (fMRI: 60 slices x
-#: 300 volumes = 18,000) or multi-phase CT (tens of series); a step listing
-#: more than these is no scanner's, and each listed instance becomes work
-#: for the index.
-MAX_SERIES: Final = 1_000
-MAX_INSTANCES: Final = 100_000
+#: Bounds on what one step may list. segnode's modalities make steps of a
+#: few series and at most a few thousand images (a whole-body CT at 0.5 mm,
+#: a 20-phase perfusion CT of 320 slices: 6,400). Every listed instance is
+#: decoded (about 5 kB of memory each) and becomes work for the index; a step
+#: beyond these is refused (0x0213), and its series complete by the stable period.
+MAX_SERIES: Final = 200
+MAX_INSTANCES: Final = 10_000
 #: A step fulfils one scheduled step, or a handful when the modality
 #: groups requested procedures (PS3.17 "group case").
 MAX_SCHEDULED_STEPS: Final = 100

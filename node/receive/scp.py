@@ -65,7 +65,7 @@ from node.receive.mpps import (
     updated,
 )
 from node.receive.peers import PeerTable, Rejection
-from node.receive.step_files import StepFiles
+from node.receive.step_files import StepFiles, encoded
 from node.receive.storage import InstanceStore, StorageError, StoredInstance
 from node.receive.transport import (
     ConnectionGate,
@@ -187,6 +187,10 @@ class StorageSCP:
         self._established: weakref.WeakSet = weakref.WeakSet()
         self._sending: weakref.WeakKeyDictionary[Association, _Sending] = weakref.WeakKeyDictionary()
         self._sending_lock = threading.Lock()
+        # A step's data set is decoded in memory (5 kB per listed instance,
+        # node/receive/mpps.py): one at a time bounds what hostile peers can
+        # make the node hold to one step, whatever the number of associations.
+        self._one_step_at_a_time = threading.Lock()
         self.apply(config)
 
     def apply(self, config: SegnodeConfig) -> None:
@@ -497,48 +501,53 @@ class StorageSCP:
 
     # MPPS ----------------------------------------------------------------
 
-    def _on_n_create(self, event: Event) -> tuple[Dataset, Dataset | None]:
+    def _on_n_create(self, event: Event) -> tuple[Dataset | int, Dataset | None]:
         """A scanner starts a step (PS3.4 F.7.2.1): checked, then kept."""
         with self._in_flight_changed:
             self._owe_response(event.assoc)
         calling_ae = event.assoc.requestor.ae_title
         uid = event.request.AffectedSOPInstanceUID
-        try:
-            step_dataset, step = created(None if uid is None else str(uid), event.attribute_list)
-        except StepRefused as exc:
-            return self._refuse_step(exc, calling_ae), None
-        except Exception as exc:  # a data set pydicom cannot decode
-            return self._step_undecodable(exc, "N-CREATE", calling_ae), None
-        if self._index.step(step.sop_instance_uid) is not None:
-            return _status(_STATUS_DUPLICATE_INSTANCE, "MPPS step exists already"), None
-        return self._keep_step(step_dataset, step, calling_ae, None)
+        with self._one_step_at_a_time:
+            try:
+                step_dataset, step = created(None if uid is None else str(uid), event.attribute_list)
+                data = encoded(step_dataset)
+            except StepRefused as exc:
+                return self._refuse_step(exc, calling_ae), None
+            except Exception as exc:  # a data set pydicom cannot decode
+                return self._step_undecodable(exc, "N-CREATE", calling_ae), None
+            if self._index.step(step.sop_instance_uid) is not None:
+                return _status(_STATUS_DUPLICATE_INSTANCE, "MPPS step exists already"), None
+            return self._keep_step(data, step_dataset, step, calling_ae, None)
 
-    def _on_n_set(self, event: Event) -> tuple[Dataset, Dataset | None]:
+    def _on_n_set(self, event: Event) -> tuple[Dataset | int, Dataset | None]:
         """A scanner updates a step (PS3.4 F.7.2.2); COMPLETED and DISCONTINUED
         say which instances its series are."""
         with self._in_flight_changed:
             self._owe_response(event.assoc)
         calling_ae = event.assoc.requestor.ae_title
-        current = self._index.step(str(event.request.RequestedSOPInstanceUID))
-        if current is None:
-            return _status(_STATUS_NO_SUCH_INSTANCE, "no such MPPS step"), None
-        try:
-            step_dataset, step = updated(self._steps.read(current.path), event.modification_list)
-        except StepRefused as exc:
-            return self._refuse_step(exc, calling_ae), None
-        except Exception as exc:  # a data set pydicom cannot decode
-            return self._step_undecodable(exc, "N-SET", calling_ae), None
-        return self._keep_step(step_dataset, step, calling_ae, current)
+        with self._one_step_at_a_time:
+            current = self._index.step(str(event.request.RequestedSOPInstanceUID))
+            if current is None:
+                return _status(_STATUS_NO_SUCH_INSTANCE, "no such MPPS step"), None
+            try:
+                step_dataset, step = updated(self._steps.read(current.path), event.modification_list)
+                data = encoded(step_dataset)
+            except StepRefused as exc:
+                return self._refuse_step(exc, calling_ae), None
+            except Exception as exc:  # a data set pydicom cannot decode
+                return self._step_undecodable(exc, "N-SET", calling_ae), None
+            return self._keep_step(data, step_dataset, step, calling_ae, current)
 
-    def _keep_step(self, step_dataset: Dataset, step: Step, calling_ae: str,
+    def _keep_step(self, data: bytes, step_dataset: Dataset, step: Step, calling_ae: str,
                    current: StoredStep | None) -> tuple[Dataset | int, Dataset | None]:
-        """Write the step's next version and record it (node/receive/step_files.py
-        says why in that order); the response's status and attribute list."""
+        """Write the step's next version (`data`, the file of `step_dataset`)
+        and record it (node/receive/step_files.py says why in that order); the
+        response's status and attribute list."""
         if self._stopping or self._disk_space.is_low():
             return _status(STATUS_RESOURCE_LIMITATION, "stopping or low on space; send again later"), None
         version = 1 if current is None else current.version + 1
         try:
-            path = self._steps.write(step_dataset, version)
+            path = self._steps.write(step.sop_instance_uid, version, data)
         except OSError as exc:
             LOG.error("MPPS step %s from %s cannot be kept: %s", step.sop_instance_uid, calling_ae, exc)
             return _status(STATUS_PROCESSING_FAILURE, "cannot keep the MPPS step: out of resources"), None

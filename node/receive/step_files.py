@@ -9,16 +9,32 @@ again applies to the version it was meant for.
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomio.derived import write_dicom_atomically
+from dicomio.files import write_atomically
 from node.receive.mpps import MPPS_SOP_CLASS
 
 FOLDER = "mpps"
+
+
+def encoded(step: Dataset) -> bytes:
+    """The step as a DICOM file. Raises what pydicom raises for a value it
+    cannot encode: node/receive/mpps.py checks only the attributes the node
+    reads, and a peer may send others that do not decode."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MPPS_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = step.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset(step)
+    dataset.file_meta = meta
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 class StepFiles:
@@ -26,17 +42,9 @@ class StepFiles:
         self.folder = Path(storage_dir) / FOLDER
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def write(self, step: Dataset, version: int) -> Path:
-        """Write `step` durably as its `version`; the UID was checked (node/receive/mpps.py)."""
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MPPS_SOP_CLASS
-        meta.MediaStorageSOPInstanceUID = step.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        dataset = Dataset(step)
-        dataset.file_meta = meta
-        path = self.folder / f"{step.SOPInstanceUID}.{version}.dcm"
-        write_dicom_atomically(dataset, path)
-        return path
+    def write(self, sop_instance_uid: str, version: int, data: bytes) -> Path:
+        """Write a step's `version` durably; the UID was checked (node/receive/mpps.py)."""
+        return write_atomically(self.folder / f"{sop_instance_uid}.{version}.dcm", data)
 
     @staticmethod
     def read(path: Path) -> Dataset:

@@ -44,7 +44,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Protocol
@@ -53,6 +53,7 @@ from pydicom.filereader import read_dataset
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.sop_class import ModalityPerformedProcedureStep, Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from config import NodeSettings
@@ -76,9 +77,9 @@ REQUEST_BOUND = 64 * 1024
 _COMMAND_BOUND = 64 * 1024
 #: A C-STORE-RQ's data set is spooled to disk; any other message's data set
 #: is held in memory by pynetdicom, so it stays small: an MPPS step's may list
-#: up to 100,000 instances (node/receive/mpps.py) at about 130 bytes each, a
+#: up to 10,000 instances (node/receive/mpps.py) of at most 114 bytes each, a
 #: C-ECHO has none.
-_STEP_DATASET_BOUND = 16 * 1024 * 1024
+STEP_DATASET_BOUND = 2 * 1024 * 1024
 _OTHER_DATASET_BOUND = 64 * 1024
 _C_STORE_RQ = 0x0001
 _C_ECHO_RQ = 0x0030
@@ -294,7 +295,7 @@ class PduStream:
         if field == _C_STORE_RQ:
             self._dataset_bound = self._limits.max_instance_bytes
         elif field in (_N_CREATE_RQ, _N_SET_RQ):
-            self._dataset_bound = _STEP_DATASET_BOUND
+            self._dataset_bound = STEP_DATASET_BOUND
         else:
             self._dataset_bound = _OTHER_DATASET_BOUND
         self._expect_dataset = command_value(command, _COMMAND_DATA_SET_TYPE) not in (None, _NO_DATA_SET)
@@ -323,17 +324,36 @@ _REQUIRED = {
     _N_SET_RQ: ("RequestedSOPClassUID", "MessageID", "RequestedSOPInstanceUID"),
     _N_CREATE_RQ: ("AffectedSOPClassUID", "MessageID"),
 }
+#: Where the SOP Class UID of each request served here is.
+_SOP_CLASS = {_C_STORE_RQ: "AffectedSOPClassUID", _C_ECHO_RQ: "AffectedSOPClassUID",
+              _N_SET_RQ: "RequestedSOPClassUID", _N_CREATE_RQ: "AffectedSOPClassUID"}
+_NOT_STORAGE = frozenset((Verification, ModalityPerformedProcedureStep))
 
 
-def request_problem(command: bytes, context_id: int, accepted: frozenset[int]) -> str | None:
-    """What makes a request of the services served here unservable, or None.
+def _serves(field: int, abstract_syntax: str) -> bool:
+    """Whether a request of `field` belongs to the service of `abstract_syntax`."""
+    if field == _C_ECHO_RQ:
+        return abstract_syntax == Verification
+    if field in (_N_CREATE_RQ, _N_SET_RQ):
+        return abstract_syntax == ModalityPerformedProcedureStep
+    return abstract_syntax not in _NOT_STORAGE  # C-STORE: every storage SOP class
+
+
+def request_problem(command: bytes, context_id: int, accepted: Mapping[int, str]) -> str | None:
+    """What makes a request of the services served here unservable, or None;
+    `accepted` maps the association's accepted contexts to their abstract syntaxes.
 
     pynetdicom drops such a request without an answer (a missing
     parameter), or, spooling a C-STORE's data set, fails inside its reader
     thread (a blank SOP Instance UID, an unaccepted context) and closes the
-    connection without an A-ABORT. A UID that is there but malformed is the
-    C-STORE handler's to refuse with a status (node/receive/validation.py). Other
-    commands are pynetdicom's to answer.
+    connection without an A-ABORT. It picks the handler by the command's SOP
+    class, not its context's: an N-SET naming CT Image Storage reached the
+    C-STORE handler, a C-STORE of an MPPS step failed after spooling it. So
+    both the request's SOP class and its context's must be of the service the
+    command asks for. A storage SOP class that differs from its context's, or
+    a UID that is there but malformed, is the handlers' to refuse with a
+    status (node/receive/validation.py, node/receive/mpps.py). Other commands
+    are pynetdicom's to answer.
     """
     try:
         dataset = read_dataset(BytesIO(command), is_implicit_VR=True, is_little_endian=True)
@@ -346,8 +366,13 @@ def request_problem(command: bytes, context_id: int, accepted: frozenset[int]) -
         return f"command {field or 0:#06x} without {', '.join(missing)}"
     if field == _C_STORE_RQ and dataset.get("CommandDataSetType") == _NO_DATA_SET:
         return "a C-STORE request without a data set"
-    if required and context_id not in accepted:
+    if context_id not in accepted:
         return f"command {field:#06x} on presentation context {context_id}, which was not accepted"
+    if field in _SOP_CLASS:
+        sop_class = str(dataset[_SOP_CLASS[field]].value).strip()
+        if not (_serves(field, sop_class) and _serves(field, accepted[context_id])):
+            return (f"command {field:#06x} for SOP class {sop_class[:64]!r} on presentation context "
+                    f"{context_id}, which is for {accepted[context_id]}")
     return None
 
 
@@ -418,9 +443,9 @@ class _Guard:
         return data
 
     def _check_command(self, context_id: int, command: bytes) -> Violation | None:
-        accepted = frozenset()
+        accepted: dict[int, str] = {}
         if self.association is not None:
-            accepted = frozenset(cx.context_id for cx in self.association.accepted_contexts)
+            accepted = {cx.context_id: cx.abstract_syntax for cx in self.association.accepted_contexts}
         problem = request_problem(command, context_id, accepted)
         return None if problem is None else Violation("invalid-request", problem, ABORT_BY_USER)
 
