@@ -24,6 +24,8 @@ from tests.nnunet_models import random_weights, totalsegmentator_spec, write_mod
 from tests.synthetic import phantom_hu
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 (a test extra) is the parity reference")
+# Minutes of CPU: a stage of .ci/run after the default suite.
+pytestmark = pytest.mark.slow
 from tests.nnunet_reference import dice_per_class, nnunet_labels  # noqa: E402
 
 TRAINED = Path(__file__).parent / "data" / "nnunet_trained_3mm.pth"
