@@ -46,6 +46,7 @@ from dicomio.codes import BUILTIN_STRUCTURES, TOTALSEGMENTATOR_V2_CLASSES, Conce
 from dicomio.measurements import FlagKind, QualityFlag
 from dicomio.seg import LabelledStructure
 from dicomio.seg_reference import ReferenceSegment
+from inference.label_boxes import bounding_boxes, labelled_box
 from inference.segmenter import Segmentation
 
 __all__ = [
@@ -456,10 +457,12 @@ def plausibility_flags(segmentation: Segmentation) -> dict[str, tuple[QualityFla
     labels, volume = segmentation.labels, segmentation.volume
     names = {s.value: s.code.name for s in segmentation.structures}
     size = max([*names, _largest_label(labels)]) + 1
-    counts = _label_counts(labels, size)
+    # Outside the box of all labelled voxels there is only 0.
+    outer = labelled_box(labels)
+    counts = np.zeros(size, dtype=np.int64) if outer is None else _label_counts(labels[outer], size)
     present = {value: name for value, name in names.items() if counts[value]}
     volumes = {name: float(counts[value]) * volume.voxel_volume_ml for value, name in present.items()}
-    boxes = ndimage.find_objects(labels)
+    boxes = bounding_boxes(labels, size - 1)
     bordering = _bordering_padding(labels, volume.array, size)
     flags: dict[str, list[QualityFlag]] = {name: [] for name in present.values()}
     for value, name in present.items():

@@ -72,6 +72,7 @@ from dicomio.pet import SuvVolume
 from dicomio.resample import resample_label_fractions
 from dicomio.seg import Segment
 from dicomio.volume import Volume
+from inference.label_boxes import bounding_boxes
 from inference.segmenter import Segmentation
 
 #: PERCIST's SUVpeak sphere: 1 ml, radius (3 / (4 pi) ml)^(1/3) = 6.2 mm.
@@ -251,7 +252,7 @@ def quantify(
     _check_segments(segments, series)
     if labels.size and labels.min() < 0:
         raise QuantificationError(series, f"label map has negative values (down to {labels.min()})")
-    boxes = _bounding_boxes(labels, max(s.value for s in segments))
+    boxes = bounding_boxes(labels, max(s.value for s in segments))
     for segment in segments:
         if boxes[segment.value - 1] is None:
             raise QuantificationError(
@@ -285,27 +286,6 @@ def _check_segments(segments: Sequence[Segment], series: str) -> None:
         raise QuantificationError(series, f"segment numbers must be distinct and positive, got {numbers}")
     if len(set(values)) != len(values) or min(values) < 1:
         raise QuantificationError(series, f"label values must be distinct and positive, got {values}")
-
-
-def _bounding_boxes(labels: np.ndarray, max_label: int) -> list[tuple[slice, ...] | None]:
-    """The box around each label value 1 to `max_label`, None where it has no voxel.
-
-    ``ndimage.find_objects`` visits every voxel, so it is run only inside the
-    box around all labelled voxels, found by fast maximum reductions: on a
-    CT that box is about the body, and the air and table outside it, half
-    the phantom CT's grid, are passed over.
-    """
-    slices = np.flatnonzero(labels.max(axis=(1, 2)))
-    if not slices.size:
-        return [None] * max_label
-    footprint = labels[slices[0]:slices[-1] + 1].max(axis=0)
-    rows, columns = np.flatnonzero(footprint.max(axis=1)), np.flatnonzero(footprint.max(axis=0))
-    outer = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in (slices, rows, columns))
-    return [
-        None if box is None
-        else tuple(slice(s.start + o.start, s.stop + o.start) for s, o in zip(box, outer, strict=True))
-        for box in ndimage.find_objects(labels[outer], max_label=max_label)
-    ]
 
 
 @dataclass(frozen=True)

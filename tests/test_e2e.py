@@ -325,7 +325,7 @@ def test_a_pet_ct_study_ended_by_its_associations_is_measured_once_with_pet(
     node.start()
     storescu(node, study.ct.files)
     storescu(node, study.pet.files)
-    wait_for(lambda: results(destination).get("SR"), 90, "the results")
+    wait_for(lambda: results(destination).get("SR"), 180, "the results")
     (job,) = node.status_jobs()
     assert job["state"] == "done" and job["result"]["pet"] is True
     signals = {series["modality"]: series["completed_by"] for series in node.status()}
