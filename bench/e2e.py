@@ -44,15 +44,12 @@ close it, association end's against the 12 s goal.
     .venv/bin/python bench/e2e.py                  # 512x512x300, 3 runs of each case
     .venv/bin/python bench/e2e.py --slices 40 --repeat 1   # a quick check
 
-Measured on the shared 2-core build machine (others' work: 1-minute load 1.2
-and 1.9 at the start), in two invocations of 3 runs: best 20.3 and 23.5 s, median
-23.0 and 24.2 s, over the goal. By median (first / second invocation): the
-worker computing 19.4 / 21.3 s (segment 11.3 / 12.3, quantify 2.3 / 3.1,
-encode 1.7 / 1.9 with a 55.5 MB SEG, write 1.5 / 1.6, load 1.7 / 1.6,
-untimed 0.4 / 0.4); the stable period 2.0 s; three polls 1.4 / 1.3 s
-(assembler up to 0.5 s, worker claim up to 0.5 s, outbox up to 1 s: the
-worker queues the results from its own process, so nothing wakes the node's
-outbox before its next poll); sending both results 0.33 / 0.31 s.
+Measured on the shared 2-core build machine (1-minute load 1.2 to 1.3),
+``--repeat 3``, issue 13's code: median 13.2 s with association end and
+14.7 s with the stable timer (27.9 s before issue 13, the stable timer then
+alone). By median, with association end: segment 6.9 s, encode 1.4 s, write
+1.1 s, load 0.8 s, qa 0.6 s, quantify 0.5 s, the worker's untimed work
+0.3 s; the grace period 1.0 s; polls 0.2 s; sending both results 0.2 s.
 """
 
 from __future__ import annotations
