@@ -11,6 +11,9 @@ import pytest
 from phantom.anatomy import ct_phantom
 from phantom.demo import DEMO_GRID, SHARED_SERIES
 
+# The whole demo, twice: a stage of .ci/run after the default suite (docker/ci-check.sh runs it too).
+pytestmark = pytest.mark.slow
+
 
 def run_demo(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "node.cli", "demo", *args], capture_output=True, text=True,
