@@ -26,6 +26,8 @@ from node.receive.series_state import CompletionSignal
 
 @dataclass(frozen=True)
 class Timing:
+    """The timers of the configuration in force (node.series_stable_seconds, node.mpps_wait_seconds)."""
+
     stable_seconds: float
     mpps_wait_seconds: float
 
