@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from inference.builtin.composition import _spanned
 from inference.builtin.morphology import (
     IN_SLICE,
     Coarse,
@@ -14,6 +15,7 @@ from inference.builtin.morphology import (
     dilated_in_slice,
     eroded_in_slice,
     fill_in_slice,
+    opened_along_slices,
     stepped_in_slice,
 )
 from inference.postprocess import HoleFilling, fill_holes
@@ -105,3 +107,27 @@ def test_box_of_is_the_bounding_box(masks: list[np.ndarray]) -> None:
         grown = box_of(mask, margin=2)
         assert all(g.start == max(e.start - 2, 0) for g, e in zip(grown, expected, strict=True))
         assert all(g.stop == min(e.stop + 2, n) for g, e, n in zip(grown, expected, mask.shape, strict=True))
+
+
+@pytest.mark.parametrize("slice_mm", [1.0, 2.0, 2.5, 7.0])
+def test_opening_along_slices_is_ndimage(masks: list[np.ndarray], slice_mm: float) -> None:
+    """Iterated erosion (the scan going on beyond its ends) and dilation by a segment along the slices."""
+    along = np.zeros((3, 3, 3), dtype=bool)
+    along[:, 1, 1] = True
+    steps = int(6.0 // slice_mm)
+    tall = [np.repeat(m, 4, axis=0) for m in masks]
+    for mask in tall:
+        eroded = ndi.binary_erosion(mask, along, iterations=steps, border_value=1) if steps else mask
+        expected = ndi.binary_dilation(eroded, along, iterations=steps) if steps else mask
+        assert np.array_equal(opened_along_slices(mask, (slice_mm, 1.0, 1.0), 6.0), expected)
+    assert any((opened_along_slices(m, (1.0, 1.0, 1.0), 6.0) != m).any() for m in tall)
+
+
+def test_spanned_is_between_cumulative_maxima(masks: list[np.ndarray]) -> None:
+    """Set from each line's first to its last mask voxel, lines without any included."""
+    sparse = [m & (np.random.default_rng(5).random(m.shape) < 0.02) for m in masks]
+    for mask in [*masks, *sparse, np.zeros((2, 3, 4), dtype=bool)]:
+        for axis in range(3):
+            before = np.maximum.accumulate(mask, axis=axis)
+            after = np.flip(np.maximum.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis)
+            assert np.array_equal(_spanned(mask, axis), before & after)

@@ -10,6 +10,7 @@ from typing import Final
 import numpy as np
 from scipy import ndimage as ndi
 
+from inference.builtin.components import connected_components
 from inference.builtin.constants import GAS_HU, LUNG_DENSITY_HU
 from inference.builtin.morphology import component_sizes, disk
 from inference.postprocess import Spacing
@@ -122,7 +123,7 @@ def _trachea_tops(
     area_mm2 = spacing[1] * spacing[2]
     depth = disk(spacing, _TRACHEA_DEPTH_MM)[0]
     for z in range(air.shape[0] - 1, -1, -1):
-        sections, count = ndi.label(air[z])
+        sections, count = connected_components(air[z], 4)
         if count == 0:
             continue
         areas = component_sizes(sections, count, sections > 0) * area_mm2
@@ -159,7 +160,7 @@ def _track_airway(
     branches = [_Branch(top, 0, 0.0, int(top.sum()))]
     carina = None
     for z in range(z0 - 1, -1, -1):
-        parts, count = ndi.label(air[z])
+        parts, count = connected_components(air[z], 4)
         areas = component_sizes(parts, count, parts > 0)
         claimed: set[int] = set()
         followed: list[_Branch] = []

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from scipy import ndimage as ndi
 
+from inference.builtin.components import connected_components
 from inference.builtin.morphology import (
-    FULL,
     Coarse,
     box_of,
     component_sizes,
@@ -62,7 +61,7 @@ def body_mask(hu: np.ndarray, spacing: Spacing, coarse: Coarse) -> Body | None:
     coarse_spacing = coarse.spacing(spacing)
     coarse_tissue = coarse.mean(tissue)
     opened = opened_in_slice(coarse_tissue >= 0.5, coarse_spacing, _BODY_OPENING_MM)
-    parts, count = ndi.label(opened, structure=FULL)
+    parts, count = connected_components(opened, 26)
     if count == 0:
         return None
     blocks = component_sizes(parts, count, opened)
@@ -130,7 +129,7 @@ def internal_air(hu: np.ndarray, body: np.ndarray) -> InternalAir:
     bowel never touch the skin.
     """
     air = body & (hu < _AIR_HU)
-    components, count = ndi.label(air)
+    components, count = connected_components(air, 6)
     surface = body & ~stepped_in_slice(body, square=False, erode=True)
     inside = np.ones(count + 1, dtype=bool)
     inside[components[surface & air]] = False

@@ -9,8 +9,9 @@ from scipy import ndimage as ndi
 
 from inference.builtin.airway import Airway
 from inference.builtin.body import InternalAir
+from inference.builtin.components import connected_components
 from inference.builtin.constants import GAS_HU, LUNG_DENSITY_HU
-from inference.builtin.morphology import FULL, Coarse, box_of, component_sizes, fill_in_slice
+from inference.builtin.morphology import Coarse, box_of, component_sizes, fill_in_slice
 from inference.postprocess import Spacing
 
 #: Healthy lung has almost no pure gas (below GAS_HU): at most this share.
@@ -73,10 +74,11 @@ def _without_airway(air: InternalAir, airway: Airway) -> tuple[np.ndarray, int]:
     crossed[0] = False
     region = crossed[air.components]
     box = box_of(region, margin=0)
-    pieces, count = ndi.label(region[box] & ~airway.mask[box])
-    components = air.components.copy()
+    pieces, count = connected_components(region[box] & ~airway.mask[box], 6)
+    # Wide enough for the new labels above the air's (cc3d's may be 16-bit).
+    components = air.components.astype(np.uint32)
     components[box][region[box]] = 0
-    components[box][pieces > 0] = pieces[pieces > 0] + air.count
+    components[box][pieces > 0] = pieces[pieces > 0].astype(np.uint32) + air.count
     return components, air.count + count
 
 
@@ -131,7 +133,7 @@ def _separate(mask: np.ndarray, on_left: np.ndarray, coarse: Coarse, spacing: Sp
     seeds = small
     for _ in range(int(_LUNG_SPLIT_MAX_MM // step_mm)):
         seeds = ndi.binary_erosion(seeds)
-        pieces, count = ndi.label(seeds, structure=FULL)
+        pieces, count = connected_components(seeds, 26)
         if count == 0:
             break
         sizes = component_sizes(pieces, count, seeds)

@@ -7,9 +7,9 @@ from typing import Final
 import numpy as np
 from scipy import ndimage as ndi
 
+from inference.builtin.components import connected_components
 from inference.builtin.constants import BONE_MIN_HALF_THICKNESS_MM, FAT_HU
 from inference.builtin.morphology import (
-    FULL,
     IN_SLICE,
     Coarse,
     SliceHoles,
@@ -153,7 +153,7 @@ def _contrast_pools(hu: np.ndarray, dense: np.ndarray, spacing: Spacing, coarse:
         return np.zeros(hu.shape, dtype=bool)
     ring = ball(coarse_spacing, _POOL_RING_MM)
     box = box_of(cores, margin=max(ring.shape) // 2 + 1)
-    pools, count = ndi.label(cores[box])
+    pools, count = connected_components(cores[box], 6)
     index = np.arange(1, count + 1)
     coarse_hu = coarse.mean_within(hu, box)
     surroundings = ndi.grey_dilation(pools, footprint=ring) * ~cores[box]
@@ -191,7 +191,7 @@ def _thick_parts(dense: np.ndarray, hu: np.ndarray, spacing: Spacing) -> np.ndar
     # In the bones' box (the erosion treats its border as the array's: no dense voxel lies beyond).
     box = box_of(dense, margin=0)
     dense, hu = dense[box], hu[box]
-    parts, count = ndi.label(dense, structure=FULL)
+    parts, count = connected_components(dense, 26)
     thick = eroded_in_slice(dense, spacing, BONE_MIN_HALF_THICKNESS_MM)
     keep = np.zeros(count + 1, dtype=bool)
     keep[parts[thick]] = True
@@ -271,7 +271,7 @@ def _disc_layers(
     unknown (`scan_ends`: whether the arrays' first and last slices are
     the scan's).
     """
-    parts, _ = ndi.label(trabecular)
+    parts, _ = connected_components(trabecular, 6)
     discs = np.zeros(trabecular.shape, dtype=bool)
     for index, box in enumerate(ndi.find_objects(parts), start=1):
         part = parts[box] == index
@@ -287,7 +287,8 @@ def _disc_layers(
             )
             if narrowest_mm < _DISC_FLATNESS * height_mm:
                 continue  # cannot be that flat: skip the costlier measure
-            if _widest_disk_mm(layer, spacing) >= _DISC_FLATNESS * height_mm:
+            # In the layer's own rows and columns: the background beyond them is no nearer.
+            if _widest_disk_mm(layer[:, rows, columns], spacing) >= _DISC_FLATNESS * height_mm:
                 discs[box][first:stop] |= layer
     return discs
 

@@ -12,7 +12,8 @@ from typing import Final
 import numpy as np
 from scipy import ndimage as ndi
 
-from inference.builtin.morphology import IN_SLICE, closed_in_slice, component_sizes
+from inference.builtin.components import connected_in_slice
+from inference.builtin.morphology import closed_in_slice, component_sizes
 from inference.postprocess import HoleFilling, Spacing, fill_holes
 
 #: The spinal canal: its cross-section once gaps in its bony ring up to
@@ -58,7 +59,7 @@ def spinal_canal(bone: np.ndarray, midline: np.ndarray, spacing: Spacing) -> Spi
     first = max(int(midline.min()) - reach, 0)
     band = bone[:, :, first : int(midline.max()) + reach + 1]
     bridged = closed_in_slice(band, spacing, _CANAL_BRIDGE_MM)
-    holes, count = ndi.label(fill_holes(bridged, HoleFilling.SLICE) & ~bridged, structure=IN_SLICE)
+    holes, count = connected_in_slice(fill_holes(bridged, HoleFilling.SLICE) & ~bridged)
     if count == 0:
         return None
     z, rows, columns = np.array(ndi.center_of_mass(holes > 0, holes, np.arange(1, count + 1))).T

@@ -14,8 +14,9 @@ from typing import Final
 import numpy as np
 from scipy import ndimage as ndi
 
+from inference.builtin.components import connected_components, connected_in_slice
 from inference.builtin.constants import BONE_MIN_HALF_THICKNESS_MM, FAT_HU
-from inference.builtin.morphology import IN_SLICE, opened_in_slice
+from inference.builtin.morphology import opened_in_slice
 from inference.builtin.spinal_canal import CANAL_RADIUS_MM
 from inference.postprocess import Spacing
 
@@ -112,7 +113,7 @@ def _lumen_seeds(
     step = max(1, int(_LUMEN_RADIUS_MM[0] // spacing[0]))
     sections = np.ascontiguousarray(bone[::step])
     thick = opened_in_slice(sections, spacing, BONE_MIN_HALF_THICKNESS_MM)
-    shells, _ = ndi.label(sections & ~thick, structure=IN_SLICE)
+    shells, _ = connected_in_slice(sections & ~thick)
     for label, box in enumerate(ndi.find_objects(shells), start=1):
         extent_mm = max((b.stop - b.start) * s for b, s in zip(box[1:], spacing[1:], strict=True))
         if extent_mm < _LUMEN_RADIUS_MM[0]:
@@ -254,7 +255,7 @@ def _wall_at(
     if np.mean(calcified & ~thick_lined) >= _LUMEN_CALCIFIED:
         # The lumen itself: what the centre reaches without crossing bone or fat.
         lumen_like = ~local & (hu[box] >= FAT_HU[1])
-        regions, _ = ndi.label(lumen_like & (radial <= lumen.radius_mm + _LUMEN_ROUND_MM))
+        regions, _ = connected_components(lumen_like & (radial <= lumen.radius_mm + _LUMEN_ROUND_MM), 4)
         # Never 0: _lumen_at found the centre's voxel neither bone nor fat.
         centre = regions[
             round(lumen.row_mm / spacing[1]) - box[0].start,
@@ -263,7 +264,7 @@ def _wall_at(
         # The CT's blur spreads a calcification about a pixel into the lumen.
         depth_mm = ndi.distance_transform_edt(regions != centre, sampling=spacing[1:])
         wall |= local & (depth_mm <= _INTIMA_MEDIA_MM + max(spacing[1:]))
-    pieces, count = ndi.label(local & ~wall)
+    pieces, count = connected_components(local & ~wall, 4)
     beyond = np.zeros(count + 1, dtype=bool)
     beyond[pieces[local & ~near]] = True
     return box, wall | ((pieces > 0) & ~beyond[pieces])
