@@ -44,11 +44,11 @@ close it, association end's against the 12 s goal.
     .venv/bin/python bench/e2e.py                  # 512x512x300, 3 runs of each case
     .venv/bin/python bench/e2e.py --slices 40 --repeat 1   # a quick check
 
-Measured on the shared 2-core build machine (1-minute load 1.2 to 1.3),
-``--repeat 3``, issue 13's code: median 13.2 s with association end and
-14.7 s with the stable timer (27.9 s before issue 13, the stable timer then
-alone). By median, with association end: segment 6.9 s, encode 1.4 s, write
-1.1 s, load 0.8 s, qa 0.6 s, quantify 0.5 s, the worker's untimed work
+Measured on the shared 2-core build machine (1-minute load 0.7 to 1.0),
+``--repeat 3``, issue 13's code: median 11.2 s with association end and
+13.1 s with the stable timer (27.9 s before issue 13, the stable timer then
+alone). By median, with association end: segment 5.3 s, encode 1.4 s, write
+1.1 s, load 0.7 s, quantify 0.5 s, qa 0.4 s, the worker's untimed work
 0.3 s; the grace period 1.0 s; polls 0.2 s; sending both results 0.2 s.
 """
 
