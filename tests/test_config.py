@@ -109,6 +109,9 @@ def test_a_file_a_running_node_would_refuse_is_flagged(tmp_path):
         ("max_pending_connections", -5, "greater than or equal to 1"),
         ("max_instance_bytes", 1000, "greater than or equal to 1048576"),
         ("max_instance_bytes", "a lot", "valid integer"),
+        ("association_grace_seconds", -1, "greater than or equal to 0"),
+        ("association_grace_seconds", "soon", "valid number"),
+        ("mpps_wait_seconds", 0, "greater than 0"),
     ],
 )
 def test_connection_and_instance_bounds_are_checked_with_their_names(setting, value, message):
@@ -145,3 +148,10 @@ def test_the_research_key_file_is_read_only_when_files_are_checked(tmp_path):
     with pytest.raises(ConfigError) as caught:
         parse_config(text)
     assert caught.value.errors == [f"research.key_file: {tmp_path / 'absent.key'}: no such file"]
+
+
+def test_a_peer_completion_other_than_stable_or_association_is_refused_named():
+    with pytest.raises(ConfigError) as refused:
+        parse_config("peers: [{ae_title: CT1}, {ae_title: CT2, completion: mpps}]\n")
+    [error] = refused.value.errors
+    assert error.startswith("peers[1].completion:") and "'stable' or 'association'" in error, error

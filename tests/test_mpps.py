@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, ModalityPerformedProcedureStep
@@ -46,21 +46,21 @@ class Scanner:
         return assoc
 
     def n_create(self, step_uid: str, attributes: Dataset) -> Dataset:
-        assoc = self._associate()
-        try:
-            status, _ = assoc.send_n_create(attributes, ModalityPerformedProcedureStep, step_uid)
-        finally:
-            assoc.release()
-        assert "Status" in status, "no N-CREATE response"
-        return status
+        return self._request(lambda assoc: assoc.send_n_create(attributes, ModalityPerformedProcedureStep,
+                                                               step_uid), "N-CREATE")
 
     def n_set(self, step_uid: str, modification: Dataset) -> Dataset:
+        return self._request(lambda assoc: assoc.send_n_set(modification, ModalityPerformedProcedureStep,
+                                                            step_uid), "N-SET")
+
+    def _request(self, send, what: str) -> Dataset:
+        """One request on an association of its own, as scanners send MPPS; its status."""
         assoc = self._associate()
         try:
-            status, _ = assoc.send_n_set(modification, ModalityPerformedProcedureStep, step_uid)
+            status, _ = send(assoc)
         finally:
             assoc.release()
-        assert "Status" in status, "no N-SET response"
+        assert "Status" in status, f"no {what} response"
         return status
 
     def store(self, files: list[Path]) -> None:
@@ -271,3 +271,35 @@ def test_a_series_the_step_does_not_list_keeps_the_stable_period(node_factory, t
     assert row(node, other.series_uid)["state"] == "receiving"
     assert completed(node, other.series_uid, 3)["completed_by"] == "stable"
     assert time.monotonic() - sent >= stable
+
+
+def aborted(assoc, timeout: float = 5) -> None:
+    """The requestor heard the node's A-ABORT (its reader thread notes it a moment after the call returns)."""
+    deadline = time.monotonic() + timeout
+    while not assoc.is_aborted:
+        assert time.monotonic() < deadline, "the association was not aborted"
+        time.sleep(0.05)
+
+
+def test_a_request_for_another_service_than_its_sop_class_is_aborted_and_nothing_kept(node, tmp_path):
+    """pynetdicom picks a handler by the command's SOP class: an N-SET naming CT
+    storage, or a C-STORE of an MPPS step, must not reach the other service's
+    handler (the fuzz stage found both: a traceback, a spooled file left)."""
+    scanner = Scanner(node)
+    assoc = scanner._associate()
+    status, _ = assoc.send_n_set(scanner_set({}), CTImageStorage, generate_uid())
+    assert "Status" not in status
+    aborted(assoc)
+    step = scanner_create(generate_uid())
+    step.SOPClassUID, step.SOPInstanceUID = ModalityPerformedProcedureStep, generate_uid()
+    step.file_meta = FileMetaDataset()
+    step.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    assoc = scanner._associate()
+    assert "Status" not in assoc.send_c_store(step)
+    aborted(assoc)
+    log = node.log()
+    assert f"command 0x0120 for SOP class '{CTImageStorage}'" in log
+    assert f"command 0x0001 for SOP class '{ModalityPerformedProcedureStep}'" in log
+    assert "Traceback" not in log and node.partial_files() == [] and node.stored_files() == []
+    Scanner(node).store(Acquisition(tmp_path / "ct", slices=2).files)  # everyone else is still served
+    assert len(node.stored_files()) == 2

@@ -24,6 +24,9 @@ LOG = logging.getLogger(__name__)
 #: The longest wait between two rounds: the stable period and the MPPS wait
 #: are checked at least this often.
 _ROUND_SECONDS = 1.0
+#: The shortest time between the starts of two rounds: a series whose
+#: promised instances arrive 100 a second makes at most ten rounds a second.
+_ROUND_SPACING = 0.1
 
 
 class SeriesAssembler:
@@ -95,26 +98,31 @@ class SeriesAssembler:
                 "" if decided.note is None else f"; {decided.note}",
             )
 
-    def _wait(self) -> None:
-        """Until the next round: the round interval, or sooner when a signal is due."""
+    def _wait(self, round_started: float) -> None:
+        """Until the next round: the round interval, or sooner when a signal is
+        due, but never sooner than _ROUND_SPACING after the last round began
+        (every instance an MPPS step promised says a signal is due)."""
         interval = min(_ROUND_SECONDS, self.timing.stable_seconds / 4)
         deadline = time.time() + interval
+        earliest = round_started + _ROUND_SPACING
         with self._wake:
             while not self._stop.is_set():
                 now = time.time()
-                if self._next_due is not None and self._next_due <= now:
+                due = self._next_due
+                if due is not None and due <= now and now >= earliest:
                     self._next_due = None
                     return
                 if now >= deadline:
                     return
-                until = deadline if self._next_due is None else min(deadline, self._next_due)
+                until = deadline if due is None else min(deadline, max(due, earliest))
                 self._wake.wait(until - now)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            round_started = time.time()
             try:
                 self._complete_due()
                 self._hand_over()
             except Exception:
                 LOG.exception("series assembly failed; trying again")
-            self._wait()
+            self._wait(round_started)
