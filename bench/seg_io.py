@@ -1,16 +1,20 @@
-"""SEG benchmark: write a 117-segment DICOM-SEG with segnode, read it back with highdicom.
+"""SEG benchmark: write a 117-segment DICOM-SEG with segnode, BINARY and
+LABELMAP, and read each back with highdicom.
 
 A synthetic 600-slice 512x512 CT grid (source headers only, in memory: the
 SEG needs no source pixels) gets a label map with one ellipsoid blob per
 TotalSegmentator v2 class, each spanning 20 to 140 slices like real organs,
-so the SEG has about as many frames (segment-slices) as a whole-body
+so the BINARY SEG has about as many frames (segment-slices) as a whole-body
 TotalSegmentator result. Each phase runs in its own process so that its
 peak resident memory (``ru_maxrss``) is its own:
 
 * write: ``dicomio.seg.write_seg`` (highdicom builds the object) and saving
-  the file;
+  the file, after ``plan_segments`` (timed apart: the pipeline plans once,
+  for the SR and every SEG format);
 * read: ``highdicom.seg.segread`` and the label volume back
   (``get_volume(combine_segments=True)``), checked voxel for voxel.
+
+The goals beside the figures are issue 14's.
 
     python bench/seg_io.py --slices 600
 """
@@ -37,10 +41,17 @@ from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.uid import CTImageStorage, generate_uid  # noqa: E402
 
 from dicomio.codes import TOTALSEGMENTATOR_V2_CLASSES, structure_code  # noqa: E402
-from dicomio.seg import AlgorithmIdentity, LabelledStructure, write_seg  # noqa: E402
+from dicomio.seg import AlgorithmIdentity, LabelledStructure, plan_segments, write_seg  # noqa: E402
 from dicomio.volume import SourceFrame, Volume  # noqa: E402
 
 SPACING = (1.5, 0.8, 0.8)  # slice, row, column (mm)
+FORMATS = ("binary", "labelmap")
+#: Issue 14's goals for 117 segments over 512x512x600 (seconds); peak RSS under 1.5 GB either way.
+WRITE_GOAL_S = {"binary": 8.0, "labelmap": 2.0}
+READ_GOAL_S = {"labelmap": 3.0}
+PEAK_GOAL_MB = 1500
+
+
 def _uid(*parts: int) -> str:
     """Fixed UIDs (pydicom's root), so that every run writes the same object."""
     return generate_uid(entropy_srcs=["segnode bench/seg_io.py", *map(str, parts)])
@@ -105,7 +116,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def write_phase(path: Path, slices: int, size: int) -> dict:
+def write_phase(path: Path, slices: int, size: int, seg_format: str) -> dict:
     headers = source_headers(slices, size)
     volume = volume_of(headers, size)
     labels = blob_labels(slices, size, len(TOTALSEGMENTATOR_V2_CLASSES))
@@ -116,18 +127,21 @@ def write_phase(path: Path, slices: int, size: int) -> dict:
     np.save(path.with_suffix(".npy"), labels)
     before = peak_mb()
     start = time.perf_counter()
+    segments = plan_segments(labels, structures, series_instance_uid=volume.series_instance_uid)
+    planned = time.perf_counter()
     seg = write_seg(
         volume, labels, structures, AlgorithmIdentity("TotalSegmentator", "2.4.0"), headers,
         series_number=300, series_description="Organs (TotalSegmentator)", device_serial_number="BENCH",
-        series_instance_uid=_uid(5), sop_instance_uid=_uid(6),
+        series_instance_uid=_uid(5), sop_instance_uid=_uid(6), labelmap=seg_format == "labelmap",
+        segments=segments,
     )
     built = time.perf_counter()
     seg.save_as(path, enforce_file_format=True)
     saved = time.perf_counter()
     return {
-        "frames": int(seg.NumberOfFrames), "segments": len(seg.SegmentSequence),
-        "build_s": built - start, "save_s": saved - built, "peak_mb": peak_mb(), "inputs_mb": before,
-        "file_mb": path.stat().st_size / 1e6,
+        "frames": int(seg.NumberOfFrames), "segments": len(segments), "file_mb": path.stat().st_size / 1e6,
+        "plan_s": planned - start, "build_s": built - planned, "save_s": saved - built,
+        "peak_mb": peak_mb(), "inputs_mb": before,
     }
 
 
@@ -158,8 +172,8 @@ def read_phase(path: Path) -> dict:
         structure_code(name).label: value for value, name in enumerate(TOTALSEGMENTATOR_V2_CLASSES, start=1)
     }
     to_value = np.zeros(len(TOTALSEGMENTATOR_V2_CLASSES) + 1, dtype=np.uint8)
-    for item in seg.SegmentSequence:
-        to_value[item.SegmentNumber] = value_of_label[item.SegmentLabel]
+    for number in seg.segment_numbers:  # a LABELMAP's background, segment 0, is not among them
+        to_value[number] = value_of_label[seg.get_segment_description(number).SegmentLabel]
     full = np.zeros_like(expected)
     full[first : first + array.shape[0]] = to_value[array]
     return {
@@ -168,14 +182,38 @@ def read_phase(path: Path) -> dict:
     }
 
 
-def run_phase(phase: str, path: Path, slices: int, size: int) -> dict:
+def run_phase(phase: str, path: Path, slices: int, size: int, seg_format: str) -> dict:
     """Run one phase in a fresh interpreter and return what it measured."""
     out = subprocess.run(
         [sys.executable, __file__, "--phase", phase, "--file", str(path), "--slices", str(slices),
-         "--size", str(size)],
+         "--size", str(size), "--format", seg_format],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.splitlines()[-1])
+
+
+_ROWS = ("frames", "file", "plan segments", "write (build + save)", "  build / save", "  peak RSS (before)",
+         "read (segread + volume)", "  segread / volume", "  peak RSS (before)", "labels identical")
+
+
+def _column(seg_format: str, written: dict, read: dict) -> list[str]:
+    """One format's cells of the table, in the order of ``_ROWS``."""
+    return [
+        str(written["frames"]),
+        f"{written['file_mb']:.0f} MB",
+        f"{written['plan_s']:.1f} s",
+        _against(f"{written['build_s'] + written['save_s']:.1f} s", WRITE_GOAL_S.get(seg_format)),
+        f"{written['build_s']:.1f} s / {written['save_s']:.1f} s",
+        _against(f"{written['peak_mb']:.0f} MB", PEAK_GOAL_MB) + f" ({written['inputs_mb']:.0f})",
+        _against(f"{read['parse_s'] + read['volume_s']:.1f} s", READ_GOAL_S.get(seg_format)),
+        f"{read['parse_s']:.1f} s / {read['volume_s']:.1f} s",
+        _against(f"{read['peak_mb']:.0f} MB", PEAK_GOAL_MB) + f" ({read['inputs_mb']:.0f})",
+        str(read["identical"]),
+    ]
+
+
+def _against(figure: str, goal: float | None) -> str:
+    return figure if goal is None else f"{figure} (goal <= {goal:g})"
 
 
 def main() -> int:
@@ -183,32 +221,32 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=600)
     parser.add_argument("--size", type=int, default=512, help="rows and columns")
     parser.add_argument("--phase", choices=["write", "read"], help=argparse.SUPPRESS)
+    parser.add_argument("--format", choices=FORMATS, help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # highdicom's notes on synthetic headers are not the subject
 
     if args.phase == "write":
-        print(json.dumps(write_phase(args.file, args.slices, args.size)))
+        print(json.dumps(write_phase(args.file, args.slices, args.size, args.format)))
         return 0
     if args.phase == "read":
         print(json.dumps(read_phase(args.file)))
         return 0
 
+    results = {}
     with tempfile.TemporaryDirectory(prefix="segnode-bench-seg-") as tmp:
-        path = Path(tmp) / "seg.dcm"
-        written = run_phase("write", path, args.slices, args.size)
-        read = run_phase("read", path, args.slices, args.size)
-    grid = f"{args.slices}x{args.size}x{args.size}"
-    size = f"file {written['file_mb']:.0f} MB"
-    print(f"{written['segments']} segments, {written['frames']} frames, {grid}, {size}")
-    print(f"write (segnode write_seg + save): {written['build_s'] + written['save_s']:.1f} s "
-          f"(build {written['build_s']:.1f} s, save {written['save_s']:.1f} s), "
-          f"peak RSS {written['peak_mb']:.0f} MB ({written['inputs_mb']:.0f} MB before: inputs and imports)")
-    print(f"read (highdicom segread + get_volume): {read['parse_s'] + read['volume_s']:.1f} s "
-          f"(segread {read['parse_s']:.1f} s, label volume {read['volume_s']:.1f} s), "
-          f"peak RSS {read['peak_mb']:.0f} MB ({read['inputs_mb']:.0f} MB before), "
-          f"labels identical: {read['identical']}")
-    return 0 if read["identical"] else 1
+        for seg_format in FORMATS:
+            path = Path(tmp) / f"{seg_format}.dcm"
+            written = run_phase("write", path, args.slices, args.size, seg_format)
+            results[seg_format] = (written, run_phase("read", path, args.slices, args.size, seg_format))
+    written = results[FORMATS[0]][0]
+    print(f"{written['segments']} segments, {args.slices}x{args.size}x{args.size}; "
+          f"goals for 117 segments over 600x512x512")
+    table = [_column(seg_format, *results[seg_format]) for seg_format in FORMATS]
+    print(f"{'':26}" + "".join(f"{seg_format.upper():36}" for seg_format in FORMATS))
+    for row, name in enumerate(_ROWS):
+        print(f"{name:26}" + "".join(f"{column[row]:36}" for column in table))
+    return 0 if all(read["identical"] for _, read in results.values()) else 1
 
 
 if __name__ == "__main__":

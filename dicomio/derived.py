@@ -106,18 +106,14 @@ def _write_for_parent(dataset: Dataset, path: Path, report: Connection) -> None:
         raise SystemExit(1) from None
 
 
-#: General Series attributes (PS3.3 C.7.3.1, Type 3) by which a PACS files
-#: and sorts a series beside its source; only IODs with the General Series
-#: module (SEG, Secondary Capture) have them.
-_SERIES_CONTEXT = ("BodyPartExamined", "Laterality")
-
-
 def copy_series_context(dataset: Dataset, source: Dataset) -> None:
-    """Give a derived series the source series' Body Part Examined and
-    Laterality, where the source has them."""
-    for keyword in _SERIES_CONTEXT:
-        if keyword in source:
-            setattr(dataset, keyword, source.data_element(keyword).value)
+    """Give a derived series the source series' Body Part Examined (General
+    Series, PS3.3 C.7.3.1, Type 3), by which a PACS files and sorts it beside
+    its source; only IODs with the General Series module (SEG, Secondary
+    Capture) have it. Laterality is not copied: it is Type 2C on a
+    condition a derived object does not meet (dciodvfy says so)."""
+    if "BodyPartExamined" in source:
+        dataset.BodyPartExamined = source.BodyPartExamined
 
 
 def date_object(dataset: Dataset, created: datetime) -> None:

@@ -10,7 +10,9 @@ come back at the same physical positions.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, distribution
@@ -34,12 +36,14 @@ from dicomio.codes import (
     UnknownStructureError,
     structure_code,
 )
+from dicomio.colours import structure_colour
 from dicomio.derived import write_dicom_atomically
 from dicomio.seg import (
     AlgorithmIdentity,
     EmptySegmentationError,
     LabelledStructure,
     SegInputError,
+    Segment,
     plan_segments,
     write_seg,
 )
@@ -56,15 +60,55 @@ ALGORITHM = AlgorithmIdentity(name="TotalSegmentator", version="2.4.0")
 # ---------------------------------------------------------------------------
 
 
-def dciodvfy(path: Path) -> list[str]:
-    """dciodvfy's warnings for `path`; fails the test on any error."""
+def dciodvfy(path: Path, expected_errors: Sequence[str] = ()) -> list[str]:
+    """dciodvfy's warnings for `path`; fails the test on any error but `expected_errors`, all of them."""
     if not DCIODVFY.exists():
         pytest.fail(f"dicom3tools' dciodvfy is not installed at {DCIODVFY}: run ./install.sh --test")
     result = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, check=False)
     lines = (result.stdout + result.stderr).splitlines()
     errors = [line for line in lines if line.startswith("Error")]
-    assert not errors, "\n".join(lines)
+    assert errors == list(expected_errors), "\n".join(lines)
     return [line for line in lines if line.startswith("Warning")]
+
+
+#: What dicom3tools' dciodvfy (the installed snapshot of 2022-06-18) says of every LABELMAP SEG: it
+#: predates Label Map Segmentation Storage (Supplement 243, final text 2024), so it knows no IOD for
+#: it, and it holds Segment Number to "start at 1, increase by 1" as for the other SEGs, where highdicom
+#: describes a LABELMAP's background as segment 0 (Sup 243 lifted that rule for LABELMAP).
+DCIODVFY_LABELMAP_ERRORS = (
+    "Error - SegmentNumber not monotonically increasing from one by one - have SegmentSequence item number"
+    " 1 (from one) with SegmentNumber of 0",
+    "Error - Information Object Not found",
+)
+#: The rules of the Segmentation IOD that Sup 243 conditioned on LABELMAP: the Segmentation Type
+#: value, a segment 0, and no Segment Identification Sequence, a LABELMAP frame holding every
+#: segment on its slice (dciodvfy misses it in the shared functional groups and in each frame's).
+LABELMAP_RULES = (
+    "Error - Unrecognized enumerated value <LABELMAP> for value 1 of attribute <Segmentation Type>",
+    "Error - Value is zero for value 1 of attribute <Segment Number>",
+    "Error - Missing attribute Type 1 Required Element=<SegmentIdentificationSequence>"
+    " Module=<SegmentationMacro>",
+)
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
+
+
+def dciodvfy_labelmap(path: Path, frames: int) -> list[str]:
+    """dciodvfy's check of a LABELMAP SEG, as far as the installed one knows the IOD.
+
+    The file as it is gives only :data:`DCIODVFY_LABELMAP_ERRORS`. Sup 243
+    kept one Segmentation IOD for both SOP classes, so a copy that calls
+    itself Segmentation Storage has every module checked, and must break
+    only :data:`LABELMAP_RULES`. Returns that check's warnings.
+    """
+    dciodvfy(path, DCIODVFY_LABELMAP_ERRORS)
+    relabelled = pydicom.dcmread(path)
+    assert relabelled.SOPClassUID == LABEL_MAP_SEGMENTATION_STORAGE
+    relabelled.SOPClassUID = relabelled.file_meta.MediaStorageSOPClassUID = SEGMENTATION_STORAGE
+    copy = path.with_name(f"{path.stem}-as-segmentation-storage.dcm")
+    relabelled.save_as(copy)
+    missing_identification = [LABELMAP_RULES[2]] * (1 + frames)
+    return dciodvfy(copy, [DCIODVFY_LABELMAP_ERRORS[0], *LABELMAP_RULES[:2], *missing_identification])
 
 
 def dcmqi_tool(name: str) -> str:
@@ -104,8 +148,8 @@ def read_with_highdicom(path: Path, volume: Volume, structures: Sequence[Labelle
     read = seg.get_volume(combine_segments=True)
     values = by_label(structures)
     lookup = np.zeros(max(seg.segment_numbers) + 1, dtype=np.uint16)
-    for item in seg.SegmentSequence:
-        lookup[item.SegmentNumber] = values[item.SegmentLabel]
+    for number in seg.segment_numbers:  # a LABELMAP's background, segment 0, is not among them
+        lookup[number] = values[seg.get_segment_description(number).SegmentLabel]
     return on_grid(lookup[read.array], read.affine, volume)
 
 
@@ -176,10 +220,15 @@ def write(volume: Volume, labels: np.ndarray, structures, sources, path: Path, *
     return seg
 
 
-def assert_round_trip(volume, labels, structures, sources, tmp_path: Path) -> hd.seg.Segmentation:
+def assert_round_trip(
+    volume, labels, structures, sources, tmp_path: Path, *, labelmap: bool = False
+) -> hd.seg.Segmentation:
     path = tmp_path / "seg.dcm"
-    seg = write(volume, labels, structures, sources, path)
-    dciodvfy(path)
+    seg = write(volume, labels, structures, sources, path, labelmap=labelmap)
+    if labelmap:
+        dciodvfy_labelmap(path, int(seg.NumberOfFrames))
+    else:
+        dciodvfy(path)
     np.testing.assert_array_equal(read_with_highdicom(path, volume, structures), labels)
     np.testing.assert_array_equal(read_with_dcmqi(path, volume, structures, tmp_path), labels)
     return seg
@@ -362,6 +411,175 @@ def test_fractional_round_trip(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# LABELMAP, colours and series context
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["axial-descending", "oblique"])
+def test_labelmap_round_trip(layout: str, tmp_path: Path) -> None:
+    orientation, step = LAYOUTS[layout]
+    paths = write_ct_series(tmp_path / "ct", slices=7, rows=24, columns=20, orientation=orientation,
+                            slice_step=step)
+    volume = load_series(paths).volume
+    values = [3, 5, 23, 51, 117]
+    labels = blobs(volume.array.shape, values)
+    seg = assert_round_trip(volume, labels, totalseg(*values), headers(paths), tmp_path, labelmap=True)
+    assert seg.SOPClassUID == LABEL_MAP_SEGMENTATION_STORAGE
+    assert (seg.SegmentationType, seg.BitsAllocated) == ("LABELMAP", 8)
+    # One frame per slice that has a label, not one per segment and slice.
+    assert seg.NumberOfFrames == np.count_nonzero(labels.any(axis=(1, 2)))
+
+
+def test_labelmap_of_multi_frame_enhanced_ct(tmp_path: Path) -> None:
+    path = write_enhanced_ct(tmp_path / "ct", slices=6, rows=20, columns=24, orientation=_OBLIQUE,
+                             slice_step=-2.0)
+    volume = load_series([path]).volume
+    labels = blobs(volume.array.shape, [1, 2, 10], seed=3)
+    assert_round_trip(volume, labels, totalseg(1, 2, 10), headers([path]), tmp_path, labelmap=True)
+
+
+def test_labelmap_and_binary_describe_the_same_segments(tmp_path: Path) -> None:
+    """One SR's segment numbers fit either format of the same labels."""
+    paths = write_ct_series(tmp_path / "ct", slices=6, rows=16, columns=16)
+    volume = load_series(paths).volume
+    structures = totalseg(1, 5, 7, 51, 117)
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    labels[1:3, 2:5, 2:5], labels[4, 9:12, 9:12], labels[0:6, 12:15, 1:4] = 5, 51, 117  # 1 and 7 absent
+    uids = {"series_instance_uid": "2.25.51", "sop_instance_uid": "2.25.52"}
+    binary = write(volume, labels, structures, headers(paths), tmp_path / "binary.dcm", **uids)
+    labelmap = write(volume, labels, structures, headers(paths), tmp_path / "labelmap.dcm", labelmap=True,
+                     **uids)
+    background, *described = labelmap.SegmentSequence
+    assert (background.SegmentNumber, background.SegmentLabel) == (0, "Background")
+    assert described == list(binary.SegmentSequence)
+    planned = plan_segments(labels, structures, series_instance_uid=volume.series_instance_uid)
+    assert [item.SegmentNumber for item in described] == [segment.segment_number for segment in planned]
+    assert [item.SegmentLabel for item in described] == ["Liver", "Heart", "Costal cartilages"]
+    for name in ("binary", "labelmap"):
+        read = read_with_highdicom(tmp_path / f"{name}.dcm", volume, structures)
+        np.testing.assert_array_equal(read, labels)
+
+
+@pytest.mark.parametrize("labelmap", [False, True], ids=["binary", "labelmap"])
+def test_segments_carry_the_structure_colours(labelmap: bool, tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path / "ct", slices=4, rows=16, columns=16)
+    volume = load_series(paths).volume
+    structures = totalseg(2, 3, 5, 51)
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    labels[0, 1:4, 1:4], labels[1, 5:8, 5:8], labels[2, 9:12, 9:12], labels[3, 12:15, 1:4] = 2, 3, 5, 51
+    path = tmp_path / "seg.dcm"
+    seg = write(volume, labels, structures, headers(paths), path, labelmap=labelmap)
+    codes = {s.code.label: s.code for s in structures}
+    described = seg.SegmentSequence[1:] if labelmap else seg.SegmentSequence
+    assert [item.SegmentLabel for item in described] == list(codes)
+    for item in described:
+        expected = hd.color.CIELabColor.from_rgb(*structure_colour(codes[item.SegmentLabel]))
+        assert list(item.RecommendedDisplayCIELabValue) == list(expected.value), item.SegmentLabel
+    # dcmqi turns the stored CIELab back into RGB by itself: the table's colours come back.
+    ((_, attributes),) = dcmqi_export(path, tmp_path, merge=True)
+    assert [item["SegmentLabel"] for item in attributes] == list(codes)
+    for item in attributes:
+        rgb = structure_colour(codes[item["SegmentLabel"]])
+        assert np.abs(np.subtract(item["recommendedDisplayRGBValue"], rgb)).max() <= 1, item["SegmentLabel"]
+
+
+@pytest.mark.parametrize("labelmap", [False, True], ids=["binary", "labelmap"])
+def test_series_context_is_copied(labelmap: bool, tmp_path: Path) -> None:
+    """A PACS files the SEG beside its source by Body Part Examined; the
+    source's Laterality is not copied (Type 2C on a condition a SEG does not
+    meet: dciodvfy calls it "present when condition unsatisfied")."""
+    paths = write_ct_series(tmp_path / "ct", slices=3, rows=8, columns=8)
+    sources = headers(paths)
+    volume = load_series(paths).volume
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    labels[1, 2:5, 2:5] = 3
+    for source in sources:
+        source.BodyPartExamined, source.Laterality = "KIDNEY", "L"
+    seg = write(volume, labels, totalseg(3), sources, tmp_path / "paired.dcm", labelmap=labelmap)
+    paired = pydicom.dcmread(tmp_path / "paired.dcm", stop_before_pixels=True)
+    assert paired.BodyPartExamined == "KIDNEY" and "Laterality" not in paired
+    if labelmap:
+        dciodvfy_labelmap(tmp_path / "paired.dcm", int(seg.NumberOfFrames))
+    else:
+        dciodvfy(tmp_path / "paired.dcm")
+
+
+# ---------------------------------------------------------------------------
+# dcmjs (the DICOM library of OHIF and other web viewers)
+# ---------------------------------------------------------------------------
+
+DCMJS_VERSION = "0.52.2"
+#: npm packages live outside the repository, installed once per machine.
+NPM_PREFIX = Path.home() / ".cache" / "segnode-npm"
+DCMJS_SCRIPT = Path(__file__).with_name("dcmjs_seg.js")
+
+
+@pytest.fixture(scope="session")
+def dcmjs_modules() -> Path:
+    """The node_modules folder that holds dcmjs DCMJS_VERSION (npm installs it there if need be)."""
+    modules = NPM_PREFIX / "node_modules"
+    package = modules / "dcmjs" / "package.json"
+    if package.exists() and json.loads(package.read_text())["version"] == DCMJS_VERSION:
+        return modules
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("node and npm are needed to check a SEG with dcmjs, and are not installed")
+    NPM_PREFIX.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["npm", "install", "--prefix", str(NPM_PREFIX), "--no-audit", "--no-fund", f"dcmjs@{DCMJS_VERSION}"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"npm could not install dcmjs {DCMJS_VERSION} into {NPM_PREFIX}: {result.stderr[-800:]}")
+    return modules
+
+
+def read_with_dcmjs(path: Path, volume: Volume, sources: Sequence[pydicom.Dataset], modules: Path) -> dict:
+    """What dcmjs' Cornerstone adapter makes of a SEG over `volume`'s slices (tests/dcmjs_seg.js)."""
+    by_uid = {ds.SOPInstanceUID: ds for ds in sources}
+    images = [by_uid[frame.sop_instance_uid] for frame in volume.sources]
+    listing = [
+        {
+            "sopInstanceUid": image.SOPInstanceUID,
+            "seriesInstanceUid": volume.series_instance_uid,
+            "rows": int(image.Rows),
+            "columns": int(image.Columns),
+            "imageOrientationPatient": [float(v) for v in image.ImageOrientationPatient],
+        }
+        for image in images
+    ]
+    listing_path = path.with_suffix(".sources.json")
+    listing_path.write_text(json.dumps(listing))
+    result = subprocess.run(
+        ["node", str(DCMJS_SCRIPT), str(path), str(listing_path)],
+        capture_output=True, text=True, check=True, env={**os.environ, "NODE_PATH": str(modules)},
+    )
+    return json.loads(result.stdout)
+
+
+def test_dcmjs_puts_binary_frames_on_their_slices(dcmjs_modules: Path, tmp_path: Path) -> None:
+    """dcmjs 0.52.2 reads BINARY SEGs only: its Cornerstone adapter takes any other SEG for a
+    FRACTIONAL one (``unpackPixelData``), and each frame's segment from the Segment Identification
+    Sequence that a LABELMAP frame has not; it refuses the LABELMAP with that message."""
+    orientation, step = LAYOUTS["axial-descending"]
+    paths = write_ct_series(tmp_path / "ct", slices=6, rows=16, columns=12, orientation=orientation,
+                            slice_step=step)
+    sources = headers(paths)
+    volume = load_series(paths).volume
+    values = [3, 5, 51]
+    labels = blobs(volume.array.shape, values, seed=2)
+    structures = totalseg(*values)
+    numbers = np.zeros(max(values) + 1, dtype=np.uint16)
+    for segment in plan_segments(labels, structures, series_instance_uid=volume.series_instance_uid):
+        numbers[segment.value] = segment.segment_number
+    write(volume, labels, structures, sources, tmp_path / "binary.dcm")
+    read = read_with_dcmjs(tmp_path / "binary.dcm", volume, sources, dcmjs_modules)
+    np.testing.assert_array_equal(np.reshape(read["labelmap"], labels.shape), numbers[labels])
+    write(volume, labels, structures, sources, tmp_path / "labelmap.dcm", labelmap=True)
+    refused = read_with_dcmjs(tmp_path / "labelmap.dcm", volume, sources, dcmjs_modules)
+    assert refused == {"error": "Fractional segmentations are not yet supported"}
+
+
+# ---------------------------------------------------------------------------
 # Refusals
 # ---------------------------------------------------------------------------
 
@@ -379,6 +597,14 @@ def test_refuses_labels_it_cannot_name(small) -> None:
     with pytest.raises(SegInputError, match=r"label values \[9\]"):
         write_seg(volume, labels, totalseg(5), ALGORITHM, sources, series_number=1,
                   series_description="x", device_serial_number="S")
+
+
+def test_refuses_a_fractional_labelmap(small) -> None:
+    volume, sources = small
+    with pytest.raises(SegInputError, match="a LABELMAP holds segment numbers"):
+        write_seg(volume, np.ones((2,) + volume.array.shape), totalseg(1), ALGORITHM, sources,
+                  series_number=1, series_description="x", device_serial_number="S", fractional=True,
+                  labelmap=True)
 
 
 def test_refuses_an_empty_segmentation(small) -> None:
@@ -511,3 +737,33 @@ def test_laterality_goes_where_the_anatomy_is() -> None:
     assert cyst.segmented_property_type_modifier is None
     assert (cyst.anatomic_region_code.value, cyst.anatomic_region_modifier.value) == ("64033007", RIGHT.value)
 
+
+
+def test_an_outline_is_one_more_binary_segment_over_all_the_others(tmp_path: Path) -> None:
+    """The built-in segmenter's body: every labelled voxel, overlapping the
+    other segments, which only a BINARY SEG can hold."""
+    paths = write_ct_series(tmp_path / "ct", slices=4, rows=16, columns=16)
+    sources, volume = headers(paths), load_series(paths).volume
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    labels[1:3, 2:12, 2:12] = 1
+    labels[1:3, 4:7, 4:7] = 2
+    structures = [LabelledStructure(1, structure_code("other_soft_tissue")),
+                  LabelledStructure(2, structure_code("liver"))]
+    segments = plan_segments(labels, structures, series_instance_uid=volume.series_instance_uid)
+    body = Segment(3, 1, structure_code("body"))
+    path = tmp_path / "seg.dcm"
+    write(volume, labels, structures, sources, path, segments=segments, outline=body)
+    dciodvfy(path)
+    seg = hd.seg.segread(path)
+    assert seg.get_segment_description(3).SegmentedPropertyTypeCodeSequence[0].CodeValue == "38266002"
+    read = seg.get_volume(segment_numbers=[1, 2, 3], combine_segments=False)
+    masks = [on_grid(read.array[..., k], read.affine, volume) for k in range(3)]
+    np.testing.assert_array_equal(masks[0], labels == 1)
+    np.testing.assert_array_equal(masks[1], labels == 2)
+    np.testing.assert_array_equal(masks[2], labels > 0)
+    with pytest.raises(SegInputError, match="only a BINARY SEG"):
+        write(volume, labels, structures, sources, tmp_path / "lm.dcm", segments=segments, outline=body,
+              labelmap=True)
+    with pytest.raises(SegInputError, match="the outline is segment 5"):
+        write(volume, labels, structures, sources, tmp_path / "n.dcm", segments=segments,
+              outline=Segment(5, 1, structure_code("body")))
