@@ -168,7 +168,7 @@ def report_phantom(grid: AxialGrid, repeat: int) -> None:
         f"peak RSS {peak_gb:.1f} GB"
     )
     before = BEFORE_PHANTOM.get(slices, {})
-    for name in BUILTIN_STRUCTURES:
+    for name in ("body", *BUILTIN_STRUCTURES):
         predicted = labels > 0 if name == "body" else labels == VALUE[name]
         _print_dice(name, dice(predicted, phantom.mask(name)), before.get(name))
 

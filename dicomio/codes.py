@@ -28,6 +28,7 @@ Where the codes come from
   SCT 36765005 "Subclavian artery" with laterality (the mapping's 29700009
   is "Right subclavian artery", which contradicts a Left modifier); the left
   atrial appendage is SCT 33626005 "Left auricular appendage" (CID 3010).
+* The display colour of each of these codes is in dicomio/colours.py, the colour table (3D Slicer's).
 
 Laterality is a modifier (CID 244 "Laterality": SCT 7771000 Left,
 SCT 24028007 Right) rather than a pre-coordinated "left kidney" concept, as
@@ -246,6 +247,7 @@ _ENTIRE_BODY = _sct("38266002", "Entire body")
 _BONE = _sct("3138006", "Bone")  # the tissue (CID 7166), not a bone structure
 _FAT = _sct("55603005", "Fat")  # the tissue (CID 7166)
 _SKELETAL_MUSCLE = _sct("127954009", "Skeletal muscle")  # CID 7710, not CID 7151
+_SOFT_TISSUE = _sct("87784001", "Soft tissue")  # CID 7191
 _SUBCUTANEOUS_TISSUE = _sct("71966008", "Subcutaneous tissue")
 _INTRA_ABDOMINOPELVIC = _sct("818987002", "Intra-abdominopelvic")  # its CID 4 meaning
 
@@ -363,8 +365,11 @@ _ROWS: Final[tuple[StructureCode, ...]] = (
     *(_organ(f"rib_right_{n}", f"Right rib {n}", code, RIGHT) for n, code in enumerate(_RIBS, 1)),
     _organ("sternum", "Sternum", _STERNUM),
     _organ("costal_cartilages", "Costal cartilages", _COSTAL_CARTILAGE),
-    # segnode's built-in segmenter.
+    # segnode's built-in segmenter. "body" is its outline, every labelled
+    # voxel (a segment of its own where segments may overlap); its label map
+    # holds the rest as "other_soft_tissue", not coded as the entire body.
     _organ("body", "Body", _ENTIRE_BODY),
+    StructureCode("other_soft_tissue", "Other soft tissue", TISSUE, _SOFT_TISSUE),
     *_pair("lung", "lung", _LUNG),
     _organ("airway", "Airway (trachea and main bronchi)", _TRACHEA_AND_BRONCHUS),
     StructureCode("skeleton", "Skeleton", TISSUE, _BONE),
@@ -402,7 +407,7 @@ TOTALSEGMENTATOR_V2_CLASSES: Final[tuple[str, ...]] = (
 #: Structures of segnode's built-in segmenter. "airway" is the trachea with
 #: the main bronchi, so it cannot share TotalSegmentator's "trachea" code.
 BUILTIN_STRUCTURES: Final[tuple[str, ...]] = (
-    "body", "lung_left", "lung_right", "airway", "skeleton", "subcutaneous_fat", "visceral_fat",
+    "other_soft_tissue", "lung_left", "lung_right", "airway", "skeleton", "subcutaneous_fat", "visceral_fat",
     "skeletal_muscle",
 )
 

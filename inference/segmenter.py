@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from dicomio.codes import StructureCode
 from dicomio.seg import AlgorithmIdentity, LabelledStructure
 from dicomio.volume import Volume
 
@@ -33,12 +34,19 @@ class Segmentation:
         Every structure the algorithm can produce, present or not.
     algorithm : AlgorithmIdentity
         Name and version written into the SEG and SR.
+    outline : StructureCode or None
+        What all labelled voxels together are, where that is a structure of
+        its own: the built-in segmenter labels everything inside the body,
+        so together they are the body. Formats whose segments may overlap
+        (BINARY SEG, RTSTRUCT) and the measurements carry it beside the
+        others; an exclusive label map cannot.
     """
 
     labels: np.ndarray
     volume: Volume
     structures: tuple[LabelledStructure, ...]
     algorithm: AlgorithmIdentity
+    outline: StructureCode | None = None
 
     def __post_init__(self) -> None:
         if self.labels.shape != self.volume.array.shape:
@@ -48,6 +56,17 @@ class Segmentation:
             )
         if not np.issubdtype(self.labels.dtype, np.integer):
             raise ValueError(f"label map must be integer, not {self.labels.dtype}")
+
+    def outlined(self) -> Segmentation | None:
+        """The outline as a segmentation of its own (value 1 on every
+        labelled voxel), for what measures and writes it as any structure;
+        None without an outline."""
+        if self.outline is None:
+            return None
+        return Segmentation(
+            labels=(self.labels > 0).view(np.uint8), volume=self.volume,
+            structures=(LabelledStructure(1, self.outline),), algorithm=self.algorithm,
+        )
 
 
 class Segmenter(Protocol):

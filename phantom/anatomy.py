@@ -152,11 +152,8 @@ TISSUES: Final[Mapping[Region, Tissue]] = MappingProxyType({
 
 _OUTSIDE_BODY: Final = frozenset({Region.AIR, Region.TABLE_SHELL, Region.FOAM})
 
-#: The regions of each structure, by its name in dicomio/codes.py. The body
-#: is everything but air and the table. The liver is its parenchyma: the
-#: lesion is reported on its own (:data:`LESION`).
-STRUCTURE_REGIONS: Final[Mapping[str, frozenset[Region]]] = MappingProxyType({
-    "body": frozenset(Region) - _OUTSIDE_BODY,
+#: What the built-in segmenter labels besides its remainder.
+_BUILTIN_REGIONS: Final[Mapping[str, frozenset[Region]]] = MappingProxyType({
     "lung_left": frozenset({Region.LUNG_LEFT, Region.PULMONARY_VESSEL_LEFT}),
     "lung_right": frozenset({Region.LUNG_RIGHT, Region.PULMONARY_VESSEL_RIGHT}),
     "airway": frozenset({Region.AIRWAY}),
@@ -164,6 +161,16 @@ STRUCTURE_REGIONS: Final[Mapping[str, frozenset[Region]]] = MappingProxyType({
     "subcutaneous_fat": frozenset({Region.SUBCUTANEOUS_FAT}),
     "visceral_fat": frozenset({Region.VISCERAL_FAT}),
     "skeletal_muscle": frozenset({Region.MUSCLE}),
+})
+
+#: The regions of each structure, by its name in dicomio/codes.py. The body
+#: is everything but air and the table; its other soft tissue what the
+#: built-in structures leave of it. The liver is its parenchyma: the lesion
+#: is reported on its own (:data:`LESION`).
+STRUCTURE_REGIONS: Final[Mapping[str, frozenset[Region]]] = MappingProxyType({
+    "body": frozenset(Region) - _OUTSIDE_BODY,
+    "other_soft_tissue": frozenset(Region) - _OUTSIDE_BODY - frozenset().union(*_BUILTIN_REGIONS.values()),
+    **_BUILTIN_REGIONS,
     "liver": frozenset({Region.LIVER}),
     "spleen": frozenset({Region.SPLEEN}),
     "kidney_left": frozenset({Region.KIDNEY_LEFT}),

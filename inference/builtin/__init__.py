@@ -50,8 +50,10 @@ volume's affine), so the same code serves 0.8 mm and 3 mm CT:
   limbs), the spinal canal excepted; visceral fat is the fat inside it,
   below the top of the lungs and outside the space between them.
 
-The label map is exclusive, so the body outline is the union of all labels;
-label 1 ("body") holds the body voxels that no other structure claims.
+The label map is exclusive, so the body outline is the union of all labels
+(the segmentation's ``outline``, "body", coded Entire body); label 1
+("other_soft_tissue") holds the body voxels that no other structure claims:
+organs, vessels, skin and the like, coded as what they are, soft tissue.
 
 Orientation: the array is viewed (no copy) in a canonical order, axis 0 to
 the head, axis 1 to the back, axis 2 to the patient's left, so "slice"

@@ -72,6 +72,7 @@ class BuiltinSegmenter:
             volume=volume,
             structures=self.structures,
             algorithm=ALGORITHM,
+            outline=structure_code("body"),
         )
 
     def segment_mirrored(self, volume: Volume) -> None:
@@ -93,7 +94,7 @@ def segment_canonical(hu: np.ndarray, spacing: Spacing) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        uint8 labels, values as in BUILTIN_STRUCTURES (1 = body remainder).
+        uint8 labels, values as in BUILTIN_STRUCTURES (1: the body's remainder).
     """
     labels = np.zeros(hu.shape, dtype=np.uint8)
     body = body_mask(hu, spacing, Coarse.of(hu.shape, spacing))
@@ -117,7 +118,7 @@ def _inside_body(hu: np.ndarray, body: np.ndarray, spacing: Spacing) -> np.ndarr
     taken = lungs | airway.mask | skeleton
     subcutaneous, visceral, muscle = body_composition(hu, body, skeleton, taken, lungs, spacing, coarse)
     labels = np.zeros(hu.shape, dtype=np.uint8)
-    labels[body] = _VALUES["body"]
+    labels[body] = _VALUES["other_soft_tissue"]
     # Later assignments win: fat and muscle never overlap (disjoint windows)
     # and never take lung, airway or bone voxels (excluded above).
     for name, mask in (
