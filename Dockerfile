@@ -20,9 +20,10 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_NO_INDEX
 ARG PIP_FIND_LINKS
 
-# Python comes from the base image where it has one (python:*), else from apt.
+# Python comes from the base image where it has one (python:*), else from apt;
+# libgl1 and libglib2.0-0 are what OpenCV loads (RTSTRUCT contours, rt-utils).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends dcmtk python3 python3-venv \
+ && apt-get install -y --no-install-recommends dcmtk python3 python3-venv libgl1 libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/segnode/venv
 ENV PATH=/opt/segnode/venv/bin:$PATH

@@ -10,10 +10,12 @@ extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
 # dcmtk: storescu/echoscu/storescp for diagnosis and tests; dicom3tools: dciodvfy;
+# libgl1, libglib2.0-0: what OpenCV (RTSTRUCT contours, via rt-utils) loads;
 # orthanc: the PACS of the end-to-end tests; openssl: s_client, a TLS peer that
-# renegotiates and updates keys, for the hostile-peer tests.
-packages="dcmtk dicom3tools"
-[ -n "$extras" ] && packages="$packages orthanc openssl"
+# renegotiates and updates keys, for the hostile-peer tests; poppler-utils:
+# pdftoppm and pdftotext, to look at the PDF report as a person would.
+packages="dcmtk dicom3tools libgl1 libglib2.0-0"
+[ -n "$extras" ] && packages="$packages orthanc openssl poppler-utils"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -280,13 +280,36 @@ class DestinationTls(_Strict):
         return self
 
 
+#: What a job can send: DICOM-SEG, the TID 1500 SR, the PDF report
+#: (Encapsulated PDF), overlay images (Secondary Capture) and RTSTRUCT.
+OutputKind = Literal["seg", "sr", "pdf", "overlay", "rtstruct"]
+
+
+def _distinct(kinds: list[str]) -> list[str]:
+    repeated = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+    if repeated:
+        raise PydanticCustomError("repeated", "lists {kinds} more than once", {"kinds": ", ".join(repeated)})
+    return kinds
+
+
 class Destination(_Strict):
-    """A C-STORE SCP that results are sent to."""
+    """A C-STORE SCP that results are sent to, and which results it gets.
+
+    SEG and SR by default: what viewers (OHIF, Slicer) open. A PACS that
+    shows only images and documents takes ``pdf`` and ``overlay``, a
+    planning system ``rtstruct``. ``seg_format`` picks BINARY (one frame per
+    segment and slice, what every viewer reads), LABELMAP (one frame per
+    slice, Supplement 243, far smaller and faster) or both.
+    """
 
     ae_title: AETitle
     host: str
     port: Port
     tls: DestinationTls | None = None
+    outputs: Annotated[list[OutputKind], AfterValidator(_distinct)] = Field(
+        default_factory=lambda: ["seg", "sr"], min_length=1
+    )
+    seg_format: Literal["binary", "labelmap", "both"] = "binary"
 
 
 class RouteMatch(_Strict):
@@ -444,6 +467,22 @@ class StorageSettings(_Strict):
     low_watermark_bytes: int = Field(10 << 30, gt=0)
 
 
+class ReportSettings(_Strict):
+    """What the human-readable outputs say and show.
+
+    ``disclaimer`` is printed on every PDF report; the default says what a
+    site must decide before results are read clinically.
+    ``overlay_every`` makes an overlay image of every Nth source slice.
+    """
+
+    disclaimer: str = Field(
+        "Automatic segmentation and measurements, not reviewed by a physician. "
+        "Check them against the images before any clinical use.",
+        min_length=1, max_length=1000,
+    )
+    overlay_every: int = Field(1, ge=1)
+
+
 class SegnodeConfig(_Strict):
     """The whole configuration file."""
 
@@ -457,6 +496,7 @@ class SegnodeConfig(_Strict):
     sending: SendingSettings = SendingSettings()
     storage: StorageSettings = StorageSettings()
     research: ResearchSettings | None = None
+    reports: ReportSettings = ReportSettings()
 
     @model_validator(mode="after")
     def _check_references(self) -> SegnodeConfig:

@@ -561,6 +561,7 @@ def _run_series(args: argparse.Namespace) -> int:
     from dicomio.series import SeriesError, series_files
     from inference.model_store import ModelStoreError
     from inference.segmenters import open_segmenter
+    from node.work.outputs import EVERYTHING
     from node.work.pipeline import PipelineError, PipelineInputs, run_pipeline
 
     for folder in filter(None, (args.dir, args.pet)):
@@ -582,7 +583,7 @@ def _run_series(args: argparse.Namespace) -> int:
         device_uid=result_uid("installation", [socket.gethostname()], ()),
     )
     try:
-        result = run_pipeline(inputs, segmenter, args.out)
+        result = run_pipeline(inputs, segmenter, args.out, EVERYTHING)
     except (PipelineError, SeriesError, ValueError, OSError) as exc:
         print(f"segnode run-series: {args.dir}: {exc}", file=sys.stderr)
         return 1
@@ -590,7 +591,8 @@ def _run_series(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(measurement_table(result.measurements))
     timings = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.seconds.items())
-    print(f"\nwrote {result.seg}, {result.sr}, {result.csv} and {result.labels} ({timings})")
+    written = sorted({item.path.parent if item.kind == "overlay" else item.path for item in result.objects})
+    print(f"\nwrote {', '.join(map(str, written))}, {result.csv} and {result.labels} ({timings})")
     return 0
 
 

@@ -18,16 +18,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import yaml
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+from pynetdicom.sop_class import (
+    Comprehensive3DSRStorage,
+    EncapsulatedPDFStorage,
+    RTStructureSetStorage,
+    SecondaryCaptureImageStorage,
+)
 
 from config import Destination
 from dicomio.files import write_atomically
@@ -42,8 +49,6 @@ DEMO_GRID = AxialGrid((120, 256, 256), (5.0, 1.953125, 1.953125))
 SHARED_SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-abdomen-siemens" / "dicom"
 SCANNER_AE, PACS_AE, NODE_AE = "DEMO-SCANNER", "DEMO-PACS", "SEGNODE"
 _RESULT_TIMEOUT_SECONDS = 180
-#: The label map's catch-all: what is inside the body and no other structure.
-_REMAINDER = "body"
 
 
 class DemoError(Exception):
@@ -57,7 +62,7 @@ def _free_port() -> int:
 
 
 class DemoPacs:
-    """The PACS: a C-STORE SCP keeping every SEG and SR it is sent."""
+    """The PACS: a C-STORE SCP keeping every object it is sent."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -66,7 +71,8 @@ class DemoPacs:
         self.received: list[Path] = []
         self._arrived = threading.Condition()
         ae = AE(ae_title=PACS_AE)
-        for sop_class in (SegmentationStorage, Comprehensive3DSRStorage):
+        for sop_class in (*hd.seg.SOP_CLASS_UIDS, Comprehensive3DSRStorage, EncapsulatedPDFStorage,
+                          SecondaryCaptureImageStorage, RTStructureSetStorage):
             ae.add_supported_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._store)])
@@ -81,22 +87,29 @@ class DemoPacs:
             self._arrived.notify_all()
         return 0x0000
 
-    def wait_for(self, modalities: set[str], timeout: float) -> dict[str, Path]:
+    def wait_for(self, expected: Counter, timeout: float) -> dict[str, list[Path]]:
+        """The objects received by modality, once `expected` (how many of
+        each modality) have come."""
         deadline = time.monotonic() + timeout
         with self._arrived:
             while True:
-                found = {p.name.split("-", 1)[0]: p for p in self.received}
-                if modalities <= found.keys():
+                found: dict[str, list[Path]] = {}
+                for path in self.received:
+                    found.setdefault(path.name.split("-", 1)[0], []).append(path)
+                missing = {modality: count - len(found.get(modality, ()))
+                           for modality, count in expected.items() if len(found.get(modality, ())) < count}
+                if not missing:
                     return found
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise DemoError(f"no {' and '.join(sorted(modalities - found.keys()))} came back "
-                                    f"within {timeout:.0f} s")
+                    raise DemoError(f"still missing {missing} (modality: count) after {timeout:.0f} s")
                 self._arrived.wait(left)
 
     @property
     def destination(self) -> dict:
-        return {"ae_title": PACS_AE, "host": "127.0.0.1", "port": self.port}
+        """The PACS as a destination that takes every output, and SEG in both formats."""
+        return {"ae_title": PACS_AE, "host": "127.0.0.1", "port": self.port,
+                "outputs": ["seg", "sr", "pdf", "overlay", "rtstruct"], "seg_format": "both"}
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -184,7 +197,7 @@ def _report(rows: list[dict[str, str]], study: PhantomStudy | None) -> str:
             line += "".join(f" {float(row[k]):>{w}.2f}" if row[k] else f" {'-':>{w}}"
                             for k, w in (("suv_mean", 8), ("suv_max", 7), ("suv_peak", 8)))
         truth = study.truth.get(row["structure"]) if study is not None else None
-        if truth is not None and row["structure"] != _REMAINDER:
+        if truth is not None:
             line += f"   |        {truth.volume_ml:>9.1f} {truth.mean_hu:>6.0f}"
             if pet:
                 line += f" {truth.suv_mean:>5.2f}"
@@ -192,6 +205,16 @@ def _report(rows: list[dict[str, str]], study: PhantomStudy | None) -> str:
         for flag in filter(None, row["flags"].splitlines()):
             lines.append(f"    QA: {flag}")
     return "\n".join(lines)
+
+
+#: What each modality of the results is, for the summary.
+_KINDS = {"SEG": "SEG (BINARY and LABELMAP)", "SR": "SR (TID 1500)", "DOC": "PDF report",
+          "RTSTRUCT": "RTSTRUCT", "OT": "overlay images"}
+
+
+def _received(found: dict[str, list[Path]]) -> str:
+    return ", ".join(f"{len(paths)} {_KINDS.get(modality, modality)}"
+                     for modality, paths in sorted(found.items()))
 
 
 def _result_csv(store: Path, seg: Dataset) -> Path:
@@ -217,23 +240,25 @@ def run_demo(shared: bool = False, keep: Path | None = None) -> int:
                 _send(node, inputs.ct, "CT")
                 if inputs.pet:
                     _send(node, inputs.pet, "PET")
-                found = pacs.wait_for({"SEG", "SR"}, _RESULT_TIMEOUT_SECONDS)
-                seg = pydicom.dcmread(found["SEG"], stop_before_pixels=True)
+                # Both SEGs, the BINARY SEG's SR, the report, the contours and an overlay per slice.
+                expected = Counter(SEG=2, SR=1, DOC=1, RTSTRUCT=1, OT=len(inputs.ct))
+                found = pacs.wait_for(expected, _RESULT_TIMEOUT_SECONDS)
+                seg = pydicom.dcmread(found["SEG"][0], stop_before_pixels=True)
                 rows = _measurements(_result_csv(workdir / "store", seg))
         finally:
             pacs.stop()
-        print(f"PACS: received {found['SEG'].name} and {found['SR'].name} "
-              f"{time.monotonic() - start:.0f} s after the demo started\n")
+        print(f"PACS: received {len(pacs.received)} objects {time.monotonic() - start:.0f} s after the demo "
+              f"started: {_received(found)}\n")
         print(_report(rows, inputs.study))
         if inputs.study is not None:
-            print(f"\n({_REMAINDER} holds the body's voxels no other structure took: no truth to compare)")
             lesion = inputs.study.lesion
             print(f"\n(the phantom's liver lesion, SUV {lesion.suv:g} in {lesion.volume_ml:.1f} ml, "
                   "is no structure of the built-in segmenter)")
         where = keep if keep else "a temporary folder, now removed (--keep DIR keeps it)"
-        print(f"\nreturned objects: SEG {found['SEG'].name}, SR {found['SR'].name}, in {where}")
+        print(f"\nreturned objects: in {where}")
         if keep:
             print(f"open {workdir / 'pacs'} in a DICOM viewer (3D Slicer, OHIF) with the CT in "
-                  f"{workdir / 'scanner' / 'ct' if not shared else SHARED_SERIES}")
+                  f"{workdir / 'scanner' / 'ct' if not shared else SHARED_SERIES}; the PDF report is "
+                  f"{_result_csv(workdir / 'store', seg).with_name('report.pdf')}")
     return 0
 

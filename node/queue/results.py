@@ -15,9 +15,10 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class SegmentResult:
-    """A segmentation's outputs (kept, and sent from, the job's results folder),
-    the model that made it, how many structures it found, whether PET was
-    measured, seconds by stage, and what its report says about its input."""
+    """A segmentation's outputs (kept, and sent from, the job's results folder;
+    ``objects`` every DICOM object written to send), the model that made it,
+    how many structures it found, whether PET was measured, seconds by
+    stage, and what its report says about its input."""
 
     seg: Path
     sr: Path
@@ -28,6 +29,7 @@ class SegmentResult:
     pet: bool
     seconds: Mapping[str, float]
     notes: tuple[str, ...] = ()
+    objects: tuple[Path, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -36,6 +38,7 @@ class SegmentResult:
             "seconds": dict(self.seconds),
             # Only where there are any: results without print as they always did.
             **({"notes": list(self.notes)} if self.notes else {}),
+            **({"objects": [str(path) for path in self.objects]} if self.objects else {}),
         }
 
     @classmethod
@@ -44,8 +47,9 @@ class SegmentResult:
             seg=Path(value["seg"]), sr=Path(value["sr"]), csv=Path(value["csv"]),
             labels=Path(value["labels"]), model=value["model"], structures=value["structures"],
             pet=value["pet"], seconds=dict(value["seconds"]),
-            # Rows written before the completion signals have no notes.
+            # Rows written before the completion signals have no notes, before issue 14 no objects.
             notes=tuple(value.get("notes", ())),
+            objects=tuple(Path(path) for path in value.get("objects", ())),
         )
 
 

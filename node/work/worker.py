@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from node.receive.series_state import SeriesState
 from node.receive.storage import installation_uid
 from node.send.outbox import OutboxStore
 from node.work.comparison import compare_with_reference
+from node.work.outputs import OutputObject, OutputPlan
 from node.work.pipeline import PipelineError, PipelineInputs, run_pipeline
 from node.work.research import export_for_research, research_profile
 
@@ -139,18 +141,20 @@ class Worker:
         inputs = PipelineInputs(
             ct_files=ct_files, pet_files=pet_files, pipeline_name=job.pipeline, settings=pipeline,
             created=datetime.fromtimestamp(job.queued_at, timezone.utc), device_uid=self.device_uid,
-            notes=notes,
+            notes=notes, reports=self.config.reports,
         )
-        result = run_pipeline(inputs, segmenter, out_dir)
+        destinations = [self.config.destinations[name] for name in job.destinations
+                        if name in self.config.destinations]
+        result = run_pipeline(inputs, segmenter, out_dir, OutputPlan.for_destinations(destinations))
         for warning in (*notes, *result.warnings):
             LOG.warning("job %d: %s", job.id, warning)
-        self._send(job, ((result.seg, result.seg_uid), (result.sr, result.sr_uid)))
+        self._send(job, result.objects)
         self._export_for_research(job, (*ct_files, result.seg, result.sr), out_dir)
         return SegmentResult(
             seg=result.seg, sr=result.sr, csv=result.csv, labels=result.labels,
             model=f"{segmenter.algorithm.name} {segmenter.algorithm.version}",
             structures=len(result.measurements), pet=bool(pet_files), seconds=result.seconds,
-            notes=notes,
+            notes=notes, objects=tuple(item.path for item in result.objects),
         )
 
     def _compare(self, job: Job) -> ComparisonResult:
@@ -161,7 +165,7 @@ class Worker:
         out_dir = results_dir(self.config.node.storage_dir, job)
         report = compare_with_reference(reference, ours, ct_files, pipeline, self.device_uid,
                                         datetime.fromtimestamp(job.queued_at, timezone.utc), out_dir)
-        self._send(job, ((report.result.sr, report.sr_uid),))
+        self._send(job, (OutputObject("sr", report.result.sr, report.sr_uid),))
         return report.result
 
     def _stored_files(self, series_instance_uid: str) -> tuple[Path, ...]:
@@ -173,14 +177,18 @@ class Worker:
                                 "retention policy?); it must be sent again")
         return files
 
-    def _send(self, job: Job, objects: tuple[tuple[Path, str], ...]) -> None:
-        """Queue the objects written, (path, SOP Instance UID) pairs, for the
-        node's outbox to send, each under its SOP Instance UID: a rerun that
-        wrote the same objects queues nothing new, one whose inputs changed
-        (new UIDs) sends its objects again."""
-        for path, uid in objects:
-            for destination in job.destinations:
-                self.outbox.enqueue(f"{job.id}/{uid}", destination, [path], time.time())
+    def _send(self, job: Job, objects: Sequence[OutputObject]) -> None:
+        """Queue the objects written for the node's outbox to send, to each of
+        the job's destinations that takes them, each under its SOP Instance
+        UID: a rerun that wrote the same objects queues nothing new, one whose
+        inputs changed (new UIDs) sends its objects again. A destination no
+        longer configured gets everything queued, and the outbox says why it
+        cannot be sent."""
+        for name in job.destinations:
+            destination = self.config.destinations.get(name)
+            for item in objects:
+                if destination is None or item.wanted_by(destination):
+                    self.outbox.enqueue(f"{job.id}/{item.sop_instance_uid}", name, [item.path], time.time())
 
     def _export_for_research(self, job: Job, sources: tuple[Path, ...], out_dir: Path) -> None:
         """Queue a de-identified copy of `sources` for the route's research

@@ -1,0 +1,257 @@
+"""Encoding and writing what one run makes: SEGs, SRs, the PDF report,
+overlay images, RTSTRUCT, the CSV and the label map.
+
+Every object's UIDs are derived from the source instances and the run's
+identity, and every object is dated by the time the job was queued, so a
+retry writes the same bytes (see node/work/pipeline.py).
+
+The BINARY SEG is by far the largest object (1,676 frames of the 300-slice
+phantom) and pydicom serialises it holding the GIL, so a forked process
+writes it while this one builds and writes everything else; SimpleITK
+compresses the label map meanwhile on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from pydicom.dataset import Dataset
+
+from config import ReportSettings
+from dicomio.csv import write_measurements_csv
+from dicomio.derived import (
+    date_object,
+    fix_dimension_organisation,
+    result_uid,
+    write_dicom_atomically,
+    written_in_background,
+)
+from dicomio.encapsulated_pdf import encapsulate_pdf
+from dicomio.files import write_atomically
+from dicomio.label_map import write_label_map
+from dicomio.measurements import StructureMeasurements
+from dicomio.overlay import overlay_images
+from dicomio.pdf_report import ReportContent, render_report
+from dicomio.rtstruct import RTStructIdentity, write_rtstruct
+from dicomio.seg import Segment, write_seg
+from dicomio.sr import write_measurement_report
+from inference.segmenter import Segmentation
+from node.work.outputs import OutputObject, OutputPlan, SegFormat
+from node.work.stopwatch import Stopwatch
+
+#: Stopwatch.run: runs a step, counting its seconds to a stage.
+Timed = Callable[[str, Callable[[], Any]], Any]
+
+#: Series Numbers of what segnode writes, high so that viewers list them
+#: after the scanner's series.
+SERIES_NUMBERS: Final = {
+    "seg": 9001, "sr": 9002, "pdf": 9003, "overlay": 9004, "rtstruct": 9005,
+    "labelmap-seg": 9006, "labelmap-sr": 9007,
+}
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What the output stage writes from: the segmentation and its segments
+    (``outline`` the segment of the segmentation's outline, in the BINARY
+    SEG only), the measurements, the source headers, and the run's identity
+    (UIDs are derived from ``sources`` and ``identity``)."""
+
+    segmentation: Segmentation
+    segments: tuple[Segment, ...]
+    outline: Segment | None
+    measurements: tuple[StructureMeasurements, ...]
+    headers: tuple[Dataset, ...]
+    pet_headers: tuple[Dataset, ...]
+    sources: tuple[str, ...]
+    identity: tuple[str, ...]
+    created: datetime
+    device_uid: str
+    notes: tuple[str, ...]
+    reports: ReportSettings
+
+
+@dataclass(frozen=True)
+class WrittenOutputs:
+    """The files written: the BINARY SEG and its SR (the job's record), the
+    CSV, the label map, and every DICOM object to send."""
+
+    seg: Path
+    sr: Path
+    csv: Path
+    labels: Path
+    objects: tuple[OutputObject, ...]
+
+
+def write_outputs(run: RunOutputs, plan: OutputPlan, out_dir: Path, clock: Stopwatch) -> WrittenOutputs:
+    """Build and write everything `plan` asks for into `out_dir`.
+
+    `clock` gets the seconds of ``encode`` (building SEGs and SRs), ``pdf``,
+    ``overlay`` and ``rtstruct`` (building and writing those) and ``write``:
+    the rest of the stage's wall time, writing and waiting for the writes.
+    """
+    started = time.perf_counter()
+    written = _write_outputs(run, plan, out_dir, clock.run)
+    counted = sum(clock.seconds.get(stage, 0.0) for stage in ("encode", "pdf", "overlay", "rtstruct"))
+    clock.seconds["write"] = round(time.perf_counter() - started - counted, 3)
+    return written
+
+
+def _write_outputs(run: RunOutputs, plan: OutputPlan, out_dir: Path, timed: Timed) -> WrittenOutputs:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = run.segmentation.algorithm.name
+    seg_path, sr_path = out_dir / "seg.dcm", out_dir / "sr.dcm"
+    csv_path, labels_path = out_dir / "measurements.csv", out_dir / "labels.nii.gz"
+    objects: list[OutputObject] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        label_map = pool.submit(write_label_map, run.segmentation.labels, run.segmentation.volume,
+                                run.segmentation.structures, labels_path)
+        seg = timed("encode", lambda: _seg(run, SegFormat.BINARY, f"{name} segmentation"))
+        with written_in_background(seg, seg_path):
+            sr = timed("encode", lambda: _sr(run, seg, SegFormat.BINARY, run.measurements))
+            write_dicom_atomically(sr, sr_path)
+            write_measurements_csv(run.measurements, csv_path)
+            objects += [_object("seg", seg_path, seg, SegFormat.BINARY),
+                        _object("sr", sr_path, sr, SegFormat.BINARY)]
+            if plan.labelmap:
+                objects += _labelmap_outputs(run, out_dir, timed)
+            if plan.pdf:
+                objects.append(timed("pdf", lambda: _pdf(run, out_dir)))
+            if plan.overlay:
+                objects += timed("overlay", lambda: _overlay(run, out_dir))
+            if plan.rtstruct:
+                objects.append(timed("rtstruct", lambda: _rtstruct(run, out_dir)))
+        label_map.result()
+    return WrittenOutputs(seg_path, sr_path, csv_path, labels_path, tuple(objects))
+
+
+def _labelmap_outputs(run: RunOutputs, out_dir: Path, timed: Timed) -> list[OutputObject]:
+    """The LABELMAP SEG and an SR of it: the measurements of its segments
+    (the outline is not among them: a label map cannot overlap)."""
+    name = run.segmentation.algorithm.name
+    seg = timed("encode", lambda: _seg(run, SegFormat.LABELMAP, f"{name} label map"))
+    held = {segment.segment_number for segment in run.segments}
+    measured = tuple(m for m in run.measurements if m.segment_number in held)
+    sr = timed("encode", lambda: _sr(run, seg, SegFormat.LABELMAP, measured))
+    seg_path, sr_path = out_dir / "labelmap-seg.dcm", out_dir / "labelmap-sr.dcm"
+    write_dicom_atomically(seg, seg_path)
+    write_dicom_atomically(sr, sr_path)
+    return [_object("seg", seg_path, seg, SegFormat.LABELMAP), _object("sr", sr_path, sr, SegFormat.LABELMAP)]
+
+
+def _role(format_: SegFormat, role: str) -> str:
+    """The UID role of an object of `format_`: BINARY keeps the roles of
+    earlier versions, so their objects keep their UIDs."""
+    return role if format_ is SegFormat.BINARY else f"labelmap-{role}"
+
+
+def _uid(run: RunOutputs, role: str) -> str:
+    return result_uid(role, run.sources, run.identity)
+
+
+def _seg(run: RunOutputs, format_: SegFormat, description: str) -> Dataset:
+    labelmap = format_ is SegFormat.LABELMAP
+    segmentation = run.segmentation
+    seg = write_seg(
+        segmentation.volume, segmentation.labels, segmentation.structures, segmentation.algorithm,
+        run.headers,
+        series_number=SERIES_NUMBERS[_role(format_, "seg")],
+        series_description=description[:64],
+        device_serial_number=run.device_uid,
+        series_instance_uid=_uid(run, _role(format_, "seg-series")),
+        sop_instance_uid=_uid(run, _role(format_, "seg")),
+        segments=run.segments,
+        outline=None if labelmap else run.outline,
+        labelmap=labelmap,
+    )
+    date_object(seg, run.created)
+    fix_dimension_organisation(seg, _uid(run, _role(format_, "seg-dimensions")))
+    return seg
+
+
+def _sr(
+    run: RunOutputs, seg: Dataset, format_: SegFormat, measurements: Sequence[StructureMeasurements]
+) -> Dataset:
+    name = run.segmentation.algorithm.name
+    sr = write_measurement_report(
+        measurements, seg, run.headers + run.pet_headers, run.segmentation.algorithm,
+        device_uid=run.device_uid,
+        series_number=SERIES_NUMBERS[_role(format_, "sr")],
+        series_description=f"{name} measurements"[:64],
+        series_instance_uid=_uid(run, _role(format_, "sr-series")),
+        sop_instance_uid=_uid(run, _role(format_, "sr")),
+        notes=run.notes,
+    )
+    date_object(sr, run.created)
+    return sr
+
+
+def _pdf(run: RunOutputs, out_dir: Path) -> OutputObject:
+    """The report as a PDF beside the results (what a person opens from the
+    folder) and as DICOM Encapsulated PDF (what a PACS shows)."""
+    segmentation = run.segmentation
+    pdf = render_report(ReportContent(
+        source=run.headers[0], volume=segmentation.volume, labels=segmentation.labels,
+        structures=segmentation.structures, measurements=run.measurements,
+        algorithm=segmentation.algorithm, notes=run.notes, disclaimer=run.reports.disclaimer,
+        created=run.created, outline=None if run.outline is None else run.outline.code,
+    ))
+    write_atomically(out_dir / "report.pdf", pdf)
+    document = encapsulate_pdf(
+        pdf, run.headers,
+        series_instance_uid=_uid(run, "pdf-series"), sop_instance_uid=_uid(run, "pdf"),
+        series_number=SERIES_NUMBERS["pdf"],
+        series_description=f"{segmentation.algorithm.name} report"[:64],
+        document_title="Organ segmentation report", created=run.created, device_serial_number=run.device_uid,
+    )
+    path = out_dir / "report.dcm"
+    write_dicom_atomically(document, path)
+    return _object("pdf", path, document)
+
+
+def _overlay(run: RunOutputs, out_dir: Path) -> list[OutputObject]:
+    segmentation = run.segmentation
+    images = overlay_images(
+        segmentation.volume, segmentation.labels, segmentation.structures, run.headers,
+        every=run.reports.overlay_every,
+        series_instance_uid=_uid(run, "overlay-series"),
+        sop_instance_uid=lambda k: _uid(run, f"overlay-{k}"),
+        series_number=SERIES_NUMBERS["overlay"],
+        series_description=f"{segmentation.algorithm.name} outlines"[:64],
+        created=run.created, device_serial_number=run.device_uid,
+    )
+    folder = out_dir / "overlay"
+    folder.mkdir(exist_ok=True)
+    objects = []
+    for number, image in enumerate(images, start=1):
+        path = folder / f"{number:05d}.dcm"
+        write_dicom_atomically(image, path)
+        objects.append(_object("overlay", path, image))
+    return objects
+
+
+def _rtstruct(run: RunOutputs, out_dir: Path) -> OutputObject:
+    segmentation = run.segmentation
+    identity = RTStructIdentity(
+        series_instance_uid=_uid(run, "rtstruct-series"), sop_instance_uid=_uid(run, "rtstruct"),
+        series_number=SERIES_NUMBERS["rtstruct"],
+        series_description=f"{segmentation.algorithm.name} contours"[:64],
+        structure_set_label="segnode", created=run.created,
+    )
+    structure_set = write_rtstruct(
+        segmentation.volume, segmentation.labels, segmentation.structures, run.headers, identity,
+        outline=None if run.outline is None else run.outline.code,
+    )
+    path = out_dir / "rtstruct.dcm"
+    write_dicom_atomically(structure_set, path)
+    return _object("rtstruct", path, structure_set)
+
+
+def _object(kind: str, path: Path, dataset: Dataset, seg_format: SegFormat | None = None) -> OutputObject:
+    return OutputObject(kind, path, str(dataset.SOPInstanceUID), seg_format)
