@@ -6,9 +6,6 @@ plausibility flags. Its text is read back with poppler's ``pdftotext``, its
 first page rendered with ``pdftoppm``, where the pictures are found on the
 page and each structure's voxels in the shown planes must lie under pixels
 of that structure's hue; the DICOM object is checked with ``dciodvfy``.
-
-Run as a script, it writes page 1 of the phantom's report as a PNG (the
-README's picture): ``.venv/bin/python -m tests.test_pdf_report page1.png``.
 """
 
 from __future__ import annotations
@@ -16,8 +13,6 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -301,9 +296,3 @@ def test_encapsulated_pdf_is_valid_and_holds_the_document(
     assert len(stored) % 2 == 0 and len(stored) == len(pdf) + (len(pdf) % 2)
     assert stored[: read.EncapsulatedDocumentLength] == pdf
     assert stored[len(pdf):] == b"\x00" * (len(pdf) % 2)
-
-
-if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as folder:
-        made = phantom_report(Path(folder), AxialGrid((120, 256, 256), (2.5, 1.953125, 1.953125)))
-        shutil.copyfile(first_page(made.pdf, Path(folder), dpi=110), sys.argv[1])

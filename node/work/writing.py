@@ -49,10 +49,10 @@ from node.work.stopwatch import Stopwatch
 Timed = Callable[[str, Callable[[], Any]], Any]
 
 #: Series Numbers of what segnode writes, high so that viewers list them
-#: after the scanner's series.
+#: after the scanner's series (9003 is the QA report's, node/work/comparison.py).
 SERIES_NUMBERS: Final = {
-    "seg": 9001, "sr": 9002, "pdf": 9003, "overlay": 9004, "rtstruct": 9005,
-    "labelmap-seg": 9006, "labelmap-sr": 9007,
+    "seg": 9001, "sr": 9002, "pdf": 9004, "overlay": 9005, "rtstruct": 9006,
+    "labelmap-seg": 9007, "labelmap-sr": 9008,
 }
 
 
