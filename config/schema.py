@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -475,10 +476,9 @@ class ReportSettings(_Strict):
     ``overlay_every`` makes an overlay image of every Nth source slice.
     """
 
-    disclaimer: str = Field(
+    disclaimer: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)] = (
         "Automatic segmentation and measurements, not reviewed by a physician. "
-        "Check them against the images before any clinical use.",
-        min_length=1, max_length=1000,
+        "Check them against the images before any clinical use."
     )
     overlay_every: int = Field(1, ge=1)
 

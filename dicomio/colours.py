@@ -57,7 +57,13 @@ from typing import Final
 
 from dicomio.codes import StructureCode
 
-__all__ = ["UnknownColourError", "colour_key", "structure_colour"]
+__all__ = ["SOFT_TISSUE_WINDOW", "UnknownColourError", "colour_key", "structure_colour"]
+
+#: (Window Center, Window Width) in HU of the CT under the structures in
+#: every picture (the PDF's views, the overlay images): most structures
+#: outlined are soft tissue and fat, and one window makes pictures of
+#: different series comparable.
+SOFT_TISSUE_WINDOW: Final = (40, 400)
 
 _TABLE_FILE: Final = Path(__file__).with_name("structure_colours.json")
 

@@ -84,14 +84,17 @@ def written_in_background(dataset: Dataset, path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        writer.join()
+        # Read before joining: a writer blocked on a full pipe would never exit.
         try:
             failure = receiver.recv()
         except EOFError:  # the writer closed its end without a word: it wrote the file or died
-            failure = f"the writer exited with status {writer.exitcode}"
+            failure = None
         receiver.close()
+        writer.join()
     if writer.exitcode != 0:
-        raise BackgroundWriteError(f"{path} was not written: {failure}")
+        raise BackgroundWriteError(
+            f"{path} was not written: {failure or f'the writer exited with status {writer.exitcode}'}"
+        )
 
 
 def _write_for_parent(dataset: Dataset, path: Path, report: Connection) -> None:
@@ -102,8 +105,32 @@ def _write_for_parent(dataset: Dataset, path: Path, report: Connection) -> None:
     try:
         write_dicom_atomically(dataset, path)
     except Exception as error:
-        report.send(f"{type(error).__name__}: {error}")
+        report.send(f"{type(error).__name__}: {error}"[:2000])
         raise SystemExit(1) from None
+
+
+#: Patient (PS3.3 C.7.1.1) and General Study (C.7.2.1) attributes of Type 2,
+#: present in every derived object, empty where the source has none...
+_PATIENT_AND_STUDY_TYPE_2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+#: ...and of Type 3 there and in Patient Study (C.7.2.2), copied where it has them.
+_PATIENT_AND_STUDY_TYPE_3 = (
+    "IssuerOfPatientID", "OtherPatientIDsSequence", "PatientBirthTime", "StudyDescription",
+    "PatientAge", "PatientSize", "PatientWeight",
+)
+
+
+def copy_patient_and_study(dataset: Dataset, source: Dataset) -> None:
+    """Put a derived object in its source's patient and study, for the
+    objects no library builds from a source (Encapsulated PDF, RTSTRUCT)."""
+    for keyword in _PATIENT_AND_STUDY_TYPE_2:
+        setattr(dataset, keyword, source.get(keyword, ""))
+    for keyword in _PATIENT_AND_STUDY_TYPE_3:
+        if keyword in source:
+            setattr(dataset, keyword, source.data_element(keyword).value)
+    dataset.StudyInstanceUID = source.StudyInstanceUID
 
 
 def copy_series_context(dataset: Dataset, source: Dataset) -> None:

@@ -16,23 +16,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dicomio.derived import copy_patient_and_study
 from dicomio.seg import MANUFACTURER, MODEL_NAME
 
 __all__ = ["ENCAPSULATED_PDF_STORAGE", "encapsulate_pdf"]
 
 #: Encapsulated PDF Storage (PS3.4 B.5).
 ENCAPSULATED_PDF_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.104.1")
-
-#: Patient (C.7.1.1), General Study (C.7.2.1) and Patient Study (C.7.2.2)
-#: attributes copied from the source; Type 2 ones are written empty when it lacks them.
-_COPIED_TYPE_2: Final = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-)
-_COPIED_TYPE_3: Final = (
-    "IssuerOfPatientID", "OtherPatientIDsSequence", "PatientBirthTime", "StudyDescription",
-    "PatientAge", "PatientSize", "PatientWeight",
-)
 
 
 def encapsulate_pdf(
@@ -86,12 +76,7 @@ def encapsulate_pdf(
     ds.SOPInstanceUID = sop_instance_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = _date(created), _time(created)
     # Patient, General Study, Patient Study
-    for keyword in _COPIED_TYPE_2:
-        setattr(ds, keyword, first.get(keyword, ""))
-    for keyword in _COPIED_TYPE_3:
-        if keyword in first:
-            setattr(ds, keyword, first.data_element(keyword).value)
-    ds.StudyInstanceUID = first.StudyInstanceUID
+    copy_patient_and_study(ds, first)
     # Encapsulated Document Series (C.24.1)
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = series_instance_uid

@@ -45,15 +45,12 @@ from pydicom.pixels import apply_windowing
 from pydicom.uid import ExplicitVRLittleEndian
 from skimage.segmentation import find_boundaries
 
-from dicomio.colours import structure_colour
+from dicomio.colours import SOFT_TISSUE_WINDOW, structure_colour
 from dicomio.derived import copy_series_context, date_object
 from dicomio.seg import MANUFACTURER, MODEL_NAME, LabelledStructure
-from dicomio.volume import SourceFrame, Volume
+from dicomio.volume import SourceFrame, Volume, frame_plane
 
-__all__ = ["OverlayInputError", "SOFT_TISSUE_WINDOW", "overlay_images"]
-
-#: (Window Center, Window Width) in HU of the grey CT under the outlines.
-SOFT_TISSUE_WINDOW: Final = (40, 400)
+__all__ = ["OverlayInputError", "overlay_images"]
 
 #: Longest Series Description (0008,103E), VR LO.
 _MAX_LO_LENGTH: Final = 64
@@ -180,7 +177,7 @@ def _images(
                 series_uid, f"slice {k}'s source image {source.sop_instance_uid} not given"
             )
         try:
-            plane = _plane(header, source.frame_number)
+            plane = frame_plane(header, source.frame_number)
         except (AttributeError, IndexError, StopIteration) as error:
             raise OverlayInputError(
                 series_uid, f"slice {k}'s source image {source.sop_instance_uid}: no image plane ({error!r})"
@@ -272,7 +269,7 @@ def _image(
     image.ConversionType = "WSD"
     image.BurnedInAnnotation = "NO"
     copy_series_context(image, header)
-    if "BodyPartExamined" not in image and "Laterality" not in image:
+    if "BodyPartExamined" not in image:
         # Laterality is Type 2C, required for a paired body part (PS3.3 C.7.3.1):
         # not knowing the part, it is present and empty, "unknown".
         image.Laterality = ""
@@ -280,20 +277,3 @@ def _image(
     image.DateOfSecondaryCapture = created.strftime("%Y%m%d")
     image.TimeOfSecondaryCapture = created.strftime("%H%M%S.%f")
     return image
-
-
-def _plane(header: Dataset, frame_number: int | None) -> Dataset:
-    """The Image Plane attributes of a slice: the header itself for a
-    single-frame image; for a frame of a multi-frame one, its Plane Position,
-    Plane Orientation and Pixel Measures items (per-frame, else shared
-    functional groups, PS3.3 C.7.6.16) joined in one dataset."""
-    if frame_number is None:
-        return header
-    groups = (
-        header.PerFrameFunctionalGroupsSequence[frame_number - 1],
-        header.SharedFunctionalGroupsSequence[0],
-    )
-    plane = Dataset()
-    for keyword in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence"):
-        plane.update(next(group for group in groups if keyword in group)[keyword][0])
-    return plane

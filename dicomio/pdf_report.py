@@ -38,6 +38,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT, TA_RIGHT
@@ -60,16 +61,14 @@ from reportlab.platypus import (
 )
 
 from dicomio.codes import StructureCode
-from dicomio.colours import structure_colour
+from dicomio.colours import SOFT_TISSUE_WINDOW, structure_colour
 from dicomio.measurements import StructureMeasurements
 from dicomio.seg import MANUFACTURER, AlgorithmIdentity, LabelledStructure
 from dicomio.volume import Volume
 
-__all__ = ["REPORT_TITLE", "SOFT_TISSUE_WINDOW", "ReportContent", "render_report"]
+__all__ = ["REPORT_TITLE", "ReportContent", "render_report"]
 
 REPORT_TITLE: Final = "Segmentation report"
-#: (centre, width) in HU of the CT in the views.
-SOFT_TISSUE_WINDOW: Final = (40.0, 400.0)
 #: Opacity of a structure's fill over the CT; its outline is opaque.
 _FILL_ALPHA: Final = 0.4
 #: Resolution of the views as printed.
@@ -235,19 +234,36 @@ def _markup(text: str) -> str:
 
 def _person_name(value: object) -> str:
     """A DICOM Person Name as people write it: ``Müller, Jürgen`` for
-    ``Müller^Jürgen``; alphabetic, ideographic and phonetic forms joined by ``=``."""
-    groups = []
-    for group in str(PersonName(value) if value else "").split("="):
-        family, *rest = group.split("^")
-        given = " ".join(part for part in rest if part)
-        groups.append(", ".join(part for part in (family, given) if part))
-    return " = ".join(group for group in groups if group)
+    ``Müller^Jürgen``; alphabetic, ideographic and phonetic forms joined by
+    ``=``, several names (a multi-valued element) by ``;``."""
+    names = []
+    for name in value if isinstance(value, MultiValue) else [value]:
+        groups = []
+        for group in str(PersonName(name) if name else "").split("="):
+            family, *rest = group.split("^")
+            given = " ".join(part for part in rest if part)
+            groups.append(", ".join(part for part in (family, given) if part))
+        names.append(" = ".join(group for group in groups if group))
+    return _shown("; ".join(name for name in names if name))
 
 
 def _text(source: Dataset, keyword: str) -> str:
-    """An attribute of `source` as text; empty when absent or empty."""
+    """An attribute of `source` as text, values joined by a backslash as
+    DICOM writes them; empty when absent or empty."""
     value = source.get(keyword)
-    return "" if value is None else str(value)
+    if value is None:
+        return ""
+    return _shown("\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value))
+
+
+#: The most characters of a header value the report shows: every sorting
+#: attribute's VR holds at most 64 per value (LO, PN component groups), and a
+#: longer value from a hostile sender must not outgrow a page.
+_MAX_SHOWN: Final = 200
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "\N{HORIZONTAL ELLIPSIS}"
 
 
 def _date(value: str) -> str:

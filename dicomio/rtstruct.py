@@ -74,22 +74,12 @@ from scipy import ndimage
 
 from dicomio.codes import ANATOMICAL_STRUCTURE, TISSUE, StructureCode, structure_code
 from dicomio.colours import structure_colour
-from dicomio.derived import date_object
-from dicomio.seg import MANUFACTURER, MODEL_NAME, LabelledStructure, plan_segments
+from dicomio.derived import copy_patient_and_study, date_object
+from dicomio.seg import MANUFACTURER, MODEL_NAME, LabelledStructure, Segment, plan_segments
 from dicomio.volume import Volume
 
 __all__ = ["RTStructInputError", "RTStructIdentity", "write_rtstruct"]
 
-#: Patient, study and frame of reference, copied from the source; the Type 2
-#: ones (PS3.3 C.7.1.1, C.7.2.1, C.7.4.1) are written empty where it has none.
-_FROM_SOURCE_TYPE_2: Final = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
-    "PositionReferenceIndicator",
-)
-_FROM_SOURCE_TYPE_3: Final = (
-    "IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "StudyDescription",
-)
 #: What rt-utils sets that is not segnode's to say: its makers' institution;
 #: and its copies of patient and study attributes, empty where the source has
 #: none (the source's own replace them).
@@ -144,6 +134,7 @@ def write_rtstruct(
     identity: RTStructIdentity,
     *,
     outline: StructureCode | None = None,
+    segments: Sequence[Segment] | None = None,
 ) -> Dataset:
     """An RT Structure Set of `volume` with one ROI per present structure.
 
@@ -165,6 +156,9 @@ def write_rtstruct(
     outline : StructureCode, optional
         What all labelled voxels together are (the segmentation's outline,
         the body for the built-in segmenter): written as one more ROI, last.
+    segments : sequence of Segment, optional
+        What :func:`dicomio.seg.plan_segments` gave for these labels, for a
+        caller that has it already (it is a pass over the whole label map).
 
     Returns
     -------
@@ -186,7 +180,9 @@ def write_rtstruct(
         raise RTStructInputError(
             series_uid, f"labels of shape {labels.shape} for a volume of shape {volume.array.shape}"
         )
-    present = plan_segments(labels, structures, series_instance_uid=series_uid)
+    present = segments if segments is not None else plan_segments(
+        labels, structures, series_instance_uid=series_uid
+    )
     if not present:
         raise RTStructInputError(series_uid, "no structure is present; a structure set needs one ROI")
     images = _images_in_volume_order(volume, source_images)
@@ -285,13 +281,9 @@ def _describe(dataset: Dataset, source: Dataset, identity: RTStructIdentity) -> 
         dataset.SpecificCharacterSet = source.SpecificCharacterSet
     else:
         del dataset.SpecificCharacterSet
-    for keyword in _FROM_SOURCE_TYPE_2:
-        setattr(dataset, keyword, source.get(keyword, ""))
-    for keyword in _FROM_SOURCE_TYPE_3:
-        if keyword in source:
-            setattr(dataset, keyword, source.data_element(keyword).value)
-    dataset.StudyInstanceUID = source.StudyInstanceUID
+    copy_patient_and_study(dataset, source)
     dataset.FrameOfReferenceUID = source.FrameOfReferenceUID
+    dataset.PositionReferenceIndicator = source.get("PositionReferenceIndicator", "")  # Type 2
     dataset.SeriesInstanceUID = identity.series_instance_uid
     dataset.SOPInstanceUID = identity.sop_instance_uid
     dataset.file_meta.MediaStorageSOPInstanceUID = identity.sop_instance_uid

@@ -18,7 +18,7 @@ a destination may ask for, so that one SR's segment numbers fit either:
 
 Every segment carries its structure's Recommended Display CIELab Value
 (:mod:`dicomio.colours`), the colour segnode's pictures draw it in, and the
-SEG series the source series' Body Part Examined and Laterality.
+SEG series the source series' Body Part Examined.
 
 highdicom builds the object from a label map (117 stacked masks of a
 512x512x600 CT would take 18 GB) whose slices are handed over in the order
@@ -62,7 +62,7 @@ from pydicom.uid import generate_uid
 from dicomio.codes import ARTIFICIAL_INTELLIGENCE, Concept, StructureCode
 from dicomio.colours import structure_colour
 from dicomio.derived import copy_series_context
-from dicomio.volume import Volume
+from dicomio.volume import Volume, frame_plane
 
 __all__ = [
     "AlgorithmIdentity",
@@ -452,31 +452,15 @@ def _check_geometry(volume: Volume, images: Sequence[Dataset], frame_index: Sequ
 
 
 def _plane(image: Dataset, frame_number: int | None, series_uid: str) -> tuple[np.ndarray, np.ndarray]:
-    """ImagePositionPatient and ImageOrientationPatient of an image or one of its frames.
-
-    A multi-frame image keeps them in its Per-frame, else Shared, Functional
-    Groups (PS3.3 C.7.6.16).
-    """
+    """ImagePositionPatient and ImageOrientationPatient of an image or one of its frames."""
     try:
-        if frame_number is None:
-            position, orientation = image.ImagePositionPatient, image.ImageOrientationPatient
-        else:
-            groups = (
-                image.PerFrameFunctionalGroupsSequence[frame_number - 1],
-                image.SharedFunctionalGroupsSequence[0],
-            )
-            position = _functional_group(groups, "PlanePositionSequence").ImagePositionPatient
-            orientation = _functional_group(groups, "PlaneOrientationSequence").ImageOrientationPatient
+        plane = frame_plane(image, frame_number)
+        position, orientation = plane.ImagePositionPatient, plane.ImageOrientationPatient
     except (AttributeError, IndexError, StopIteration) as error:
         raise SegInputError(
             series_uid, f"source image {image.get('SOPInstanceUID')} frame {frame_number}: no plane ({error})"
         ) from None
     return np.array(position, dtype=np.float64), np.array(orientation, dtype=np.float64)
-
-
-def _functional_group(groups: Sequence[Dataset], keyword: str) -> Dataset:
-    """The first item of `keyword` in the per-frame, then the shared group."""
-    return next(group for group in groups if keyword in group)[keyword][0]
 
 
 def _in_frame_order(array: np.ndarray, frame_index: Sequence[int] | None, frame_count: int) -> np.ndarray:

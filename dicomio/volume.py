@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 
 
 @dataclass(frozen=True)
@@ -180,3 +181,28 @@ class AxisOrder:
     def spacing(self, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
         """`spacing` (volume order) in this order."""
         return (spacing[self.axes[0]], spacing[self.axes[1]], spacing[self.axes[2]])
+
+
+def frame_plane(header: Dataset, frame_number: int | None) -> Dataset:
+    """The Image Plane attributes of the slice a volume takes from `header`:
+    the header itself for a single-frame image; for frame `frame_number` of
+    a multi-frame one, its Plane Position, Plane Orientation and Pixel
+    Measures items (per-frame, else shared functional groups, PS3.3
+    C.7.6.16) joined in one dataset.
+
+    Raises
+    ------
+    AttributeError, IndexError, StopIteration
+        If the header has no such frame or a group is missing; callers say
+        which series and image.
+    """
+    if frame_number is None:
+        return header
+    groups = (
+        header.PerFrameFunctionalGroupsSequence[frame_number - 1],
+        header.SharedFunctionalGroupsSequence[0],
+    )
+    plane = Dataset()
+    for keyword in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence"):
+        plane.update(next(group for group in groups if keyword in group)[keyword][0])
+    return plane

@@ -76,6 +76,7 @@ def test_a_bad_output_choice_is_refused_naming_its_field(entry, field, message):
 @pytest.mark.parametrize(("entry", "field", "message"), [
     ("overlay_every: 0", "overlay_every", "greater than or equal to 1"),
     ('disclaimer: ""', "disclaimer", "at least 1 character"),
+    ('disclaimer: "   "', "disclaimer", "at least 1 character"),
     (f"disclaimer: {'x' * 1001}", "disclaimer", "at most 1000 characters"),
     ("footer: hello", "footer", "Extra inputs are not permitted"),
 ])

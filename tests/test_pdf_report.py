@@ -11,6 +11,7 @@ of that structure's hue; the DICOM object is checked with ``dciodvfy``.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, replace
@@ -181,6 +182,19 @@ def test_names_in_any_script_are_printed(
     source.PatientName = name
     text = pdf_text(render_report(replace(report.content, source=source)), tmp_path)
     assert shown in text
+
+
+def test_hostile_header_values_are_shown_cut_not_fatal(report: PhantomReport, tmp_path: Path) -> None:
+    """A sender's multi-valued name and a description that would outgrow a page."""
+    source = copy.deepcopy(report.content.source)
+    source.PatientName = ["Doe^John", "Roe^Richard"]
+    source.StudyDescription = "x" * 20_000
+    source.PatientID = "<b>&amp;</b> " + "y" * 5_000
+    text = pdf_text(render_report(replace(report.content, source=source)), tmp_path)
+    assert "Doe, John; Roe, Richard" in text
+    # Cut to 199 characters and an ellipsis, however the table wraps them.
+    assert max(map(len, re.findall("x+", re.sub(r"\s+", "", text)))) == 199
+    assert "<b>&amp;</b>" in text
 
 
 def test_same_content_same_bytes(report: PhantomReport) -> None:

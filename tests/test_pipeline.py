@@ -15,9 +15,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from config import Pipeline
+from config import Pipeline, ReportSettings
 from inference.builtin import BuiltinSegmenter
-from node.work.outputs import EVERYTHING, SegFormat
+from node.work.outputs import EVERYTHING, OutputPlan, SegFormat
 from node.work.pipeline import PipelineInputs, run_pipeline
 from tests.synthetic import write_ct_series
 from tests.test_seg import dciodvfy
@@ -117,3 +117,27 @@ def test_every_output_is_valid_reruns_byte_for_byte_and_the_body_is_the_whole_bo
     binary, labelmap = (by_label(o.path) for o in first.objects if o.kind == "seg")
     assert binary["Body"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "38266002"
     assert "Body" not in labelmap and "Other soft tissue" in labelmap
+
+
+def test_an_output_the_series_cannot_have_is_a_warning_and_the_rest_goes_out(tmp_path):
+    # rt-utils places columns by the row spacing: non-square pixels get no RTSTRUCT.
+    files = write_ct_series(tmp_path / "ct", slices=30, rows=128, columns=128, pixel_spacing=(3.0, 2.5),
+                            slice_thickness=3.0)
+    result = run_pipeline(inputs(files), BuiltinSegmenter(), tmp_path / "out", EVERYTHING)
+    assert {o.kind for o in result.objects} == {"seg", "sr", "pdf", "overlay"}
+    [warning] = result.warnings
+    assert warning.startswith("no RTSTRUCT: RTStructInputError:") and "pixel" in warning, warning
+    assert not (tmp_path / "out" / "rtstruct.dcm").exists()
+
+
+def test_a_changed_disclaimer_or_overlay_step_makes_new_objects_not_new_bytes(ct_series, tmp_path):
+    plan = OutputPlan(pdf=True, overlay=True)
+    first = run_pipeline(inputs(ct_series), BuiltinSegmenter(), tmp_path / "a", plan)
+    settings = ReportSettings(disclaimer="Research use only.", overlay_every=2)
+    changed = replace(inputs(ct_series), reports=settings)
+    second = run_pipeline(changed, BuiltinSegmenter(), tmp_path / "b", plan)
+    uids = lambda result, kind: {o.sop_instance_uid for o in result.objects if o.kind == kind}  # noqa: E731
+    assert not uids(first, "pdf") & uids(second, "pdf")
+    assert not uids(first, "overlay") & uids(second, "overlay")
+    assert len(uids(second, "overlay")) == (len(ct_series) + 1) // 2
+    assert uids(first, "seg") == uids(second, "seg")  # what the settings do not touch keeps its UID

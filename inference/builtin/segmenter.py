@@ -29,7 +29,8 @@ __all__ = ["ALGORITHM", "BuiltinSegmenter", "segment_canonical"]
 # "Manual Processing" (no person draws), 123110 "Artificial Intelligence"
 # (nothing is learned) or 123108, which is "Multispectral Processing", not an
 # "automatic" family.
-ALGORITHM: Final = AlgorithmIdentity(name="segnode-builtin", version="1.0", family=MORPHOLOGICAL_OPERATIONS)
+# 1.1: label 1 is the body's other soft tissue, the body the outline of every label (was label 1).
+ALGORITHM: Final = AlgorithmIdentity(name="segnode-builtin", version="1.1", family=MORPHOLOGICAL_OPERATIONS)
 
 #: Label value of each built-in structure: 1..8 in BUILTIN_STRUCTURES' order.
 _VALUES: Final = {name: value for value, name in enumerate(BUILTIN_STRUCTURES, start=1)}

@@ -18,7 +18,8 @@ class SegmentResult:
     """A segmentation's outputs (kept, and sent from, the job's results folder;
     ``objects`` every DICOM object written to send), the model that made it,
     how many structures it found, whether PET was measured, seconds by
-    stage, and what its report says about its input."""
+    stage, what its report says about its input, and what the run warned of
+    (images left out, an output the series cannot have)."""
 
     seg: Path
     sr: Path
@@ -30,6 +31,7 @@ class SegmentResult:
     seconds: Mapping[str, float]
     notes: tuple[str, ...] = ()
     objects: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -39,6 +41,7 @@ class SegmentResult:
             # Only where there are any: results without print as they always did.
             **({"notes": list(self.notes)} if self.notes else {}),
             **({"objects": [str(path) for path in self.objects]} if self.objects else {}),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
     @classmethod
@@ -50,6 +53,7 @@ class SegmentResult:
             # Rows written before the completion signals have no notes, before issue 14 no objects.
             notes=tuple(value.get("notes", ())),
             objects=tuple(Path(path) for path in value.get("objects", ())),
+            warnings=tuple(value.get("warnings", ())),
         )
 
 

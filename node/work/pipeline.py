@@ -134,7 +134,8 @@ def run_pipeline(
     )
     written = write_outputs(run, plan, out_dir, clock)
     return PipelineResult(written.seg, written.sr, written.csv, written.labels, written.objects,
-                          measurements=measurements, seconds=clock.seconds, warnings=tuple(warnings))
+                          measurements=measurements, seconds=clock.seconds,
+                          warnings=(*warnings, *written.warnings))
 
 
 def _checked(
@@ -159,7 +160,9 @@ def _checked(
             LOG.info("%s allows no mirrored prediction: no mirror consistency", segmenter.algorithm.name)
         else:
             mirror = mirror_dice(segmentation.labels, mirrored.labels, list(values.values()))
+    # The outline is in no label map, mirrored or not: it has no mirror Dice.
     return tuple(
-        replace(m, flags=flags.get(m.name, ()), mirror_dice=mirror.get(values.get(m.name, -1)))
+        replace(m, flags=flags.get(m.name, ()),
+                mirror_dice=mirror.get(values[m.name]) if m.name in values else None)
         for m in measurements
     )

@@ -154,7 +154,7 @@ class Worker:
             seg=result.seg, sr=result.sr, csv=result.csv, labels=result.labels,
             model=f"{segmenter.algorithm.name} {segmenter.algorithm.version}",
             structures=len(result.measurements), pet=bool(pet_files), seconds=result.seconds,
-            notes=notes, objects=tuple(item.path for item in result.objects),
+            notes=notes, objects=tuple(item.path for item in result.objects), warnings=result.warnings,
         )
 
     def _compare(self, job: Job) -> ComparisonResult:

@@ -80,13 +80,15 @@ class RunOutputs:
 @dataclass(frozen=True)
 class WrittenOutputs:
     """The files written: the BINARY SEG and its SR (the job's record), the
-    CSV, the label map, and every DICOM object to send."""
+    CSV, the label map, every DICOM object to send, and why an output that
+    was asked for is not among them."""
 
     seg: Path
     sr: Path
     csv: Path
     labels: Path
     objects: tuple[OutputObject, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def write_outputs(run: RunOutputs, plan: OutputPlan, out_dir: Path, clock: Stopwatch) -> WrittenOutputs:
@@ -109,6 +111,7 @@ def _write_outputs(run: RunOutputs, plan: OutputPlan, out_dir: Path, timed: Time
     seg_path, sr_path = out_dir / "seg.dcm", out_dir / "sr.dcm"
     csv_path, labels_path = out_dir / "measurements.csv", out_dir / "labels.nii.gz"
     objects: list[OutputObject] = []
+    warnings: list[str] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
         label_map = pool.submit(write_label_map, run.segmentation.labels, run.segmentation.volume,
                                 run.segmentation.structures, labels_path)
@@ -119,16 +122,34 @@ def _write_outputs(run: RunOutputs, plan: OutputPlan, out_dir: Path, timed: Time
             write_measurements_csv(run.measurements, csv_path)
             objects += [_object("seg", seg_path, seg, SegFormat.BINARY),
                         _object("sr", sr_path, sr, SegFormat.BINARY)]
-            if plan.labelmap:
-                objects += _labelmap_outputs(run, out_dir, timed)
-            if plan.pdf:
-                objects.append(timed("pdf", lambda: _pdf(run, out_dir)))
-            if plan.overlay:
-                objects += timed("overlay", lambda: _overlay(run, out_dir))
-            if plan.rtstruct:
-                objects.append(timed("rtstruct", lambda: _rtstruct(run, out_dir)))
+            optional = (
+                (plan.labelmap, "LABELMAP SEG", "encode", lambda: _labelmap_outputs(run, out_dir, timed)),
+                (plan.pdf, "PDF report", "pdf", lambda: [_pdf(run, out_dir)]),
+                (plan.overlay, "overlay images", "overlay", lambda: _overlay(run, out_dir)),
+                (plan.rtstruct, "RTSTRUCT", "rtstruct", lambda: [_rtstruct(run, out_dir)]),
+            )
+            for wanted, what, stage, make in optional:
+                if wanted:
+                    made, warning = _optional(what, stage, make, timed)
+                    objects += made
+                    warnings += [warning] if warning else []
         label_map.result()
-    return WrittenOutputs(seg_path, sr_path, csv_path, labels_path, tuple(objects))
+    return WrittenOutputs(seg_path, sr_path, csv_path, labels_path, tuple(objects), tuple(warnings))
+
+
+def _optional(
+    what: str, stage: str, make: Callable[[], list[OutputObject]], timed: Timed
+) -> tuple[list[OutputObject], str | None]:
+    """Make an output that not every viewer needs; one this series cannot
+    have (an RTSTRUCT of non-square pixels, say) is a warning, and the SEG,
+    the SR and the other outputs still go out. A failure of the machine
+    (disk, memory) fails the job, which is retried."""
+    try:
+        return timed(stage, make), None
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:
+        return [], f"no {what}: {type(exc).__name__}: {exc}"
 
 
 def _labelmap_outputs(run: RunOutputs, out_dir: Path, timed: Timed) -> list[OutputObject]:
@@ -151,8 +172,12 @@ def _role(format_: SegFormat, role: str) -> str:
     return role if format_ is SegFormat.BINARY else f"labelmap-{role}"
 
 
-def _uid(run: RunOutputs, role: str) -> str:
-    return result_uid(role, run.sources, run.identity)
+def _uid(run: RunOutputs, role: str, *settings: str) -> str:
+    """The UID of `role`; `settings` are what else the object's content
+    depends on (the disclaimer, the overlay step), so that a retry after the
+    configuration changed makes a new object rather than new bytes under an
+    old UID."""
+    return result_uid(role, run.sources, (*run.identity, *settings))
 
 
 def _seg(run: RunOutputs, format_: SegFormat, description: str) -> Dataset:
@@ -205,7 +230,8 @@ def _pdf(run: RunOutputs, out_dir: Path) -> OutputObject:
     write_atomically(out_dir / "report.pdf", pdf)
     document = encapsulate_pdf(
         pdf, run.headers,
-        series_instance_uid=_uid(run, "pdf-series"), sop_instance_uid=_uid(run, "pdf"),
+        series_instance_uid=_uid(run, "pdf-series"),
+        sop_instance_uid=_uid(run, "pdf", run.reports.disclaimer),
         series_number=SERIES_NUMBERS["pdf"],
         series_description=f"{segmentation.algorithm.name} report"[:64],
         document_title="Organ segmentation report", created=run.created, device_serial_number=run.device_uid,
@@ -220,8 +246,8 @@ def _overlay(run: RunOutputs, out_dir: Path) -> list[OutputObject]:
     images = overlay_images(
         segmentation.volume, segmentation.labels, segmentation.structures, run.headers,
         every=run.reports.overlay_every,
-        series_instance_uid=_uid(run, "overlay-series"),
-        sop_instance_uid=lambda k: _uid(run, f"overlay-{k}"),
+        series_instance_uid=_uid(run, "overlay-series", str(run.reports.overlay_every)),
+        sop_instance_uid=lambda k: _uid(run, f"overlay-{k}", str(run.reports.overlay_every)),
         series_number=SERIES_NUMBERS["overlay"],
         series_description=f"{segmentation.algorithm.name} outlines"[:64],
         created=run.created, device_serial_number=run.device_uid,
@@ -246,7 +272,7 @@ def _rtstruct(run: RunOutputs, out_dir: Path) -> OutputObject:
     )
     structure_set = write_rtstruct(
         segmentation.volume, segmentation.labels, segmentation.structures, run.headers, identity,
-        outline=None if run.outline is None else run.outline.code,
+        outline=None if run.outline is None else run.outline.code, segments=run.segments,
     )
     path = out_dir / "rtstruct.dcm"
     write_dicom_atomically(structure_set, path)
