@@ -151,46 +151,34 @@ def overlay_images(
         )
     colours = {item.value: structure_colour(item.code) for item in structures}
     by_uid = {header.SOPInstanceUID: header for header in headers}
-    return _images(volume, labels, colours, by_uid, every, series_instance_uid, sop_instance_uid,
-                   series_number, series_description, created, device_serial_number)
-
-
-def _images(
-    volume: Volume,
-    labels: np.ndarray,
-    colours: dict[int, tuple[int, int, int]],
-    by_uid: dict[str, Dataset],
-    every: int,
-    series_instance_uid: str,
-    sop_instance_uid: Callable[[int], str],
-    series_number: int,
-    series_description: str,
-    created: datetime,
-    device_serial_number: str,
-) -> Iterator[hd.sc.SCImage]:
     series_uid = volume.series_instance_uid
-    for number, k in enumerate(range(0, volume.array.shape[0], every), start=1):
-        source = volume.sources[k]
-        header = by_uid.get(source.sop_instance_uid)
-        if header is None:
-            raise OverlayInputError(
-                series_uid, f"slice {k}'s source image {source.sop_instance_uid} not given"
+
+    def images() -> Iterator[hd.sc.SCImage]:
+        for number, k in enumerate(range(0, volume.array.shape[0], every), start=1):
+            source = volume.sources[k]
+            header = by_uid.get(source.sop_instance_uid)
+            if header is None:
+                raise OverlayInputError(
+                    series_uid, f"slice {k}'s source image {source.sop_instance_uid} not given"
+                )
+            try:
+                plane = frame_plane(header, source.frame_number)
+            except (AttributeError, IndexError, StopIteration) as error:
+                raise OverlayInputError(
+                    series_uid,
+                    f"slice {k}'s source image {source.sop_instance_uid}: no image plane ({error!r})",
+                ) from None
+            pixels = _picture(volume.array[k], labels[k], colours, series_uid, k)
+            yield _image(
+                plane,
+                pixels, header, source,
+                series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid(k),
+                instance_number=number, series_number=series_number,
+                series_description=series_description, created=created,
+                device_serial_number=device_serial_number,
             )
-        try:
-            plane = frame_plane(header, source.frame_number)
-        except (AttributeError, IndexError, StopIteration) as error:
-            raise OverlayInputError(
-                series_uid, f"slice {k}'s source image {source.sop_instance_uid}: no image plane ({error!r})"
-            ) from None
-        pixels = _picture(volume.array[k], labels[k], colours, series_uid, k)
-        yield _image(
-            plane,
-            pixels, header, source,
-            series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid(k),
-            instance_number=number, series_number=series_number,
-            series_description=series_description, created=created,
-            device_serial_number=device_serial_number,
-        )
+
+    return images()
 
 
 def _picture(
