@@ -558,7 +558,7 @@ def test_models_install_and_list(tmp_path: Path, organs_zip: Path) -> None:
     lines = listed.stdout.splitlines()
     assert lines[0] == f"model store: {store}"
     assert lines[1] == "builtin (built-in, 8 structures)"
-    assert "body, lung_left, lung_right, airway" in lines[2]
+    assert "other_soft_tissue, lung_left, lung_right, airway" in lines[2]
     assert lines[3] == "organs (nnU-Net, 4 structures)"
     assert lines[4] == (
         f"  Dataset291_TotalSegmentator_part1_organs_1559subj: {TS_TRAINER}__nnUNetPlans__3d_fullres, "
