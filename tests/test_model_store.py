@@ -559,12 +559,12 @@ def test_models_install_and_list(tmp_path: Path, organs_zip: Path) -> None:
     assert lines[0] == f"model store: {store}"
     assert lines[1] == "builtin (built-in, 8 structures)"
     assert "other_soft_tissue, lung_left, lung_right, airway" in lines[2]
-    assert lines[3] == "organs (nnU-Net, 4 structures)"
-    assert lines[4] == (
+    organs = lines.index("organs (nnU-Net, 4 structures)")  # after the built-in's names, wrapped
+    assert lines[organs + 1] == (
         f"  Dataset291_TotalSegmentator_part1_organs_1559subj: {TS_TRAINER}__nnUNetPlans__3d_fullres, "
         f"folds 0, from {organs_zip}"
     )
-    assert lines[5].strip() == "spleen, kidney_right, kidney_left, liver"
+    assert lines[organs + 2].strip() == "spleen, kidney_right, kidney_left, liver"
 
     as_json = json.loads(segnode("models", "list", "--store", str(store), "--json").stdout)
     assert [m["name"] for m in as_json["models"]] == ["builtin", "organs"]
