@@ -193,7 +193,7 @@ def write_seg(
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     segments: Sequence[Segment] | None = None,
-    outline: Segment | None = None,
+    instance_number: int = 1,
 ) -> hd.seg.Segmentation:
     """A DICOM Segmentation of `volume` with one segment per present structure.
 
@@ -238,10 +238,9 @@ def write_seg(
         What :func:`plan_segments` gave for these `labels` and `structures`,
         for a caller that has it already: finding the present structures
         again is a pass over the whole label map (0.3 s for 512x512x300).
-    outline : Segment, optional
-        One more segment of every labelled voxel, overlapping the others
-        (what the label map's structures make together: the built-in
-        segmenter's body); BINARY only, numbered after `segments`.
+    instance_number : int
+        Instance Number of the SEG in its series (a second SEG of the same
+        series, the built-in segmenter's body outline, is 2).
 
     Returns
     -------
@@ -259,8 +258,6 @@ def write_seg(
     series_uid = volume.series_instance_uid
     if fractional and labelmap:
         raise SegInputError(series_uid, "a LABELMAP holds segment numbers, not probabilities")
-    if outline is not None and (fractional or labelmap):
-        raise SegInputError(series_uid, "only a BINARY SEG has overlapping segments for an outline")
     _check_text(series_description, "series description", series_uid)
     images, further, frame_index = _arrange_sources(volume, source_images)
     _check_geometry(volume, images, frame_index)
@@ -274,18 +271,12 @@ def write_seg(
     if not segments:
         raise EmptySegmentationError(series_uid, "no structure has a voxel")
 
-    if outline is not None and outline.segment_number != len(segments) + 1:
-        raise SegInputError(series_uid, f"the outline is segment {outline.segment_number}, not the next "
-                            f"after the {len(segments)} segments")
     if fractional:
         pixels = _stacked_probabilities(labels, segments)
-    elif outline is not None:
-        pixels = _stacked_masks_with_outline(labels, segments)
     else:
         pixels = _segment_number_map(labels, segments)
     pixels = _in_frame_order(pixels, frame_index, int(images[0].get("NumberOfFrames", 1)))
-    described = [*segments, *([] if outline is None else [outline])]
-    descriptions = [_describe(segment, algorithm) for segment in described]
+    descriptions = [_describe(segment, algorithm) for segment in segments]
     seg = hd.seg.Segmentation(
         source_images=images,
         further_source_images=further or None,
@@ -295,7 +286,7 @@ def write_seg(
         series_instance_uid=series_instance_uid or generate_uid(),
         series_number=series_number,
         sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME,
         software_versions=_segnode_version(),
@@ -481,17 +472,6 @@ def _segment_number_map(labels: np.ndarray, segments: Sequence[Segment]) -> np.n
     if labels.dtype == dtype and np.array_equal(lookup, np.arange(lookup.size)):
         return labels  # already numbered 1..N: no 150 MB copy
     return lookup[labels]
-
-
-def _stacked_masks_with_outline(labels: np.ndarray, segments: Sequence[Segment]) -> np.ndarray:
-    """Each segment's mask, and last every labelled voxel, as bool
-    [slice, row, column, segment]: overlapping segments need one mask each
-    (a byte per voxel and segment: 0.7 GB for 9 over 512x512x300)."""
-    stacked = np.empty(labels.shape + (len(segments) + 1,), dtype=bool)
-    for index, segment in enumerate(segments):
-        np.equal(labels, segment.value, out=stacked[..., index])
-    np.greater(labels, 0, out=stacked[..., -1])
-    return stacked
 
 
 def _stacked_probabilities(labels: np.ndarray, segments: Sequence[Segment]) -> np.ndarray:

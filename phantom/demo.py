@@ -208,7 +208,7 @@ def _report(rows: list[dict[str, str]], study: PhantomStudy | None) -> str:
 
 
 #: What each modality of the results is, for the summary.
-_KINDS = {"SEG": "SEG (BINARY and LABELMAP)", "SR": "SR (TID 1500)", "DOC": "PDF report",
+_KINDS = {"SEG": "SEG (BINARY: structures, body; LABELMAP)", "SR": "SR (TID 1500)", "DOC": "PDF report",
           "RTSTRUCT": "RTSTRUCT", "OT": "overlay images"}
 
 
@@ -240,10 +240,11 @@ def run_demo(shared: bool = False, keep: Path | None = None) -> int:
                 _send(node, inputs.ct, "CT")
                 if inputs.pet:
                     _send(node, inputs.pet, "PET")
-                # Both SEGs, the BINARY SEG's SR, the report, the contours and an overlay per slice.
-                expected = Counter(SEG=2, SR=1, DOC=1, RTSTRUCT=1, OT=len(inputs.ct))
+                # The BINARY SEGs of the structures and of the body, the LABELMAP SEG, the BINARY
+                # SEGs' SR, the report, the contours and an overlay per slice.
+                expected = Counter(SEG=3, SR=1, DOC=1, RTSTRUCT=1, OT=len(inputs.ct))
                 found = pacs.wait_for(expected, _RESULT_TIMEOUT_SECONDS)
-                seg = pydicom.dcmread(found["SEG"][0], stop_before_pixels=True)
+                seg = pydicom.dcmread(found["SEG"][0], stop_before_pixels=True)  # any: one series
                 rows = _measurements(_result_csv(workdir / "store", seg))
         finally:
             pacs.stop()

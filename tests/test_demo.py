@@ -34,8 +34,9 @@ def test_the_phantom_comes_back_measured_close_to_its_truth(tmp_path):
     done = run_demo("--keep", str(tmp_path / "demo"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     slices = DEMO_GRID.shape[0]
-    assert f"PACS: received {slices + 5} objects" in done.stdout, done.stdout
-    assert f"{slices} overlay images" in done.stdout and "2 SEG (BINARY and LABELMAP)" in done.stdout
+    assert f"PACS: received {slices + 6} objects" in done.stdout, done.stdout
+    assert f"{slices} overlay images" in done.stdout
+    assert "3 SEG (BINARY: structures, body; LABELMAP)" in done.stdout
     rows = table(done.stdout)
     truth = ct_phantom(DEMO_GRID).truth
     for lung in ("lung_left", "lung_right"):
@@ -46,7 +47,7 @@ def test_the_phantom_comes_back_measured_close_to_its_truth(tmp_path):
     # The body is the whole body outline, its volume the phantom's body.
     assert float(rows["body"][0]) == pytest.approx(truth["body"].volume_ml, rel=0.02)
     received = Counter(p.name.split("-")[0] for p in (tmp_path / "demo" / "pacs").iterdir())
-    assert received == Counter(SEG=2, SR=1, DOC=1, RTSTRUCT=1, OT=slices)
+    assert received == Counter(SEG=3, SR=1, DOC=1, RTSTRUCT=1, OT=slices)
 
 
 def test_the_shared_siemens_series_goes_through_too(tmp_path):

@@ -96,6 +96,12 @@ def results(destination: StoreSCP) -> dict[str, list[Path]]:
     return found
 
 
+def every_result(destination: StoreSCP) -> dict[str, list[Path]] | None:
+    """What arrived, once it is both SEGs (the structures' and the body's) and the SR."""
+    found = results(destination)
+    return found if len(found.get("SEG", [])) == 2 and found.get("SR") else None
+
+
 @pytest.fixture(scope="module")
 def ct_series(tmp_path_factory) -> list[Path]:
     return write_ct_series(tmp_path_factory.mktemp("ct"), slices=24, rows=96, columns=96,
@@ -105,10 +111,12 @@ def ct_series(tmp_path_factory) -> list[Path]:
 def test_seg_and_sr_come_back_valid_and_on_the_source_grid(node_factory, destination, ct_series):
     node = started_node(node_factory, destination)
     storescu(node, ct_series)
-    found = wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR") and r, 90,
-                     "the SEG and SR at the destination")
-    seg_path, sr_path = found["SEG"][0], found["SR"][0]
-    for path in (seg_path, sr_path):
+    found = wait_for(lambda: every_result(destination), 90,
+                     "the SEGs and SR at the destination")
+    # The structures' SEG and the body's (every labelled voxel), instances 1 and 2 of one series.
+    by_number = {int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber): p for p in found["SEG"]}
+    seg_path, outline_path, sr_path = by_number[1], by_number[2], found["SR"][0]
+    for path in (seg_path, outline_path, sr_path):
         dciodvfy(path)
     seg = hd.seg.segread(seg_path)
     sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in ct_series}
@@ -120,11 +128,12 @@ def test_seg_and_sr_come_back_valid_and_on_the_source_grid(node_factory, destina
     values = {s.code.label: s.value for s in ours.structures}
     segments = read_reference_seg(seg_path, volume).segments
     assert segments
-    assert "Body" in {segment.label for segment in segments}
     for segment in segments:  # each segment lies exactly where the built-in put its structure
-        where = ours.labels > 0 if segment.label == "Body" else ours.labels == values[segment.label]
-        np.testing.assert_array_equal(segment.mask, where[segment.box])
-        assert segment.voxel_count == np.count_nonzero(where)
+        expected = ours.labels[segment.box] == values[segment.label]
+        np.testing.assert_array_equal(segment.mask, expected)
+        assert segment.voxel_count == np.count_nonzero(ours.labels == values[segment.label])
+    (body,) = read_reference_seg(outline_path, volume).segments
+    assert body.label == "Body" and body.voxel_count == np.count_nonzero(ours.labels)
     jobs = node.status_jobs()
     assert [(j["kind"], j["state"]) for j in jobs] == [("segment", "done")]
     assert node.metrics()['segnode_jobs{kind="segment",state="done"}'] == 1
@@ -140,14 +149,14 @@ def test_a_destination_that_is_down_gets_the_results_when_it_is_back(node_factor
     time.sleep(2)  # a delivery attempt or two fail meanwhile
     status = subprocess.run([sys.executable, "-m", "node.cli", "status", "--config", str(node.config_path)],
                             capture_output=True, text=True, check=True).stdout
-    assert "outbox RESULTS: 2 pending, 0 given up" in status and "last error" in status
+    assert "outbox RESULTS: 3 pending, 0 given up" in status and "last error" in status
     destination = StoreSCP(tmp_path, port=port)
     try:
-        found = wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR") and r, 60,
+        found = wait_for(lambda: every_result(destination), 60,
                          "delivery after the destination came back")
     finally:
         destination.stop()
-    assert len(found["SEG"]) == len(found["SR"]) == 1
+    assert (len(found["SEG"]), len(found["SR"])) == (2, 1)
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +179,8 @@ def running_job(node: NodeProcess) -> dict | None:
 
 
 def delivered_once(destination: StoreSCP) -> dict[str, set[str]]:
-    found = wait_for(lambda: (r := results(destination)).get("SEG") and r.get("SR") and r, 120,
-                     "the SEG and SR at the destination")
+    found = wait_for(lambda: every_result(destination), 120,
+                     "the SEGs and SR at the destination")
     time.sleep(2)  # anything sent twice would have arrived by now
     found = results(destination)
     return {modality: {pydicom.dcmread(p).SOPInstanceUID for p in paths} for modality, paths in found.items()}
@@ -189,7 +198,7 @@ def test_kill_9_of_the_node_during_a_job_then_restart_delivers_one_seg_and_one_s
         wait_for(lambda pid=pid: not _alive(pid), 10, f"worker {pid} to exit")
     node.start()
     uids = delivered_once(destination)
-    assert len(uids["SEG"]) == 1 and len(uids["SR"]) == 1
+    assert len(uids["SEG"]) == 2 and len(uids["SR"]) == 1  # the structures' SEG and the body's
     (job,) = node.status_jobs()
     assert job["state"] == "done" and job["attempts"] == 2
 
@@ -200,7 +209,7 @@ def test_a_worker_killed_during_a_job_is_replaced_and_the_job_retried(node_facto
     job = wait_for(lambda: running_job(node), 60, "the job to start")
     os.kill(int(job["owner"].rsplit(":", 1)[1]), signal.SIGKILL)
     uids = delivered_once(destination)
-    assert len(uids["SEG"]) == 1 and len(uids["SR"]) == 1
+    assert len(uids["SEG"]) == 2 and len(uids["SR"]) == 1  # the structures' SEG and the body's
     (job,) = node.status_jobs()
     assert job["state"] == "done" and job["attempts"] == 2
     assert "exited with status -9" in node.log()
@@ -310,7 +319,7 @@ def test_a_pet_series_arriving_after_its_ct_was_measured_adds_pet_measurements(
     for name, row in lungs.items():
         assert float(row["suv_mean"]) == pytest.approx(study.truth[name].suv_mean, abs=0.05)
     seg_uids = {pydicom.dcmread(p).SOPInstanceUID for p in found["SEG"]}
-    assert len(seg_uids) == 2  # the inputs changed, so the objects are new ones
+    assert len(seg_uids) == 4  # the inputs changed, so the objects (two SEGs each time) are new ones
 
 
 def test_a_pet_ct_study_ended_by_its_associations_is_measured_once_with_pet(

@@ -155,12 +155,13 @@ def node_and_orthanc(node_factory, tmp_path) -> Iterator[tuple[NodeProcess, Orth
 
 
 def wait_for_results(pacs: OrthancProcess, node: NodeProcess, study_id: str, timeout: float) -> dict:
-    """The study's series by modality, once a SEG and an SR are among them."""
+    """The study's series by modality, once the SEG series (the structures'
+    SEG and the body's) and an SR are among them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         study_series = pacs.get(f"/studies/{study_id}/series")
         found = {series["MainDicomTags"]["Modality"]: series for series in study_series}
-        if "SEG" in found and "SR" in found:
+        if "SEG" in found and len(found["SEG"]["Instances"]) == 2 and "SR" in found:
             return found
         time.sleep(0.3)
     raise AssertionError(
@@ -206,10 +207,13 @@ def run_the_loop(node: NodeProcess, pacs: OrthancProcess, folder: Path) -> None:
 
     results = {}
     for modality in ("SEG", "SR"):
-        (instance_id,) = found[modality]["Instances"]
-        assert pacs.request("GET", f"/instances/{instance_id}/metadata/RemoteAET").decode() == "SEGNODE"
-        results[modality] = pacs.dataset(instance_id)
-    seg, sr = results["SEG"], results["SR"]
+        for instance_id in found[modality]["Instances"]:
+            assert pacs.request("GET", f"/instances/{instance_id}/metadata/RemoteAET").decode() == "SEGNODE"
+            dataset = pacs.dataset(instance_id)
+            results[modality, int(dataset.InstanceNumber)] = dataset
+    # One SEG series: the structures' SEG and the body's (every labelled voxel, overlapping them).
+    assert sorted(results) == [("SEG", 1), ("SEG", 2), ("SR", 1)]
+    seg, outline, sr = results["SEG", 1], results["SEG", 2], results["SR", 1]
     assert (seg.SOPClassUID, sr.SOPClassUID) == (SegmentationStorage, Comprehensive3DSRStorage)
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == study_uid
 
@@ -219,15 +223,16 @@ def run_the_loop(node: NodeProcess, pacs: OrthancProcess, folder: Path) -> None:
     assert {item.ReferencedSOPInstanceUID for item in referenced_images} == ct_sources
 
     groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_volumetric_roi_measurement_groups()
-    segment_numbers = {segment.SegmentNumber for segment in seg.SegmentSequence}
+    segment_numbers = {(instance.SOPInstanceUID, segment.SegmentNumber)
+                       for instance in (seg, outline) for segment in instance.SegmentSequence}
     assert len(groups) == len(segment_numbers)
     referenced_numbers = set()
     for group in groups:
         segment_item, source_series = group.referenced_segment
-        assert segment_item.referenced_sop_instance_uid == seg.SOPInstanceUID
         assert segment_item.referenced_sop_class_uid == SegmentationStorage
         assert source_series.value == ct_series_uid
-        referenced_numbers.update(segment_item.referenced_segment_numbers)
+        referenced_numbers.update((segment_item.referenced_sop_instance_uid, number)
+                                  for number in segment_item.referenced_segment_numbers)
     assert referenced_numbers == segment_numbers
 
 

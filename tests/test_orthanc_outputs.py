@@ -41,7 +41,7 @@ def test_orthanc_files_every_output_in_the_study(node_factory, tmp_path, knows_l
                          json.dumps({"Resources": [ct.series_id], "Synchronous": True}).encode())
         assert sent["FailedInstancesCount"] == 0
 
-        segs = 2 if knows_labelmap else 1
+        segs = 3 if knows_labelmap else 2  # the structures' SEG, the body's, and the LABELMAP
         expected = {"CT": SLICES, "SEG": segs, "SR": 1, "DOC": 1, "RTSTRUCT": 1, "OT": SLICES}
         found = _wait_for_study(pacs, node, ct.study_id, expected, timeout=120)
         classes = {modality: {pacs.dataset(i).SOPClassUID for i in ids} for modality, ids in found.items()}

@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -94,7 +95,7 @@ def test_every_output_is_valid_reruns_byte_for_byte_and_the_body_is_the_whole_bo
     first = run_pipeline(inputs(ct_series), BuiltinSegmenter(), tmp_path / "a", EVERYTHING)
     again = run_pipeline(inputs(ct_series), BuiltinSegmenter(), tmp_path / "b", EVERYTHING)
     kinds = Counter((o.kind, o.seg_format) for o in first.objects)
-    assert kinds == Counter({("seg", SegFormat.BINARY): 1, ("sr", SegFormat.BINARY): 1,
+    assert kinds == Counter({("seg", SegFormat.BINARY): 2, ("sr", SegFormat.BINARY): 1,
                              ("seg", SegFormat.LABELMAP): 1, ("sr", SegFormat.LABELMAP): 1,
                              ("pdf", None): 1, ("rtstruct", None): 1, ("overlay", None): len(ct_series)})
     for ours, theirs in zip(first.objects, again.objects, strict=True):
@@ -107,16 +108,27 @@ def test_every_output_is_valid_reruns_byte_for_byte_and_the_body_is_the_whole_bo
             assert all("not present in standard DICOM IOD" in w for w in warnings), warnings
     assert (tmp_path / "a" / "report.pdf").read_bytes()[:5] == b"%PDF-"
 
-    # The body is every labelled voxel, a segment of its own in the BINARY SEG only;
-    # the label map's remainder is soft tissue, named so in the label map and the LABELMAP SEG.
+    # The body is every labelled voxel: a BINARY SEG of its own, the second of the SEG series,
+    # referenced by the SR; the label map's remainder is soft tissue, named so everywhere else.
     volumes = {m.name: m.volume_ml for m in first.measurements}
     assert volumes["body"] == pytest.approx(sum(v for name, v in volumes.items() if name != "body"))
     labels = {int(v): name for v, name in json.loads((tmp_path / "a" / "labels.json").read_text()).items()}
     assert labels[1] == "other_soft_tissue" and "body" not in labels.values()
-    by_label = lambda path: {s.SegmentLabel: s for s in pydicom.dcmread(path).SegmentSequence}  # noqa: E731
-    binary, labelmap = (by_label(o.path) for o in first.objects if o.kind == "seg")
-    assert binary["Body"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "38266002"
-    assert "Body" not in labelmap and "Other soft tissue" in labelmap
+    segs = {o.path.name: pydicom.dcmread(o.path) for o in first.objects if o.kind == "seg"}
+    by_label = {name: {s.SegmentLabel: s for s in seg.SegmentSequence} for name, seg in segs.items()}
+    assert list(by_label["outline-seg.dcm"]) == ["Body"]
+    assert by_label["outline-seg.dcm"]["Body"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "38266002"
+    assert "Body" not in by_label["seg.dcm"] and "Other soft tissue" in by_label["seg.dcm"]
+    assert "Body" not in by_label["labelmap-seg.dcm"]
+    outline, seg = segs["outline-seg.dcm"], segs["seg.dcm"]
+    assert (outline.SeriesInstanceUID, outline.InstanceNumber) == (seg.SeriesInstanceUID, 2)
+    body = hd.seg.Segmentation.from_dataset(outline).get_volume(combine_segments=True)
+    counts = {m.name: m.voxel_count for m in first.measurements}
+    assert np.count_nonzero(body.array) == counts["body"] == sum(counts.values()) - counts["body"]
+    groups = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(first.sr)).content
+    referenced = {group.referenced_segment[0].referenced_sop_instance_uid: group.tracking_identifier
+                  for group in groups.get_volumetric_roi_measurement_groups()}
+    assert referenced[outline.SOPInstanceUID] == "body" and seg.SOPInstanceUID in referenced
 
 
 def test_an_output_the_series_cannot_have_is_a_warning_and_the_rest_goes_out(tmp_path):

@@ -98,7 +98,8 @@ def test_a_route_with_research_sends_a_deidentified_linked_copy(node_factory, cl
     original = set().union(*(uids(pydicom.dcmread(f, stop_before_pixels=True)) for f in ct_series))
     node = started_node(node_factory, clinical, research, key_file, clean_descriptors=True)
     storescu(node, ct_series)
-    found = wait_for(lambda: (r := results(research)).get("SEG") and r.get("SR")
+    # Both SEGs (the structures' and the body's), the SR and the series.
+    found = wait_for(lambda: len((r := results(research)).get("SEG", ())) == 2 and r.get("SR")
                      and len(r.get("CT", ())) == len(ct_series) and r, 90, "the research copies")
     copies = [pydicom.dcmread(path) for paths in found.values() for path in paths]
     for copy in copies:
@@ -106,10 +107,11 @@ def test_a_route_with_research_sends_a_deidentified_linked_copy(node_factory, cl
         assert not uids(copy) & original
     assert len({str(copy.PatientID) for copy in copies}) == 1  # one patient, one pseudonym
     received_ct = {str(pydicom.dcmread(path).SOPInstanceUID) for path in found["CT"]}
-    seg = pydicom.dcmread(found["SEG"][0])
-    referenced = {str(item.ReferencedSOPInstanceUID)
-                  for series in seg.ReferencedSeriesSequence for item in series.ReferencedInstanceSequence}
-    assert referenced and referenced <= received_ct
+    for path in found["SEG"]:
+        seg = pydicom.dcmread(path)
+        referenced = {str(item.ReferencedSOPInstanceUID) for series in seg.ReferencedSeriesSequence
+                      for item in series.ReferencedInstanceSequence}
+        assert referenced and referenced <= received_ct
 
     identified = wait_for(lambda: (r := results(clinical)).get("SEG") and r.get("SR") and r, 30,
                           "the clinical results")
@@ -128,9 +130,9 @@ def test_burned_in_annotation_exports_nothing_and_says_why(node_factory, clinica
                                                            tmp_path):
     node = started_node(node_factory, clinical, research, key_file)
     storescu(node, write_series(tmp_path / "ct", burned=True))
-    found = wait_for(lambda: (r := results(clinical)).get("SEG") and r.get("SR") and r, 90,
+    found = wait_for(lambda: len((r := results(clinical)).get("SEG", ())) == 2 and r.get("SR") and r, 90,
                      "the clinical results")
-    assert len(found["SEG"]) == len(found["SR"]) == 1
+    assert (len(found["SEG"]), len(found["SR"])) == (2, 1)
     wait_for(lambda: [j["state"] for j in node.status_jobs()] == ["done"], 30, "the job to be done")
     assert "not exported for research" in node.log()
     time.sleep(2)  # what the outbox would have sent meanwhile

@@ -43,7 +43,6 @@ from dicomio.seg import (
     EmptySegmentationError,
     LabelledStructure,
     SegInputError,
-    Segment,
     plan_segments,
     write_seg,
 )
@@ -736,34 +735,3 @@ def test_laterality_goes_where_the_anatomy_is() -> None:
     cyst = structure_code("kidney_cyst_right")
     assert cyst.segmented_property_type_modifier is None
     assert (cyst.anatomic_region_code.value, cyst.anatomic_region_modifier.value) == ("64033007", RIGHT.value)
-
-
-
-def test_an_outline_is_one_more_binary_segment_over_all_the_others(tmp_path: Path) -> None:
-    """The built-in segmenter's body: every labelled voxel, overlapping the
-    other segments, which only a BINARY SEG can hold."""
-    paths = write_ct_series(tmp_path / "ct", slices=4, rows=16, columns=16)
-    sources, volume = headers(paths), load_series(paths).volume
-    labels = np.zeros(volume.array.shape, dtype=np.uint8)
-    labels[1:3, 2:12, 2:12] = 1
-    labels[1:3, 4:7, 4:7] = 2
-    structures = [LabelledStructure(1, structure_code("other_soft_tissue")),
-                  LabelledStructure(2, structure_code("liver"))]
-    segments = plan_segments(labels, structures, series_instance_uid=volume.series_instance_uid)
-    body = Segment(3, 1, structure_code("body"))
-    path = tmp_path / "seg.dcm"
-    write(volume, labels, structures, sources, path, segments=segments, outline=body)
-    dciodvfy(path)
-    seg = hd.seg.segread(path)
-    assert seg.get_segment_description(3).SegmentedPropertyTypeCodeSequence[0].CodeValue == "38266002"
-    read = seg.get_volume(segment_numbers=[1, 2, 3], combine_segments=False)
-    masks = [on_grid(read.array[..., k], read.affine, volume) for k in range(3)]
-    np.testing.assert_array_equal(masks[0], labels == 1)
-    np.testing.assert_array_equal(masks[1], labels == 2)
-    np.testing.assert_array_equal(masks[2], labels > 0)
-    with pytest.raises(SegInputError, match="only a BINARY SEG"):
-        write(volume, labels, structures, sources, tmp_path / "lm.dcm", segments=segments, outline=body,
-              labelmap=True)
-    with pytest.raises(SegInputError, match="the outline is segment 5"):
-        write(volume, labels, structures, sources, tmp_path / "n.dcm", segments=segments,
-              outline=Segment(5, 1, structure_code("body")))

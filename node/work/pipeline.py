@@ -108,9 +108,9 @@ def run_pipeline(
     segments = plan_segments(segmentation.labels, segmentation.structures, series_instance_uid=series_uid)
     if not segments:
         raise PipelineError(f"series {series_uid}: {segmenter.algorithm.name} found no structure")
-    # The outline (the built-in segmenter's body) is one more segment, after the label map's.
+    # The outline (the built-in segmenter's body): the one segment of a SEG of its own.
     outlined = segmentation.outlined()
-    outline = None if outlined is None else Segment(len(segments) + 1, 1, outlined.structures[0].code)
+    outline = None if outlined is None else Segment(1, 1, outlined.structures[0].code)
     densities = DEFAULT_DENSITIES.with_overrides(inputs.settings.densities)
 
     def measure() -> tuple[StructureMeasurements, ...]:

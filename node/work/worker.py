@@ -43,7 +43,7 @@ from node.receive.series_state import SeriesState
 from node.receive.storage import installation_uid
 from node.send.outbox import OutboxStore
 from node.work.comparison import compare_with_reference
-from node.work.outputs import OutputObject, OutputPlan
+from node.work.outputs import OutputObject, OutputPlan, SegFormat
 from node.work.pipeline import PipelineError, PipelineInputs, run_pipeline
 from node.work.research import export_for_research, research_profile
 
@@ -149,7 +149,10 @@ class Worker:
         for warning in (*notes, *result.warnings):
             LOG.warning("job %d: %s", job.id, warning)
         self._send(job, result.objects)
-        self._export_for_research(job, (*ct_files, result.seg, result.sr), out_dir)
+        # The BINARY SEGs and their SR, as the research destination reads them with the series.
+        records = tuple(o.path for o in result.objects
+                        if o.kind in ("seg", "sr") and o.seg_format is SegFormat.BINARY)
+        self._export_for_research(job, (*ct_files, *records), out_dir)
         return SegmentResult(
             seg=result.seg, sr=result.sr, csv=result.csv, labels=result.labels,
             model=f"{segmenter.algorithm.name} {segmenter.algorithm.version}",
