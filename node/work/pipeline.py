@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +36,7 @@ from inference.quantify import DEFAULT_DENSITIES, quantify
 from inference.segmenter import Segmentation, Segmenter
 from node.work.outputs import SEG_AND_SR, OutputObject, OutputPlan
 from node.work.stopwatch import Stopwatch
-from node.work.writing import RunOutputs, write_outputs
+from node.work.writing import RunOutputs, binary_seg_in_background, write_outputs
 
 LOG = logging.getLogger(__name__)
 
@@ -113,26 +115,35 @@ def run_pipeline(
     outline = None if outlined is None else Segment(1, 1, outlined.structures[0].code)
     densities = DEFAULT_DENSITIES.with_overrides(inputs.settings.densities)
 
-    def measure() -> tuple[StructureMeasurements, ...]:
-        measured = quantify(segmentation, segments, densities=densities, pet=pet)
-        if outline is None:
-            return measured
-        return measured + quantify(outlined, [outline], densities=densities, pet=pet)
-
-    measurements = clock.run("quantify", measure)
-    measurements = clock.run(
-        "qa", lambda: _checked(measurements, segmentation, outlined, segmenter, inputs.settings)
-    )
     identity = (inputs.pipeline_name, segmenter.algorithm.name, segmenter.algorithm.version,
                 pet.suv_bw.series_instance_uid if pet else "",
                 hashlib.sha256(np.ascontiguousarray(segmentation.labels).data).hexdigest())
     run = RunOutputs(
-        segmentation=segmentation, segments=segments, outline=outline, measurements=measurements,
+        segmentation=segmentation, segments=segments, outline=outline, measurements=(),
         headers=tuple(loaded.headers), pet_headers=pet_headers, sources=tuple(sorted(used)),
         identity=identity, created=inputs.created, device_uid=inputs.device_uid, notes=inputs.notes,
         reports=inputs.reports,
     )
-    written = write_outputs(run, plan, out_dir, clock)
+    # The BINARY SEG is built and written by a forked process meanwhile; the
+    # outline is measured and checked on a thread beside the label map
+    # (numpy, scipy and cc3d release the GIL for most of it).
+    with binary_seg_in_background(run, out_dir) as seg, ThreadPoolExecutor(max_workers=1) as pool:
+
+        def measure() -> tuple[StructureMeasurements, ...]:
+            if outline is None:
+                return quantify(segmentation, segments, densities=densities, pet=pet)
+            of_outline = pool.submit(quantify, outlined, [outline], densities=densities, pet=pet)
+            return quantify(segmentation, segments, densities=densities, pet=pet) + of_outline.result()
+
+        measurements = clock.run("quantify", measure)
+        measurements = clock.run(
+            "qa", lambda: _checked(measurements, segmentation, outlined, segmenter, inputs.settings, pool)
+        )
+        started = time.perf_counter()
+        written = write_outputs(replace(run, measurements=measurements), plan, out_dir, seg, clock.run)
+    # "write" is the rest of the output stage: writing, and waiting for the SEG.
+    counted = sum(clock.seconds.get(stage, 0.0) for stage in ("encode", "pdf", "overlay", "rtstruct"))
+    clock.seconds["write"] = round(time.perf_counter() - started - counted, 3)
     return PipelineResult(written.seg, written.sr, written.csv, written.labels, written.objects,
                           measurements=measurements, seconds=clock.seconds,
                           warnings=(*warnings, *written.warnings))
@@ -144,14 +155,15 @@ def _checked(
     outlined: Segmentation | None,
     segmenter: Segmenter,
     settings: Pipeline,
+    pool: ThreadPoolExecutor,
 ) -> tuple[StructureMeasurements, ...]:
     """The measurements with the pipeline's QA: plausibility flags (of the
-    outline too) and the mirrored-prediction Dice where the model allows it."""
+    outline too, on `pool`) and the mirrored-prediction Dice where the model
+    allows it."""
     flags: dict[str, tuple[QualityFlag, ...]] = {}
     if settings.qa.plausibility:
-        for checked in (segmentation, outlined):
-            if checked is not None:
-                flags |= plausibility_flags(checked)
+        of_outline = None if outlined is None else pool.submit(plausibility_flags, outlined)
+        flags = plausibility_flags(segmentation) | ({} if of_outline is None else of_outline.result())
     values = {s.code.name: s.value for s in segmentation.structures}
     mirror: dict[int, float] = {}
     if settings.qa.mirror_consistency:
