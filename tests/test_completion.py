@@ -6,10 +6,14 @@ from __future__ import annotations
 import time
 
 import pydicom
+import pytest
 
 from tests.conftest import scu
 from tests.synthetic import write_ct_series
 from tests.test_receive import storescu
+
+# The node's end-to-end loops: the slow stage of .ci/run (README, Tests).
+pytestmark = pytest.mark.slow
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 

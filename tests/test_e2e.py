@@ -38,6 +38,9 @@ from tests.conftest import NodeProcess, StoreSCP, dcmtk, dcmtk_env, free_port
 from tests.synthetic import STORESCU_FLAGS, write_ct_series
 from tests.test_seg import dciodvfy
 
+# The node's end-to-end loops: the slow stage of .ci/run (README, Tests).
+pytestmark = pytest.mark.slow
+
 
 def configure(node: NodeProcess, destination_port: int, **pipeline) -> None:
     node.config.update(

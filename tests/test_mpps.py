@@ -24,6 +24,9 @@ from tests.conftest import NodeProcess
 from tests.synthetic import write_ct_series
 from tests.test_mpps_protocol import scanner_create, scanner_set
 
+# The node's end-to-end loops: the slow stage of .ci/run (README, Tests).
+pytestmark = pytest.mark.slow
+
 STABLE_SECONDS = 60
 MPPS_WAIT_SECONDS = 4
 # How long a completion that MPPS decides may take to show in `segnode status` (a CLI run per look).

@@ -23,6 +23,9 @@ from pydicom.uid import (
 from tests.synthetic import write_ct_series
 from tests.test_orthanc import OrthancProcess, serve_orthanc, upload_series
 
+# The node's end-to-end loops: the slow stage of .ci/run (README, Tests).
+pytestmark = pytest.mark.slow
+
 SLICES = 12
 #: Label Map Segmentation Storage (Supplement 243), which Orthanc 1.10.1 does not know.
 LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"

@@ -24,6 +24,9 @@ from tests.conftest import NodeProcess, StoreSCP
 from tests.synthetic import write_ct_series
 from tests.test_e2e import results, storescu, wait_for
 
+# The node's end-to-end loops: the slow stage of .ci/run (README, Tests).
+pytestmark = pytest.mark.slow
+
 #: Printable, so that a test can look for it in what the node wrote.
 SECRET = b"research-secret-0123456789-abcdefghijklmnop"
 PATIENT_ID = "SEGNODE-RES-0001"
