@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import NoReturn
+from typing import ClassVar, Final, NoReturn
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -31,6 +31,22 @@ _UID_NAMESPACE = uuid.UUID("5e9a0de1-7c3b-4a52-9a7e-3d1f0c6b2e41")
 #: replaces them so that a retry writes identical objects.
 _DATED = (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"),
           ("InstanceCreationDate", "InstanceCreationTime"))
+
+
+#: Longest value of VR LO (Series Description, Content Description; PS3.5 table 6.2-1).
+MAX_LO_LENGTH: Final = 64
+
+
+class DerivedInputError(ValueError):
+    """Labels, structures or source images that cannot make a derived object;
+    says which object and which series, so a job's error names both."""
+
+    #: The object's name in the message: "SEG", "RTSTRUCT", "overlay images".
+    made: ClassVar[str]
+
+    def __init__(self, series_instance_uid: str, problem: str) -> None:
+        super().__init__(f"{self.made} for series {series_instance_uid}: {problem}")
+        self.series_instance_uid = series_instance_uid
 
 
 def result_uid(role: str, source_uids: Sequence[str], identity: Sequence[str]) -> str:

@@ -46,14 +46,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 from skimage.segmentation import find_boundaries
 
 from dicomio.colours import SOFT_TISSUE_WINDOW, structure_colour
-from dicomio.derived import copy_series_context, date_object
+from dicomio.derived import MAX_LO_LENGTH, DerivedInputError, copy_series_context, date_object
 from dicomio.seg import MANUFACTURER, MODEL_NAME, LabelledStructure
 from dicomio.volume import SourceFrame, Volume, frame_plane
 
 __all__ = ["OverlayInputError", "overlay_images"]
 
-#: Longest Series Description (0008,103E), VR LO.
-_MAX_LO_LENGTH: Final = 64
 
 #: Purpose of Reference of each Source Image Sequence item: DCM 121322
 #: "Source image for image processing operation" (PS3.16 CID 7202).
@@ -73,12 +71,10 @@ def _window_dataset() -> Dataset:
 _WINDOW: Final = _window_dataset()
 
 
-class OverlayInputError(ValueError):
+class OverlayInputError(DerivedInputError):
     """Labels, structures or source images that cannot make overlay images."""
 
-    def __init__(self, series_instance_uid: str, problem: str) -> None:
-        super().__init__(f"overlay images for series {series_instance_uid}: {problem}")
-        self.series_instance_uid = series_instance_uid
+    made = "overlay images"
 
 
 def overlay_images(
@@ -144,10 +140,10 @@ def overlay_images(
         raise OverlayInputError(series_uid, f"a label map needs integer voxels, not {labels.dtype}")
     if every < 1:
         raise OverlayInputError(series_uid, f"every={every}: must be 1 or more")
-    if not series_description or len(series_description) > _MAX_LO_LENGTH:
+    if not series_description or len(series_description) > MAX_LO_LENGTH:
         raise OverlayInputError(
             series_uid,
-            f"series description {series_description!r} must have 1 to {_MAX_LO_LENGTH} characters"
+            f"series description {series_description!r} must have 1 to {MAX_LO_LENGTH} characters"
         )
     colours = {item.value: structure_colour(item.code) for item in structures}
     by_uid = {header.SOPInstanceUID: header for header in headers}

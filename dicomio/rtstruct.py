@@ -74,7 +74,7 @@ from scipy import ndimage
 
 from dicomio.codes import ANATOMICAL_STRUCTURE, TISSUE, StructureCode, structure_code
 from dicomio.colours import structure_colour
-from dicomio.derived import copy_patient_and_study, date_object
+from dicomio.derived import DerivedInputError, copy_patient_and_study, date_object
 from dicomio.seg import MANUFACTURER, MODEL_NAME, LabelledStructure, Segment, plan_segments
 from dicomio.volume import Volume
 
@@ -104,12 +104,10 @@ _IN_SLICE: Final = np.zeros((3, 3, 3), dtype=bool)
 _IN_SLICE[1] = ndimage.generate_binary_structure(2, 1)
 
 
-class RTStructInputError(ValueError):
+class RTStructInputError(DerivedInputError):
     """Labels, structures or source images that cannot make a valid RTSTRUCT."""
 
-    def __init__(self, series_instance_uid: str, problem: str) -> None:
-        super().__init__(f"RTSTRUCT for series {series_instance_uid}: {problem}")
-        self.series_instance_uid = series_instance_uid
+    made = "RTSTRUCT"
 
 
 @dataclass(frozen=True)

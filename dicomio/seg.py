@@ -61,7 +61,7 @@ from pydicom.uid import generate_uid
 
 from dicomio.codes import ARTIFICIAL_INTELLIGENCE, Concept, StructureCode
 from dicomio.colours import structure_colour
-from dicomio.derived import copy_series_context
+from dicomio.derived import MAX_LO_LENGTH, DerivedInputError, copy_series_context
 from dicomio.volume import Volume, frame_plane
 
 __all__ = [
@@ -82,16 +82,12 @@ MODEL_NAME: Final = "segnode"
 _MAX_FRACTIONAL_VALUE: Final = 255
 #: Largest Segment Number (0062,0004), VR US.
 _MAX_SEGMENT_NUMBER: Final = 65535
-#: Longest Series Description (0008,103E) and Content Description (0070,0081), VR LO.
-_MAX_LO_LENGTH: Final = 64
 
 
-class SegInputError(ValueError):
+class SegInputError(DerivedInputError):
     """Labels, structures or source images that cannot make a valid SEG."""
 
-    def __init__(self, series_instance_uid: str, problem: str) -> None:
-        super().__init__(f"SEG for series {series_instance_uid}: {problem}")
-        self.series_instance_uid = series_instance_uid
+    made = "SEG"
 
 
 class EmptySegmentationError(SegInputError):
@@ -293,7 +289,7 @@ def write_seg(
         device_serial_number=device_serial_number,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=_MAX_FRACTIONAL_VALUE,
-        content_description=f"{algorithm.name} {algorithm.version}"[:_MAX_LO_LENGTH],
+        content_description=f"{algorithm.name} {algorithm.version}"[:MAX_LO_LENGTH],
         omit_empty_frames=True,
     )
     seg.SeriesDescription = series_description
@@ -319,8 +315,8 @@ def _segnode_version() -> str:
 
 
 def _check_text(text: str, what: str, series_uid: str) -> None:
-    if not text or len(text) > _MAX_LO_LENGTH:
-        raise SegInputError(series_uid, f"{what} {text!r} must have 1 to {_MAX_LO_LENGTH} characters")
+    if not text or len(text) > MAX_LO_LENGTH:
+        raise SegInputError(series_uid, f"{what} {text!r} must have 1 to {MAX_LO_LENGTH} characters")
 
 
 def _check_structures(structures: Sequence[LabelledStructure], series_uid: str) -> None:
