@@ -13,9 +13,10 @@ extras=""
 # libgl1, libglib2.0-0: what OpenCV (RTSTRUCT contours, via rt-utils) loads;
 # orthanc: the PACS of the end-to-end tests; openssl: s_client, a TLS peer that
 # renegotiates and updates keys, for the hostile-peer tests; poppler-utils:
-# pdftoppm and pdftotext, to look at the PDF report as a person would.
+# pdftoppm and pdftotext, to look at the PDF report as a person would;
+# chromium and chromium-driver: the web console's browser test.
 packages="dcmtk dicom3tools libgl1 libglib2.0-0"
-[ -n "$extras" ] && packages="$packages orthanc openssl poppler-utils"
+[ -n "$extras" ] && packages="$packages orthanc openssl poppler-utils chromium chromium-driver"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -2,9 +2,11 @@
 
 from config.certificates import EXPIRY_WARNING_DAYS, CertificateExpiry, certificate_expiries
 from config.loader import (
+    CONSOLE_RESTART_ONLY,
     RESTART_ONLY,
     ConfigError,
     ConfigFile,
+    FieldError,
     RestartOnlyChange,
     file_signature,
     load_config,
@@ -12,14 +14,17 @@ from config.loader import (
     read_config,
     reloaded,
     restart_only_changes,
+    validate_config,
 )
 from config.reload_guard import GUARDED, read_for_reload, reload_refusals, sets_nothing
 from config.research_key import MIN_KEY_BYTES, ResearchKeyError, read_research_key
 from config.schema import (
     CertificateBinding,
+    ConsoleUser,
     Destination,
     DestinationTls,
     JobSettings,
+    NodeConsole,
     NodeSettings,
     NodeTls,
     Peer,
@@ -32,6 +37,7 @@ from config.schema import (
     RouteResearch,
     SegnodeConfig,
     SendingSettings,
+    UserName,
     default_models_dir,
 )
 
@@ -41,12 +47,16 @@ __all__ = [
     "MIN_KEY_BYTES",
     "RESTART_ONLY",
     "CertificateBinding",
+    "CONSOLE_RESTART_ONLY",
     "CertificateExpiry",
     "ConfigError",
     "ConfigFile",
+    "ConsoleUser",
     "Destination",
     "DestinationTls",
+    "FieldError",
     "JobSettings",
+    "NodeConsole",
     "NodeSettings",
     "NodeTls",
     "Peer",
@@ -61,6 +71,7 @@ __all__ = [
     "RouteResearch",
     "SegnodeConfig",
     "SendingSettings",
+    "UserName",
     "certificate_expiries",
     "default_models_dir",
     "file_signature",
@@ -73,4 +84,5 @@ __all__ = [
     "reloaded",
     "restart_only_changes",
     "sets_nothing",
+    "validate_config",
 ]

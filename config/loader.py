@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -11,20 +12,36 @@ import yaml
 from pydantic import ValidationError
 
 from config.certificates import FileChecks
-from config.schema import NodeTls, SegnodeConfig
+from config.schema import NodeConsole, NodeTls, SegnodeConfig
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem of a configuration and the field it is about, in the
+    notation of its messages (``peers[2].ae_title``, ``destinations.pacs.port``;
+    "" for the file as a whole), so that a form can show it beside its field."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class ConfigError(Exception):
-    """A configuration file that cannot be used; ``errors`` holds one line per problem.
+    """A configuration file that cannot be used; ``errors`` holds one line per
+    problem, ``fields`` the same problems with the field each is about.
 
     ``sha256`` is the digest of the bytes that were refused, when they could be
     read, so that a node can say which version of the file it turned down.
     """
 
-    def __init__(self, source: str, errors: list[str], sha256: str | None = None):
-        super().__init__(f"{source}: " + "; ".join(errors))
+    def __init__(self, source: str, errors: Sequence[str | FieldError], sha256: str | None = None):
+        self.fields = tuple(error if isinstance(error, FieldError) else FieldError("", error)
+                            for error in errors)
+        self.errors = [str(error) for error in self.fields]
+        super().__init__(f"{source}: " + "; ".join(self.errors))
         self.source = source
-        self.errors = errors
         self.sha256 = sha256
 
 
@@ -63,21 +80,26 @@ def parse_config(text: str, source: str = "<config>", *, check_files: bool = Tru
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the top level must be a mapping"])
+    return validate_config(raw, source, check_files=check_files)
+
+
+def validate_config(raw: dict, source: str = "<config>", *, check_files: bool = True) -> SegnodeConfig:
+    """Validate a file's data as ``yaml.safe_load`` read it, for a caller that
+    holds it already (config/editing.py checks it before validating it); raise
+    :class:`ConfigError` listing every problem."""
     try:
         return SegnodeConfig.model_validate(raw, context=FileChecks(check_files))
     except ValidationError as exc:
         errors = []
         for error in exc.errors():
             where = _location(error["loc"])
-            message = error["msg"]
             if error["type"] == "references":
-                errors.extend(message.split("; "))
+                errors.extend(FieldError(path, message) for path, message in error["ctx"]["problems"])
             elif error["type"] == "key_mismatch":
-                errors.append(f"{where}: does not match {_location((*error['loc'][:-1], 'certificate'))}")
-            elif where:
-                errors.append(f"{where}: {message}")
+                certificate = _location((*error["loc"][:-1], "certificate"))
+                errors.append(FieldError(where, f"does not match {certificate}"))
             else:
-                errors.append(message)
+                errors.append(FieldError(where, error["msg"]))
         raise ConfigError(source, errors) from exc
 
 
@@ -95,7 +117,7 @@ def read_config(path: Path, *, check_files: bool = True) -> ConfigFile:
     try:
         config = parse_config(text, source=str(path), check_files=check_files)
     except ConfigError as exc:
-        raise ConfigError(exc.source, exc.errors, digest) from exc
+        raise ConfigError(exc.source, exc.fields, digest) from exc
     return ConfigFile(Path(path), digest, config)
 
 
@@ -107,6 +129,11 @@ def load_config(path: Path, *, check_files: bool = True) -> SegnodeConfig:
 #: Node fields bound to sockets or files opened at start: a reload keeps them,
 #: as it keeps whether ``node.tls`` is there and its port (:func:`reloaded`).
 RESTART_ONLY: Final = ("host", "port", "storage_dir", "metrics_port", "listen_plain")
+
+#: The console's fields bound to its listening socket and its TLS context,
+#: made at start; a reload keeps them, and whether there is a console at all,
+#: while its users and session length are the file's.
+CONSOLE_RESTART_ONLY: Final = ("host", "port", "certificate", "private_key")
 
 
 @dataclass(frozen=True)
@@ -140,21 +167,41 @@ def restart_only_changes(new: SegnodeConfig, running: SegnodeConfig) -> tuple[Re
         changes.append(RestartOnlyChange("node.tls", _presence(in_force), _presence(in_file)))
     elif in_force is not None and in_file is not None and in_force.port != in_file.port:
         changes.append(RestartOnlyChange("node.tls.port", in_force.port, in_file.port))
+    console_in_force, console_in_file = running.node.console, new.node.console
+    if (console_in_force is None) != (console_in_file is None):
+        changes.append(RestartOnlyChange("node.console", _presence(console_in_force),
+                                         _presence(console_in_file)))
+    elif console_in_force is not None and console_in_file is not None:
+        changes.extend(
+            RestartOnlyChange(f"node.console.{field}", getattr(console_in_force, field),
+                              getattr(console_in_file, field))
+            for field in CONSOLE_RESTART_ONLY
+            if getattr(console_in_force, field) != getattr(console_in_file, field)
+        )
     return tuple(changes)
 
 
-def _presence(tls: NodeTls | None) -> str:
-    return "none" if tls is None else "set"
+def _presence(section: NodeTls | NodeConsole | None) -> str:
+    return "none" if section is None else "set"
 
 
 def reloaded(new: SegnodeConfig, running: SegnodeConfig) -> SegnodeConfig:
     """`new` as a running process applies it: the RESTART_ONLY fields stay as in
     `running`, and so do the TLS listener's existence and port (its socket is
-    opened at start), while its certificate, key and client CAs are the file's."""
+    opened at start), while its certificate, key and client CAs are the file's;
+    likewise the console's existence and CONSOLE_RESTART_ONLY fields stay,
+    while its users and session length are the file's."""
     kept: dict[str, object] = {field: getattr(running.node, field) for field in RESTART_ONLY}
     in_force, in_file = running.node.tls, new.node.tls
     if in_force is None or in_file is None:
         kept["tls"] = in_force
     else:
         kept["tls"] = in_file.model_copy(update={"port": in_force.port})
+    console_in_force, console_in_file = running.node.console, new.node.console
+    if console_in_force is None or console_in_file is None:
+        kept["console"] = console_in_force
+    else:
+        kept["console"] = console_in_file.model_copy(
+            update={field: getattr(console_in_force, field) for field in CONSOLE_RESTART_ONLY}
+        )
     return new.model_copy(update={"node": new.node.model_copy(update=kept)})

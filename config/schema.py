@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
+from argon2 import Type, extract_parameters
+from argon2.exceptions import InvalidHashError
 from cryptography import x509
 from pydantic import (
     AfterValidator,
@@ -165,6 +168,85 @@ class NodeTls(_Strict):
         return _key_checked(path, info)
 
 
+_USER_NAME: Final = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
+def _check_user_name(value: str) -> str:
+    """A console user's name: what an audit line and a log-in form show as typed,
+    so only letters, digits and ``._@-`` (an e-mail address fits)."""
+    if not _USER_NAME.fullmatch(value):
+        raise PydanticCustomError("user_name", "not 1 to 64 of the characters A-Z a-z 0-9 . _ @ -")
+    return value
+
+
+UserName = Annotated[str, AfterValidator(_check_user_name)]
+
+
+def _check_password_hash(value: str) -> str:
+    """An argon2id hash in its PHC string form, as ``segnode console add-user``
+    writes it: a plain password or another scheme pasted here must not become
+    one that signs in."""
+    try:
+        parameters = extract_parameters(value)
+        usable = parameters.type is Type.ID and parameters.salt_len > 0 and parameters.hash_len > 0
+    except InvalidHashError:
+        usable = False
+    if not usable:
+        raise PydanticCustomError(
+            "password_hash", "not an argon2id hash ($argon2id$...); make one with segnode console add-user"
+        )
+    return value
+
+
+class ConsoleUser(_Strict):
+    """Who may sign in to the web console; only the hash of the password is kept."""
+
+    name: UserName
+    password_hash: Annotated[str, AfterValidator(_check_password_hash)]
+
+
+class NodeConsole(_Strict):
+    """The administrator's web console, served by ``segnode serve`` beside the
+    DICOM listener. It binds to the loopback address unless told otherwise,
+    as it can change the configuration; HTTPS when ``certificate`` and
+    ``private_key`` are given, for a console reached from other hosts."""
+
+    host: str = "127.0.0.1"
+    port: Port
+    # How long a sign-in lasts, counted from signing in (the overview polls, so use never stops).
+    session_minutes: int = Field(480, ge=5, le=10080)
+    users: list[ConsoleUser] = []
+    # PEM: the console's certificate, then its chain; the key unencrypted.
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    @field_validator("users")
+    @classmethod
+    def _distinct_names(cls, users: list[ConsoleUser]) -> list[ConsoleUser]:
+        names = [user.name for user in users]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise PydanticCustomError("repeated", "'{name}' is listed twice (users[{index}])",
+                                          {"name": name, "index": index})
+        return users
+
+    @field_validator("certificate")
+    @classmethod
+    def _valid_certificate(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _certificates_checked(path, info)
+
+    @field_validator("private_key")
+    @classmethod
+    def _usable_key(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _key_checked(path, info)
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> NodeConsole:
+        if (self.certificate is None) != (self.private_key is None):
+            raise PydanticCustomError("https", "certificate and private_key go together (HTTPS)")
+        return self
+
+
 class NodeSettings(_Strict):
     """The node's own identity, listening address, storage and timings."""
 
@@ -205,6 +287,8 @@ class NodeSettings(_Strict):
     tls: NodeTls | None = None
     # Listen on `port` without TLS too; false leaves only the TLS port.
     listen_plain: bool = True
+    # None: no web console.
+    console: NodeConsole | None = None
 
     @model_validator(mode="after")
     def _listens_somewhere(self) -> NodeSettings:
@@ -500,24 +584,26 @@ class SegnodeConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_references(self) -> SegnodeConfig:
-        errors = []
+        # (field, message) pairs: the loader reports each beside its own field.
+        errors: list[tuple[str, str]] = []
         for index, route in enumerate(self.routes):
             if route.pipeline not in self.pipelines:
-                errors.append(f"routes[{index}].pipeline: unknown pipeline {route.pipeline!r}")
+                errors.append((f"routes[{index}].pipeline", f"unknown pipeline {route.pipeline!r}"))
             for name in route.send_to:
                 if name not in self.destinations:
-                    errors.append(f"routes[{index}].send_to: unknown destination {name!r}")
+                    errors.append((f"routes[{index}].send_to", f"unknown destination {name!r}"))
             if route.research is not None:
                 if route.research.destination not in self.destinations:
-                    errors.append(f"routes[{index}].research.destination: unknown destination "
-                                  f"{route.research.destination!r}")
+                    errors.append((f"routes[{index}].research.destination",
+                                   f"unknown destination {route.research.destination!r}"))
                 if self.research is None:
-                    errors.append(f"routes[{index}].research: needs research.key_file, the "
-                                  "secret of its pseudonyms, which is not set")
+                    errors.append((f"routes[{index}].research", "needs research.key_file, the "
+                                   "secret of its pseudonyms, which is not set"))
         titles = [peer.ae_title for peer in self.peers]
         for index, title in enumerate(titles):
             if title in titles[:index]:
-                errors.append(f"peers[{index}].ae_title: {title!r} is listed twice")
+                errors.append((f"peers[{index}].ae_title", f"{title!r} is listed twice"))
         if errors:
-            raise PydanticCustomError("references", "; ".join(errors))
+            summary = "; ".join(f"{field}: {message}" for field, message in errors)
+            raise PydanticCustomError("references", "{summary}", {"summary": summary, "problems": errors})
         return self

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicomio.files import write_atomically
-from dicomio.measurements import StructureMeasurements
+from dicomio.measurements import BoundingBox, FlagKind, QualityFlag, StructureMeasurements
 
 #: Header row, in column order. The bounding box is in voxel indices
 #: (slice, row, column; both ends included) and in patient coordinates (LPS, mm).
@@ -131,3 +131,71 @@ def write_measurements_csv(
     writer.writerow(COLUMNS)
     writer.writerows(_row(m) for m in measurements)
     return write_atomically(path, text.getvalue().encode("utf-8"))
+
+
+class MeasurementsCsvError(ValueError):
+    """A file that is not a measurements CSV as :func:`write_measurements_csv` writes it."""
+
+
+def _optional(cell: str, kind: type[int] | type[float]) -> int | float | None:
+    return None if cell == "" else kind(cell)
+
+
+def _structure(cells: dict[str, str]) -> StructureMeasurements:
+    """One row back as what was written (the inverse of :func:`_row`)."""
+    box = None
+    if cells["bbox_first_slice"] != "":
+        index = [int(cells[f"bbox_{end}_{axis}"]) for end in ("first", "last")
+                 for axis in ("slice", "row", "column")]
+        mm = [float(cells[f"bbox_{end}_{axis}_mm"]) for end in ("min", "max") for axis in "xyz"]
+        box = BoundingBox((index[0], index[1], index[2]), (index[3], index[4], index[5]),
+                          (mm[0], mm[1], mm[2]), (mm[3], mm[4], mm[5]))
+    flags = tuple(QualityFlag(FlagKind(kind), detail)
+                  for kind, detail in (line.split(": ", 1) for line in cells["flags"].splitlines()))
+    optional_floats = {
+        name: _optional(cells[name], float)
+        for name in ("mass_g", "density_g_ml", "hu_median", "suv_mean", "suv_max", "suv_peak", "sul_mean",
+                     "sul_peak", "total_uptake", "dice", "jaccard", "hausdorff95_mm", "mirror_dice")
+    }
+    return StructureMeasurements(
+        segment_number=int(cells["segment_number"]),
+        name=cells["structure"],
+        volume_ml=float(cells["volume_ml"]),
+        voxel_count=int(cells["voxel_count"]),
+        hu_mean=float(cells["hu_mean"]),
+        hu_std=float(cells["hu_std"]),
+        hu_min=float(cells["hu_min"]),
+        hu_max=float(cells["hu_max"]),
+        component_count=_optional(cells["component_count"], int),
+        reference_segment_number=_optional(cells["reference_segment_number"], int),
+        bounding_box=box,
+        flags=flags,
+        **optional_floats,
+    )
+
+
+def read_measurements_csv(path: str | os.PathLike[str]) -> tuple[StructureMeasurements, ...]:
+    """The measurements a file of :func:`write_measurements_csv` holds, exactly
+    as they were written (the console shows a finished job's from it).
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read.
+    MeasurementsCsvError
+        If its header is not :data:`COLUMNS` or a cell cannot be read back;
+        the message names the file and the line.
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise MeasurementsCsvError(f"{path}: not a measurements CSV (header {reader.fieldnames})")
+        structures = []
+        first_line = reader.line_num + 1  # a row's flags cell may span lines
+        for cells in reader:
+            try:
+                structures.append(_structure(cells))
+            except (ValueError, TypeError) as exc:
+                raise MeasurementsCsvError(f"{path}, line {first_line}: {exc}") from None
+            first_line = reader.line_num + 1
+    return tuple(structures)

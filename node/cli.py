@@ -1,10 +1,11 @@
 """The ``segnode`` command line: serve, check-config, status, jobs, storage, pet-suv, models, segment,
-run-series, demo."""
+run-series, demo, console."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import logging
 import sys
@@ -15,7 +16,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from config import GUARDED, ConfigError, SegnodeConfig, certificate_expiries, load_config, sets_nothing
+from pydantic import TypeAdapter, ValidationError
+
+from config import (
+    GUARDED,
+    ConfigError,
+    SegnodeConfig,
+    UserName,
+    certificate_expiries,
+    load_config,
+    parse_config,
+    sets_nothing,
+)
+from config.editing import ConfigConflictError, ConfigEditError, add_user, read_config_text, save_change
+from config.passwords import hash_password
 from dicomio.measurements import StructureMeasurements
 from dicomio.suv import FileSuvFactors, SuvFactors, read_suv_factors
 from node.config_record import ConfigReading, ConfigRecordError, in_force_path, read_record
@@ -652,6 +666,64 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.config)
 
 
+def _console_add_user(args: argparse.Namespace) -> int:
+    """Checks the name and the file before asking for the password, which is
+    then typed for nothing less often."""
+    command = "segnode console add-user"
+    try:
+        TypeAdapter(UserName).validate_python(args.name)
+    except ValidationError as exc:
+        print(f"{command}: the name {args.name!r} is {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 1
+    try:
+        text = read_config_text(args.config)
+        config = parse_config(text, str(args.config))
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        print(f"{command}: {args.config}: cannot read: {reason}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        print(f"{command}: {exc.source} is not valid; fix it first", file=sys.stderr)
+        return 1
+    if config.node.console is None:
+        print(f"{command}: {args.config} configures no console; add node.console.port first", file=sys.stderr)
+        return 1
+    password = _new_password(args.password_stdin)
+    if password is None:
+        return 1
+    try:
+        change = add_user(text, args.name, hash_password(password), source=str(args.config))
+        save_change(args.config, change)
+    except ValueError as exc:  # an empty or overlong password
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 1
+    except ConfigEditError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 1
+    except (ConfigConflictError, OSError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 1
+    known = {user.name for user in config.node.console.users}
+    done = "password replaced" if args.name in known else "added"
+    print(f"{args.config}: console user {args.name} {done}; a running node applies it when it reloads "
+          "the file")
+    return 0
+
+
+def _new_password(from_stdin: bool) -> str | None:
+    """One line of stdin, or the password typed twice; None (said why) if the two differ."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != password:
+        print("segnode console add-user: the two passwords differ; nothing changed", file=sys.stderr)
+        return None
+    return password
+
+
 def _model_arguments(parser: argparse.ArgumentParser, store_help: str) -> None:
     parser.add_argument("--model", default="builtin", help="model name (default: builtin)")
     parser.add_argument(
@@ -771,6 +843,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", type=Path, metavar="DIR",
                       help="keep the store, the sent study and the returned objects in DIR")
     demo.set_defaults(run=_demo)
+
+    console = commands.add_parser("console", help="the web console's users")
+    console_commands = console.add_subparsers(dest="console_command", required=True)
+    add = console_commands.add_parser(
+        "add-user", help="let NAME sign in to the web console, or set a new password for NAME"
+    )
+    add.add_argument("name", metavar="NAME", help="1 to 64 of A-Z a-z 0-9 . _ @ -")
+    add.add_argument("--config", type=Path, required=True, help="YAML configuration file, rewritten")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of stdin instead of asking twice")
+    add.set_defaults(run=_console_add_user)
     return parser
 
 

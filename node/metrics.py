@@ -166,6 +166,29 @@ class NodeMetrics:
         start_http_server(port, addr=host, registry=self.registry)
 
 
+class ConsoleMetrics:
+    """The web console's requests and failed log-ins, in the node's registry."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.requests = Counter(
+            "segnode_console_requests_total",
+            "Console requests answered, by method, route (its path template) and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "segnode_console_request_seconds",
+            "Time to answer a console request.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.failed_logins = Counter(
+            "segnode_console_failed_logins_total",
+            "Console log-ins refused: a wrong name or password, or too many failures before.",
+            registry=registry,
+        )
+
+
 class CertificateExpiryCollector(Collector):
     """``segnode_certificate_expiry_days`` of the certificates in force, and
     warnings in the log for those about to expire.

@@ -28,6 +28,8 @@ from node.assemble.assembly import SeriesAssembler
 from node.assemble.completion import Timing
 from node.assemble.handover import Handover
 from node.config_record import ConfigReading, ConfigRecord, in_force_path, write_in_force, write_record
+from node.console.context import ConsoleContext
+from node.console.server import ConsoleServer
 from node.disk_space import DiskSpace
 from node.metrics import CertificateExpiryCollector, NodeMetrics
 from node.queue.job_metrics import JobCollector
@@ -84,6 +86,14 @@ class Node:
         removals = RemovalStore(config.node.storage_dir)
         removals.finish_interrupted()  # before a worker could write a folder being removed
         self.keeper = StorageKeeper(removals, self.disk_space, self.metrics, lambda: self.config.storage)
+        self.console = None if config.node.console is None else ConsoleServer(ConsoleContext(
+            config_path=self.config_path,
+            current_config=lambda: self.config,
+            storage_dir=config.node.storage_dir,
+            open_associations=self.scp.open_associations,
+            request_reload=self.request_reload,
+            registry=self.metrics.registry,
+        ), config.node.console)
         self._config_signature = file_signature(self.config_path)
         self._config_record: ConfigRecord | None = None  # set by serve, then by each reload
         self._wake = threading.Event()
@@ -92,6 +102,8 @@ class Node:
 
     def start(self) -> None:
         self.metrics.serve(self.config.node.host, self.config.node.metrics_port)
+        if self.console is not None:
+            self.console.start()
         self.scp.start()
         self.outbox.start()
         self.keeper.start()
@@ -100,8 +112,9 @@ class Node:
         host = self.config.node.host
         listeners = [f"DICOM {host}:{port}" for port in (self.scp.port,) if port is not None]
         listeners += [f"DICOM TLS {host}:{port}" for port in (self.scp.tls_port,) if port is not None]
-        LOG.info("segnode ready: %s, metrics http://%s:%d/metrics, storage %s",
-                 ", ".join(listeners), host, self.config.node.metrics_port, self.store.root)
+        console = "" if self.console is None else f", console {self.console.url}"
+        LOG.info("segnode ready: %s, metrics http://%s:%d/metrics%s, storage %s",
+                 ", ".join(listeners), host, self.config.node.metrics_port, console, self.store.root)
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -189,6 +202,8 @@ class Node:
             LOG.error("cannot write the configuration record in %s: %s", self.config.node.storage_dir, exc)
 
     def stop(self) -> None:
+        if self.console is not None:
+            self.console.stop()
         self.scp.shutdown()
         self.keeper.stop()
         self.assembler.stop()

@@ -126,12 +126,27 @@ def _status(code: int, comment: str, error_id: int | None = None) -> Dataset:
     return status
 
 
+@dataclass(frozen=True)
+class OpenAssociation:
+    """One association the SCP has accepted and not yet ended."""
+
+    calling_ae: str
+    address: str  # the peer's "host:port"
+    since: float  # epoch seconds it was established
+    instances: int  # C-STOREs stored on it so far
+
+
 @dataclass
 class _Sending:
-    """The series an open association has sent instances of; whether its
-    peer's series complete when it is released (peers[].completion)."""
+    """An open association: who it is and since when, how many instances it
+    stored, the series they are of, and whether its peer's series complete
+    when it is released (peers[].completion)."""
 
+    calling_ae: str
+    address: str
+    since: float
     ends_series: bool
+    instances: int = 0
     series: set[str] = field(default_factory=set)
 
 
@@ -357,8 +372,18 @@ class StorageSCP:
         self._metrics.active_associations.inc()
         with self._in_flight_changed:
             self._established.add(event.assoc)
+        requestor = event.assoc.requestor
+        sending = _Sending(calling_ae, f"{requestor.address}:{requestor.port}", time.time(),
+                           calling_ae.strip() in self._ending_peers)
         with self._sending_lock:
-            self._sending[event.assoc] = _Sending(calling_ae.strip() in self._ending_peers)
+            self._sending[event.assoc] = sending
+
+    def open_associations(self) -> tuple[OpenAssociation, ...]:
+        """The associations established and not yet ended, the oldest first (for the console)."""
+        with self._sending_lock:
+            open_now = [OpenAssociation(s.calling_ae, s.address, s.since, s.instances)
+                        for s in self._sending.values()]
+        return tuple(sorted(open_now, key=lambda association: association.since))
 
     def held(self) -> frozenset[str]:
         """Series that an open association, whose release will complete them, has sent."""
@@ -478,6 +503,7 @@ class StorageSCP:
         with self._sending_lock:
             sending = self._sending.get(event.assoc)
             if sending is not None:
+                sending.instances += 1
                 sending.series.add(identity.series_instance_uid)
         if recorded.promised:
             self._completion_due(received_at)

@@ -1,5 +1,8 @@
 """The send stage: C-STORE of stored result files to one destination.
 
+Its :class:`Session` also carries the console's probes (node/send/probe.py):
+a C-ECHO, and a test object sent through :func:`send_files`.
+
 Each file goes out exactly as it is stored: its dataset bytes after the file
 meta, in its own transfer syntax (pynetdicom's chunked file sending, which
 never decodes or re-encodes), on a presentation context proposed for its SOP
@@ -50,19 +53,27 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
+from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.sop_class import Verification
+from pynetdicom.status import (
+    STATUS_SUCCESS,
+    STATUS_WARNING,
+    STORAGE_SERVICE_CLASS_STATUS,
+    VERIFICATION_SERVICE_CLASS_STATUS,
+)
 
-from config import Destination, DestinationTls
+from config import Destination
 from node.tls import client_context, peer_certificate, tls_failure
 
 LOG = logging.getLogger(__name__)
@@ -149,14 +160,23 @@ def _read_outgoing(index: int, path: Path) -> _OutgoingFile:
     )
 
 
-def _result_from_status(path: Path, status: int, comment: str) -> SendResult:
-    category, description = STORAGE_SERVICE_CLASS_STATUS.get(status, ("Unknown", "unknown status"))
+@dataclass(frozen=True)
+class Reply:
+    """What came of one DIMSE request: the destination's status, or why none came."""
+
+    outcome: Outcome
+    status: int | None = None
+    detail: str = ""
+
+
+def _reply_from_status(status: int, comment: str, meanings: dict[int, tuple[str, str]]) -> Reply:
+    category, description = meanings.get(status, ("Unknown", "unknown status"))
     detail = f"0x{status:04X} {description}" + (f": {comment}" if comment else "")
     if category == STATUS_SUCCESS:
-        return SendResult(path, Outcome.SUCCESS, status)
+        return Reply(Outcome.SUCCESS, status)
     if category == STATUS_WARNING:
-        return SendResult(path, Outcome.WARNING, status, detail)
-    return SendResult(path, Outcome.REFUSED, status, detail)
+        return Reply(Outcome.WARNING, status, detail)
+    return Reply(Outcome.REFUSED, status, detail)
 
 
 class _Watchdog:
@@ -166,7 +186,9 @@ class _Watchdog:
     response recorded but ``send_c_store`` has not returned it (pynetdicom
     lost it), or when nothing has moved for ``timeout`` seconds: activity is
     each PDU written to the socket and each message received, so a large
-    file on a slow link is not cut off while its bytes still flow.
+    file on a slow link is not cut off while its bytes still flow. Past
+    ``deadline`` (``time.monotonic()``), if one is given, it ends the
+    association whatever it is doing, negotiation and release included.
 
     Ending does not rely on pynetdicom's threads: the TCP shutdown frees a DUL
     thread blocked in ``send`` and makes it close the association, and the
@@ -176,8 +198,9 @@ class _Watchdog:
     clears it later), so callers ask :attr:`ended` too.
     """
 
-    def __init__(self, timeout: float, name: str):
+    def __init__(self, timeout: float, name: str, deadline: float | None):
         self._timeout = timeout
+        self._deadline = deadline
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
         self._assoc: Association | None = None
@@ -185,12 +208,14 @@ class _Watchdog:
         self._in_flight: int | None = None
         self._last_activity = time.monotonic()
         self._ended = False
+        self.rejection: A_ASSOCIATE_RJ | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._guard, name=f"send-watchdog-{name}", daemon=True)
         self.handlers = [
             (evt.EVT_CONN_OPEN, self._on_connected),
             (evt.EVT_DATA_SENT, self._on_data_sent),
             (evt.EVT_DIMSE_RECV, self._on_message),
+            (evt.EVT_PDU_RECV, self._on_pdu),
         ]
 
     @property
@@ -236,6 +261,13 @@ class _Watchdog:
     def _on_data_sent(self, event: Event) -> None:
         self._last_activity = time.monotonic()
 
+    def _on_pdu(self, event: Event) -> None:
+        # pynetdicom reports an abort when the peer closes the connection
+        # right after its A-ASSOCIATE-RJ, before it has checked that the
+        # connection opened: the rejection is kept here as it arrives.
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            self.rejection = event.pdu
+
     def _on_message(self, event: Event) -> None:
         command = event.message.command_set
         if "MessageIDBeingRespondedTo" not in command:
@@ -252,9 +284,14 @@ class _Watchdog:
     def _guard(self) -> None:
         while not self._stopped.wait(_WATCHDOG_POLL_SECONDS):
             with self._lock:
-                if self._in_flight is None or self._ended:
-                    continue
                 now = time.monotonic()
+                if self._ended or self._socket is None:
+                    continue
+                if self._deadline is not None and now > self._deadline:
+                    self._end()
+                    continue
+                if self._in_flight is None:
+                    continue
                 answered = self._responses.get(self._in_flight)
                 if answered is not None:
                     lost = now - answered[0] > _LOST_RESPONSE_GRACE_SECONDS
@@ -353,22 +390,56 @@ class _TlsAttempt:
         raise _TlsFailed(self.failure)
 
 
-def _tls_context(tls: DestinationTls) -> ssl.SSLContext:
-    """node.tls's client context, making :class:`_TlsSocket` sockets."""
-    context = client_context(tls)
+class TlsFilesUnreadable(Exception):
+    """A destination's TLS files cannot be loaded; the message says which and why."""
+
+
+def destination_tls(destination: Destination, name: str) -> ssl.SSLContext | None:
+    """node.tls's client context for ``destination``, making :class:`_TlsSocket`
+    sockets; None if it is sent to without TLS. Read each time, so that
+    renewed certificates are taken up.
+
+    Raises
+    ------
+    TlsFilesUnreadable
+        If its CA, certificate or key cannot be read or used.
+    """
+    if destination.tls is None:
+        return None
+    try:
+        context = client_context(destination.tls)
+    except OSError as exc:  # ssl.SSLError included
+        files_read = ", ".join(
+            str(path)
+            for path in (destination.tls.ca, destination.tls.certificate, destination.tls.key)
+            if path is not None
+        )
+        raise TlsFilesUnreadable(f"cannot load the TLS files of {name} ({files_read}): {exc}") from exc
     context.sslsocket_class = _TlsSocket
     return context
 
 
-class _Session:
-    """One association to the destination, sending files one at a time."""
+class Session:
+    """One association to the destination, carrying one request at a time.
+
+    If it could not be opened, :attr:`failure` says why (and the outcome
+    that every request would have had). Without a ``deadline`` each step is
+    bounded by ``timeout`` of silence; with one, the association ends at the
+    deadline whatever it is doing (the console's probes).
+    """
 
     def __init__(
-        self, ae: AE, destination: Destination, name: str, timeout: float, tls: ssl.SSLContext | None
+        self,
+        ae: AE,
+        destination: Destination,
+        name: str,
+        timeout: float,
+        tls: ssl.SSLContext | None,
+        deadline: float | None = None,
     ):
         self._name = name
         self._timeout = timeout
-        self._watchdog = _Watchdog(timeout, name)
+        self._watchdog = _Watchdog(timeout, name, deadline)
         self._next_message_id = 1
         self.failure: tuple[Outcome, str] | None = None
         where = f"{destination.ae_title}@{destination.host}:{destination.port}"
@@ -376,14 +447,24 @@ class _Session:
         if tls is not None:
             assert destination.tls is not None
             attempt = _TlsAttempt(tls, destination.tls.sha256, where)
+        self._assoc: Association | None = None
         self._watchdog.start()
-        self._assoc: Association = ae.associate(
-            destination.host,
-            destination.port,
-            ae_title=destination.ae_title,
-            evt_handlers=self._watchdog.handlers,
-            tls_args=None if attempt is None else (attempt, destination.host),
-        )
+        opened = time.monotonic()
+        try:
+            self._assoc = ae.associate(
+                destination.host,
+                destination.port,
+                ae_title=destination.ae_title,
+                evt_handlers=self._watchdog.handlers,
+                tls_args=None if attempt is None else (attempt, destination.host),
+            )
+        # pynetdicom resolves the host name outside its own error handling; a
+        # name the IDNA codec refuses (a label over 63 characters) is a UnicodeError.
+        except (OSError, UnicodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.failure = (Outcome.CONNECT_FAILED, f"cannot connect to {where}: {reason}")
+            self.close()
+            return
         self._accepted = {
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in self._assoc.accepted_contexts
         }
@@ -394,24 +475,29 @@ class _Session:
             self.failure = (Outcome.TLS_FAILED, attempt.failure)
         elif not self._watchdog.connected:
             self.failure = (Outcome.CONNECT_FAILED, f"cannot connect to {where}")
-        elif self._assoc.is_rejected:
-            rejection = self._assoc.acceptor.primitive
-            assert rejection is not None
+        elif self._watchdog.rejection is not None:
+            rejection = self._watchdog.rejection
             self.failure = (
                 Outcome.REJECTED,
                 f"{where} rejected the association: {rejection.result_str}, "
                 f"{rejection.source_str}, {rejection.reason_str}",
             )
-        else:
+        elif self._watchdog.ended or time.monotonic() - opened >= timeout:
             self.failure = (Outcome.ABORTED, f"{where} did not accept the association within {timeout:g}s")
+        else:
+            self.failure = (
+                Outcome.ABORTED,
+                f"{where} ended the connection before accepting the association",
+            )
         self.close()
 
     @property
     def alive(self) -> bool:
-        return self._assoc.is_established and not self._watchdog.ended
+        return self._assoc is not None and self._assoc.is_established and not self._watchdog.ended
 
     def store(self, outgoing: _OutgoingFile) -> SendResult:
-        path = outgoing.path
+        assert self._assoc is not None, self.failure
+        assoc, path = self._assoc, outgoing.path
         if (outgoing.sop_class_uid, outgoing.transfer_syntax_uid) not in self._accepted:
             return SendResult(
                 path,
@@ -419,43 +505,58 @@ class _Session:
                 detail=f"{self._name} accepted no context for SOP class {outgoing.sop_class_uid} "
                 f"in transfer syntax {outgoing.transfer_syntax_uid}",
             )
+        try:
+            reply = self._request(
+                lambda message_id: assoc.send_c_store(path, msg_id=message_id),
+                f"the C-STORE of {outgoing.sop_instance_uid}",
+                STORAGE_SERVICE_CLASS_STATUS,
+            )
+        except OSError as exc:
+            return SendResult(path, Outcome.UNREADABLE, detail=f"cannot read {path}: {exc}")
+        return SendResult(path, reply.outcome, reply.status, reply.detail)
+
+    def echo(self) -> Reply:
+        """C-ECHO (the Verification service, PS3.4 annex A)."""
+        assert self._assoc is not None, self.failure
+        assoc = self._assoc
+        if not any(sop_class == Verification for sop_class, _ in self._accepted):
+            return Reply(Outcome.NOT_ACCEPTED, detail=f"{self._name} accepted no context for Verification")
+        return self._request(
+            lambda message_id: assoc.send_c_echo(msg_id=message_id),
+            "the C-ECHO",
+            VERIFICATION_SERVICE_CLASS_STATUS,
+        )
+
+    def _request(
+        self, send: Callable[[int], Dataset], what: str, meanings: dict[int, tuple[str, str]]
+    ) -> Reply:
+        """Send one request with ``send(message_id)`` and read its response, wherever it came out."""
         message_id = self._next_message_id
         self._next_message_id = message_id % 0xFFFF + 1
         self._watchdog.begin(message_id)
         try:
-            status = self._assoc.send_c_store(path, msg_id=message_id)
-        except OSError as exc:
-            self._watchdog.finish()
-            return SendResult(path, Outcome.UNREADABLE, detail=f"cannot read {path}: {exc}")
+            status = send(message_id)
         except RuntimeError:  # pynetdicom: the association is no longer established
-            self._watchdog.finish()
-            return SendResult(path, Outcome.ABORTED, detail=f"{self._name} ended the association")
-        ended_by_watchdog = self._watchdog.finish()
+            return Reply(Outcome.ABORTED, detail=f"{self._name} ended the association")
+        finally:
+            ended_by_watchdog = self._watchdog.finish()
         if "Status" in status:
-            return _result_from_status(path, int(status.Status), str(status.get("ErrorComment", "")))
+            return _reply_from_status(int(status.Status), str(status.get("ErrorComment", "")), meanings)
         recorded = self._watchdog.response(message_id)
         if recorded is not None:
             LOG.warning(
                 "the response of %s to %s (0x%04X) was lost inside pynetdicom; "
                 "sending the rest on a new association",
                 self._name,
-                outgoing.sop_instance_uid,
+                what,
                 recorded[0],
             )
-            return _result_from_status(path, *recorded)
+            return _reply_from_status(*recorded, meanings)
         if ended_by_watchdog:
-            return SendResult(
-                path,
-                Outcome.TIMED_OUT,
-                detail=f"{self._name} did not answer the C-STORE of {outgoing.sop_instance_uid} "
-                f"within {self._timeout:g}s",
+            return Reply(
+                Outcome.TIMED_OUT, detail=f"{self._name} did not answer {what} within {self._timeout:g}s"
             )
-        return SendResult(
-            path,
-            Outcome.ABORTED,
-            detail=f"the association with {self._name} ended during the C-STORE of "
-            f"{outgoing.sop_instance_uid}",
-        )
+        return Reply(Outcome.ABORTED, detail=f"the association with {self._name} ended during {what}")
 
     def close(self) -> None:
         if self.alive:
@@ -463,15 +564,16 @@ class _Session:
         self._watchdog.stop()
 
 
-def _application_entity(calling_ae: str, files: Sequence[_OutgoingFile], timeout: float) -> AE:
+def application_entity(calling_ae: str, contexts: Iterable[tuple[str, str]], timeout: float) -> AE:
+    """The requesting AE for one destination, proposing each (SOP class,
+    transfer syntax) pair on a context of its own, so that the peer can
+    accept each pair on its own."""
     ae = AE(ae_title=calling_ae)
-    # One context per SOP class and transfer syntax, so that the peer can
-    # accept each pair on its own.
-    for pair in dict.fromkeys((f.sop_class_uid, f.transfer_syntax_uid) for f in files):
-        ae.add_requested_context(pair[0], pair[1])
+    for sop_class, transfer_syntax in dict.fromkeys(contexts):
+        ae.add_requested_context(sop_class, transfer_syntax)
     ae.connection_timeout = timeout
     ae.acse_timeout = timeout
-    # The watchdog bounds each C-STORE by silence, not by total time.
+    # The watchdog bounds each request by silence, not by total time.
     ae.dimse_timeout = None
     return ae
 
@@ -483,6 +585,7 @@ def send_files(
     calling_ae: str,
     timeout: float,
     name: str | None = None,
+    deadline: float | None = None,
 ) -> list[SendResult]:
     """C-STORE ``files`` to ``destination``, in order; one result per file, in the same order.
 
@@ -500,6 +603,9 @@ def send_files(
     name : str, optional
         What to call the destination in results and logs (the configuration
         key); ``AE@host:port`` by default.
+    deadline : float, optional
+        A ``time.monotonic()`` at which the attempt ends whatever the
+        destination is doing, for a caller that must answer in bounded time.
 
     Notes
     -----
@@ -521,7 +627,7 @@ def send_files(
         except (OSError, InvalidDicomError) as exc:
             results[index] = SendResult(path, Outcome.UNREADABLE, detail=f"cannot read {path}: {exc}")
     if readable:
-        _send_readable(destination, readable, calling_ae, timeout, name, results)
+        _send_readable(destination, readable, calling_ae, timeout, name, deadline, results)
     delivered = sum(result.delivered for result in results.values())
     LOG.info("sent %d of %d files to %s", delivered, len(files), name)
     return [results[index] for index in range(len(files))]
@@ -533,28 +639,20 @@ def _send_readable(
     calling_ae: str,
     timeout: float,
     name: str,
+    deadline: float | None,
     results: dict[int, SendResult],
 ) -> None:
-    ae = _application_entity(calling_ae, files, timeout)
-    tls = None
-    if destination.tls is not None:
-        # Read each round, so that renewed certificates are taken up.
-        try:
-            tls = _tls_context(destination.tls)
-        except OSError as exc:  # ssl.SSLError included
-            files_read = ", ".join(
-                str(path)
-                for path in (destination.tls.ca, destination.tls.certificate, destination.tls.key)
-                if path is not None
-            )
-            detail = f"cannot load the TLS files of {name} ({files_read}): {exc}"
-            LOG.warning("cannot send to %s: %s", name, detail)
-            for outgoing in files:
-                results[outgoing.index] = SendResult(outgoing.path, Outcome.TLS_FAILED, detail=detail)
-            return
+    ae = application_entity(calling_ae, ((f.sop_class_uid, f.transfer_syntax_uid) for f in files), timeout)
+    try:
+        tls = destination_tls(destination, name)
+    except TlsFilesUnreadable as exc:
+        LOG.warning("cannot send to %s: %s", name, exc)
+        for outgoing in files:
+            results[outgoing.index] = SendResult(outgoing.path, Outcome.TLS_FAILED, detail=str(exc))
+        return
     waiting = list(files)
     while waiting:
-        session = _Session(ae, destination, name, timeout, tls)
+        session = Session(ae, destination, name, timeout, tls, deadline)
         if session.failure is not None:
             outcome, detail = session.failure
             LOG.warning("cannot send to %s: %s", name, detail)

@@ -1,0 +1,1 @@
+"""The administrators' web console: the node's state, its routing as forms, tests of its peers."""
