@@ -8,6 +8,7 @@ starts or before a hot reload replaces a working configuration.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -62,6 +63,29 @@ def _check_ae_title(value: str) -> str:
 
 AETitle = Annotated[str, AfterValidator(_check_ae_title)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_host(value: str) -> str:
+    """An IP address, or a host name of labels of letters, digits, hyphens
+    (and the underscores some sites' internal names carry), each at most 63
+    characters, at most 253 in all (RFC 1123 2.1): anything else would only
+    fail later, in the resolver, as a peer that never matches or a
+    destination that is never reached."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        raise PydanticCustomError(
+            "host", "not an IP address or a host name (letters, digits and hyphens, at most 253 characters)"
+        )
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_check_host)]
 
 #: Environment variable naming the model store where the configuration names none
 #: (the container image sets it; ``segnode models`` without ``--store`` reads it).
@@ -211,7 +235,7 @@ class NodeConsole(_Strict):
     as it can change the configuration; HTTPS when ``certificate`` and
     ``private_key`` are given, for a console reached from other hosts."""
 
-    host: str = "127.0.0.1"
+    host: HostName = "127.0.0.1"
     port: Port
     # How long a sign-in lasts, counted from signing in (the overview polls, so use never stops).
     session_minutes: int = Field(480, ge=5, le=10080)
@@ -251,7 +275,7 @@ class NodeSettings(_Strict):
     """The node's own identity, listening address, storage and timings."""
 
     ae_title: AETitle = "SEGNODE"
-    host: str = "127.0.0.1"
+    host: HostName = "127.0.0.1"
     port: Port = 11112
     storage_dir: Path = Path("./var/segnode")
     # Where `segnode models install` put the models the pipelines name.
@@ -321,7 +345,7 @@ class Peer(_Strict):
     only over TLS, or only with one client certificate (which implies TLS)."""
 
     ae_title: AETitle
-    host: str | None = None
+    host: HostName | None = None
     tls: Literal["optional", "required"] = "optional"
     certificate: CertificateBinding | None = None
     # What tells that a series it sends is complete: the stable period, or
@@ -388,7 +412,7 @@ class Destination(_Strict):
     """
 
     ae_title: AETitle
-    host: str
+    host: HostName
     port: Port
     tls: DestinationTls | None = None
     outputs: Annotated[list[OutputKind], AfterValidator(_distinct)] = Field(

@@ -155,3 +155,21 @@ def test_a_peer_completion_other_than_stable_or_association_is_refused_named():
         parse_config("peers: [{ae_title: CT1}, {ae_title: CT2, completion: mpps}]\n")
     [error] = refused.value.errors
     assert error.startswith("peers[1].completion:") and "'stable' or 'association'" in error, error
+
+
+@pytest.mark.parametrize("host", ["pacs", "pacs.radiology.example.org", "pacs-2.local.", "ct_01.intra",
+                                  "10.0.0.7", "::1", "fe80::1", "0.0.0.0", "x" * 63 + ".example"])
+def test_host_names_and_addresses_are_accepted(host):
+    config = parse_config(f"peers: [{{ae_title: CT, host: {host!r}}}]\n")
+    assert config.peers[0].host == host
+
+
+@pytest.mark.parametrize("host", ["", "pacs\x00", "pacs com", "x\nroutes: []", "$(id)", "<b>pacs</b>",
+                                  "x" * 64 + ".example", ".".join(["abcdefgh"] * 30), "pacs..org", "-pacs"])
+def test_anything_else_as_a_host_is_refused_naming_the_field(host):
+    for text in (f"peers: [{{ae_title: CT, host: {host!r}}}]\n",
+                 f"destinations: {{pacs: {{ae_title: P, host: {host!r}, port: 104}}}}\n",
+                 f"node: {{host: {host!r}}}\n"):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(text)
+        assert "not an IP address or a host name" in str(caught.value), caught.value

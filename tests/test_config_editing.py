@@ -192,11 +192,13 @@ def test_an_unknown_section_is_refused():
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_hostile_values_stay_data(hostile):
-    # Any string is a host as far as the schema goes: it must read back as typed.
-    change = edit_section(COMMENTED, "peers", [{"ae_title": "CT1", "host": hostile}], source="s")
+    # A route's series description is any pattern as far as the schema goes: it must read back as typed.
+    route = {"name": "ct", "match": {"series_description": hostile}, "pipeline": "organs",
+             "send_to": ["PACS"]}
+    change = edit_section(COMMENTED, "routes", [route], source="s")
     assert yaml.safe_load(change.new_text).keys() == yaml.safe_load(COMMENTED).keys()
-    assert peers(change) == [{"ae_title": "CT1", "host": hostile}]
-    assert change.config.peers[0].host == hostile
+    assert yaml.safe_load(change.new_text)["routes"] == [route]
+    assert change.config.routes[0].match.series_description == hostile
     # A destination's name is a mapping key, written as safely.
     value = {hostile: {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}, "PACS": {
         "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}}

@@ -110,9 +110,12 @@ def wait_until(driver, condition, what: str, seconds: float = WAIT_SECONDS):
 
 
 def text_of(driver, css: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    return " ".join(element.text for element in driver.find_elements(By.CSS_SELECTOR, css))
+    """The text of every element `css` selects, read in one script: the
+    overview replaces its live part every 2 s, and elements found before a
+    refresh would be stale when read after it."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText).join(' ');", css
+    )
 
 
 def form_of(driver, css: str):

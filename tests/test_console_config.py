@@ -186,32 +186,50 @@ def test_a_default_the_file_leaves_out_is_not_written(client, console):
 def test_shell_metacharacters_and_script_tags_are_kept_as_text_and_escaped(client, console, tmp_path,
                                                                           monkeypatch):
     monkeypatch.chdir(tmp_path)  # where a shell would create the file
-    host = f"$(touch pwned); `touch pwned` | {SCRIPT}"
-    answer = post_form(client, "/config/destinations/edit", entry="closed", name="closed", ae_title="NOBODY",
-                       host=host, port="104", outputs=["seg", "sr"], seg_format="binary")
+    hostile = f"$(touch pwned); `touch pwned` | {SCRIPT}"
+    # Free text (a route's pattern) is written as it is and shown escaped.
+    answer = post_form(client, "/config/routes/edit", entry="0", name="first", pipeline="organs",
+                       send_to=["closed"], **{"match.series_description": hostile})
     assert answer.status_code == 303
-    assert load_config(console.config_path, check_files=False).destinations["closed"].host == host
+    assert load_config(console.config_path, check_files=False).routes[0].match.series_description == hostile
     shown = client.get("/config").text
     assert SCRIPT not in shown and html.escape(SCRIPT) in shown
+    # A host name is refused beside its field, and shown escaped there.
+    before = console.config_path.read_bytes()
+    refused = post_form(client, "/config/destinations/edit", entry="closed", name="closed", ae_title="NOBODY",
+                        host=hostile, port="104", outputs=["seg", "sr"], seg_format="binary")
+    assert refused.status_code == 400 and SCRIPT not in refused.text
+    assert "not an IP address or a host name" in field_block(refused.text, "host", hostile)
+    assert console.config_path.read_bytes() == before
+    # What a probe says comes back escaped: an AE title may hold markup.
+    answer = post_form(client, "/config/destinations/edit", entry="closed", name="closed",
+                       ae_title="<i>NOBODY</i>", host="127.0.0.1", port="104", outputs=["seg", "sr"],
+                       seg_format="binary")
+    assert answer.status_code == 303
+    shown = client.get("/config").text
     probe = client.post("/destinations/closed/echo", data={"csrf_token": hidden(shown, "csrf_token")},
                         headers={"X-Console-Fragment": "1"})
-    assert probe.status_code == 200 and "Failed" in probe.text and SCRIPT not in probe.text
+    assert probe.status_code == 200 and "Failed" in probe.text
+    assert "<i>NOBODY</i>" not in probe.text and html.escape("<i>NOBODY</i>") in probe.text
     assert not (tmp_path / "pwned").exists()
 
 
 def test_yaml_injection_stays_a_string_and_changes_no_other_key(client, console):
     routes = load_config(console.config_path, check_files=False).routes
-    answer = post_form(client, "/config/peers/add", ae_title="CT3", host="x\nroutes: []", tls="optional",
-                       completion="stable")
+    answer = post_form(client, "/config/routes/add", name="third", pipeline="organs", send_to=["closed"],
+                       **{"match.series_description": "x\nroutes: []"})
     assert answer.status_code == 303
     config = load_config(console.config_path, check_files=False)
-    assert config.peers[-1].host == "x\nroutes: []"
-    assert config.routes == routes
-    # In an AE title it is a control character; in a name, not a name.
+    assert config.routes[-1].match.series_description == "x\nroutes: []"
+    assert config.routes[:-1] == routes
+    # In an AE title it is a control character; in a host or a name, not one.
     before = console.config_path.read_bytes()
     refused = post_form(client, "/config/peers/add", ae_title="X\nroutes: []", tls="optional",
                         completion="stable")
     assert refused.status_code == 400 and "contains a control character" in refused.text
+    refused = post_form(client, "/config/peers/add", ae_title="CT3", host="x\nroutes: []", tls="optional",
+                        completion="stable")
+    assert refused.status_code == 400 and "not an IP address or a host name" in refused.text
     refused = post_form(client, "/config/pipelines/add", name="p\nroutes: []", model="builtin", device="cpu")
     assert refused.status_code == 400
     assert "1 to 64 of" in field_block(refused.text, "name", "p\nroutes: []")

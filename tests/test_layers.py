@@ -1,9 +1,10 @@
 """The layer contracts of pyproject.toml ([tool.importlinter]) hold, and they bite.
 
 dicomio at the bottom, config (which writes its file through dicomio.files)
-and inference above it, node above them, the phantom and demo on top; inference never imports pynetdicom and dicomio never
-torch; node's stages import one way. A new import that breaks a layer fails here, so the structure the
-README describes stays the structure of the code.
+and inference above it, node above them, the phantom and demo on top;
+inference never imports pynetdicom and dicomio never torch; node's stages
+import one way. A new import that breaks a layer fails here, so the
+structure the README describes stays the structure of the code.
 """
 
 from __future__ import annotations

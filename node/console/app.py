@@ -15,7 +15,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -30,7 +30,7 @@ from node.console.probe_pages import probe_routes
 from node.console.sessions import SessionTable
 from node.console.sign_in import sign_in_routes
 from node.console.templating import console_templates
-from node.console.web import FORM_BYTES, ConsoleState, NotSignedIn, page
+from node.console.web import FORM_BYTES, ConsoleState, NotSignedIn, page, whole_number
 from node.metrics import ConsoleMetrics
 
 LOG = logging.getLogger(__name__)
@@ -69,9 +69,14 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+#: The methods the console's routes answer; any other is counted as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST"})
+
+
 class _Measured:
     """segnode_console_requests_total and _request_seconds; the route label is the
-    matched route's path template, so that a scan of odd paths adds no series."""
+    matched route's path template and the method one of _METHODS or "other", so that a
+    scan of odd paths or made-up methods adds no series (each would take memory for good)."""
 
     def __init__(self, app: ASGIApp, metrics: ConsoleMetrics):
         self.app = app
@@ -94,7 +99,8 @@ class _Measured:
             await self.app(scope, receive, send_noting_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.request_seconds.observe(time.perf_counter() - started)
 
 
@@ -117,7 +123,8 @@ class _BodyLimit:
 
         async def bounded_receive() -> Message:
             nonlocal received
-            if declared is not None and (not declared.isdigit() or int(declared) > FORM_BYTES):
+            size = None if declared is None else whole_number(declared)
+            if declared is not None and (size is None or size > FORM_BYTES):
                 raise HTTPException(413, _TOO_LARGE)
             message = await receive()
             if message["type"] == "http.request":
@@ -130,7 +137,8 @@ class _BodyLimit:
 
 
 class _Failures:
-    """A page that fails is logged and answered with the 500 page; the node goes on."""
+    """A page that fails is logged and answered with the 500 page; the node goes on. A client
+    that leaves mid-request is no failure (else anyone could fill the log with tracebacks)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -148,6 +156,8 @@ class _Failures:
 
         try:
             await self.app(scope, receive, send_noting_start)
+        except ClientDisconnect:  # gone mid-request: no one to answer, and nothing failed
+            LOG.debug("console: %s %s: the client left", scope["method"], scope["path"])
         except Exception:
             LOG.exception("console: %s %s failed", scope["method"], scope["path"])
             if responded:

@@ -39,7 +39,7 @@ from config.editing import (
 )
 from node.config_record import ConfigRecordError, read_record
 from node.console.context import ConsoleContext
-from node.console.web import checked_form, page, record_change, signed_in_user
+from node.console.web import checked_form, page, record_change, signed_in_user, whole_number
 
 #: What a form can do to its section.
 ACTIONS: Final = ("add", "edit", "remove", "move")
@@ -353,9 +353,10 @@ class Proposal:
 
 def _position(form: FormData, entries: list, noun: str) -> int:
     entry = str(form.get("entry", ""))
-    if not entry.isdigit() or int(entry) >= len(entries):
+    position = whole_number(entry)
+    if position is None or position >= len(entries):
         raise HTTPException(404, f"The file has no {noun} {entry!r}; reload the page.")
-    return int(entry)
+    return position
 
 
 def _name_of(form: FormData, entries: dict, noun: str) -> str:

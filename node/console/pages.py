@@ -18,7 +18,15 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from node.console.snapshot import overview, series_detail, series_page
-from node.console.web import checked_form, console_context, console_state, page, record_change, signed_in_user
+from node.console.web import (
+    checked_form,
+    console_context,
+    console_state,
+    page,
+    record_change,
+    signed_in_user,
+    whole_number,
+)
 from node.queue.job_state import JobState
 from node.queue.jobs import JobNotFoundError, JobQueue
 from node.receive.series_state import SeriesState
@@ -33,9 +41,10 @@ LIVE_EVERY_SECONDS = 2
 
 def _page_number(request: Request, name: str = "page") -> int:
     value = request.query_params.get(name, "1")
-    if not value.isdigit():
+    number = whole_number(value)
+    if number is None:
         raise HTTPException(400, f"{name} must be a page number, not {value!r}")
-    return max(1, int(value))
+    return max(1, number)
 
 
 def overview_page(request: Request) -> Response:
@@ -106,7 +115,10 @@ def _retry(request: Request, job_id: int) -> str:
 
 async def retry_job(request: Request) -> Response:
     await checked_form(request)
-    series_uid = await run_in_threadpool(_retry, request, request.path_params["job_id"])
+    job_id = whole_number(request.path_params["job_id"])
+    if job_id is None:
+        raise HTTPException(404, f"There is no job {request.path_params['job_id']!r}.")
+    series_uid = await run_in_threadpool(_retry, request, job_id)
     return RedirectResponse(f"/series/{series_uid}", 303)
 
 
@@ -123,6 +135,6 @@ def state_routes() -> list[Route]:
         Route("/series", series_list, methods=["GET"]),
         Route("/series/{uid}", series_page_of, methods=["GET"]),
         Route("/series/{uid}/report.pdf", report_pdf, methods=["GET"]),
-        Route("/jobs/{job_id:int}/retry", retry_job, methods=["POST"]),
+        Route("/jobs/{job_id}/retry", retry_job, methods=["POST"]),
         Route("/audit", audit_page, methods=["GET"]),
     ]

@@ -17,6 +17,7 @@ import uvicorn
 
 from config import NodeConsole
 from node.console.app import console_app
+from node.console.connections import BoundedH11Protocol
 from node.console.context import ConsoleContext
 from node.console.session_key import read_or_create_session_key
 from node.console.web import ConsoleState
@@ -73,7 +74,7 @@ class ConsoleServer:
             self._state = app.state.console
             config = uvicorn.Config(
                 app,
-                http="h11",
+                http=BoundedH11Protocol,  # closes slow and surplus connections
                 ws="none",
                 lifespan="off",
                 log_config=None,

@@ -83,23 +83,29 @@ async def log_in(request: Request) -> Response:
     name, password = str(form.get("user", "")), str(form.get("password", ""))
     target = same_site_path(form.get("next"))
     address = client_address(request)
-    keys = limit_keys(address, name[:_NAME_KEY_CHARS])
-    now = time.time()
-    wait = state.limiter.retry_after(keys, now)
+    shown = name[:_NAME_KEY_CHARS]  # in keys and logs: a name of 60 KiB must not fill either
+    keys = limit_keys(address, shown)
+    console = state.context.current_config().node.console
+    users = console.users if console is not None else ()
+    # One log-in checked at a time: else tries sent at once would all pass the count before any
+    # failed, and each argon2 check takes 64 MiB.
+    async with state.password_check:
+        now = time.time()
+        wait = state.limiter.retry_after(keys, now)
+        valid = wait == 0 and await run_in_threadpool(credentials_valid, users, name, password)
+        if wait == 0 and not valid:
+            state.limiter.failed(keys, now)
     if wait > 0:
         state.metrics.failed_logins.inc()
-        LOG.warning("console: log-in as %r from %s refused: too many failures", name, address)
+        LOG.warning("console: log-in as %r from %s refused: too many failures", shown, address)
         minutes = math.ceil(wait / 60)
         response = page(request, "login.html", {
             "next": target, "error": f"Too many failed log-ins: try again in {minutes} minutes."}, 429)
         response.headers["Retry-After"] = str(math.ceil(wait))
         return response
-    console = state.context.current_config().node.console
-    users = console.users if console is not None else ()
-    if not await run_in_threadpool(credentials_valid, users, name, password):
-        state.limiter.failed(keys, now)
+    if not valid:
         state.metrics.failed_logins.inc()
-        LOG.warning("console: failed log-in as %r from %s", name, address)
+        LOG.warning("console: failed log-in as %r from %s", shown, address)
         return page(request, "login.html", {"next": target, "error": "Wrong user name or password."}, 403)
     begin_session(request, name)
     record_change(request, "sign-in", f"signed in from {address}")

@@ -19,16 +19,17 @@ from pathlib import Path
 
 from dicomio.csv import MeasurementsCsvError, read_measurements_csv
 from dicomio.measurements import QualityFlag, StructureMeasurements
-from node.console.context import ConsoleContext, OpenAssociation
-from node.database import open_database
+from node.console.context import ConsoleContext
 from node.disk_space import DiskSpace
 from node.queue.job_state import JobState
 from node.queue.jobs import Job, JobKind, JobQueue
 from node.queue.results import SegmentResult
 from node.receive.index import InstanceIndex, InstanceRecord, ListedSeries
+from node.receive.scp import OpenAssociation
 from node.receive.series_state import CompletionSignal, SeriesState
 from node.retention.removal import RemovalKind
-from node.send.outbox import OUTBOX_FILENAME, ItemState, OutboxStore
+from node.send.outbox import Delivery, OutboxStore
+from node.work.writing import REPORT_PDF
 
 #: How many of the latest series the overview lists.
 RECENT_SERIES = 10
@@ -36,8 +37,6 @@ RECENT_SERIES = 10
 PEER_WINDOW_SECONDS = 86400.0
 #: The most series one page may ask for.
 MAX_PER_PAGE = 500
-# Written beside the measurements CSV by node/work/writing.py.
-_REPORT_PDF = "report.pdf"
 # The storage keeper's gauge of bytes stored, by kind (node/retention/keeper.py).
 _STORAGE_BYTES = "segnode_storage_bytes"
 
@@ -127,19 +126,6 @@ class InstanceRow:
     size_bytes: int
     calling_ae: str
     received_at: float
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A job's files for one destination; ``last_error`` that of the latest
-    failed attempt of a file not delivered."""
-
-    destination: str
-    delivered: int
-    pending: int
-    failed: int
-    last_delivered_at: float | None
-    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -247,14 +233,15 @@ def series_detail(storage_dir: Path, series_instance_uid: str) -> SeriesDetail |
     with closing(JobQueue(storage_dir)) as queue:
         jobs = [job for job in queue.jobs_reading([record.study_instance_uid])
                 if series_instance_uid in (job.series_instance_uid, job.subject)]
-    deliveries = _deliveries(storage_dir, [job.id for job in jobs])
+    with closing(OutboxStore(storage_dir, read_only=True)) as outbox:
+        deliveries = outbox.deliveries_by_destination([job.id for job in jobs])
     latest = max(_finished_segmentations(jobs, series_instance_uid), key=lambda done: done[0].updated_at,
                  default=None)
     measurements: tuple[StructureRow, ...] = ()
     problem = report = None
     if latest is not None:
         measurements, problem = _measurements(latest[1])
-        pdf = latest[1].csv.parent / _REPORT_PDF
+        pdf = latest[1].csv.parent / REPORT_PDF
         report = pdf if pdf.is_file() else None
     return SeriesDetail(
         series=_series_row(listed),
@@ -330,40 +317,6 @@ def _destinations(storage_dir: Path, configured: tuple[str, ...], now: float) ->
             entry.last_error,
         ))
     return tuple(states)
-
-
-def _deliveries(storage_dir: Path, job_ids: list[int]) -> dict[int, tuple[Delivery, ...]]:
-    """Each job's files per destination.
-
-    Workers queue a job's files as ``"<job id>/..."`` (node/work/worker.py),
-    so a job's rows are the keys from "<id>/" up to "<id>0" ('0' follows
-    '/' in ASCII): a range of the outbox's unique index, as in
-    OutboxStore.deliveries.
-    """
-    found: dict[int, tuple[Delivery, ...]] = {}
-    counts = (
-        "SELECT destination, SUM(state = ?), SUM(state = ?), SUM(state = ?), MAX(delivered) FROM outbox "
-        "WHERE job_id >= ? AND job_id < ? GROUP BY destination ORDER BY destination"
-    )
-    last_error = (
-        "SELECT last_error FROM outbox WHERE job_id >= ? AND job_id < ? AND destination = ? AND state != ? "
-        "AND last_error IS NOT NULL ORDER BY last_attempt DESC LIMIT 1"
-    )
-    states = (ItemState.DELIVERED.value, ItemState.PENDING.value, ItemState.FAILED.value)
-    with closing(open_database(Path(storage_dir) / OUTBOX_FILENAME, "", read_only=True)) as db:
-        for job_id in job_ids:
-            keys = (f"{job_id}/", f"{job_id}0")
-            rows = db.execute(counts, (*states, *keys)).fetchall()
-            found[job_id] = tuple(
-                Delivery(destination, delivered, pending, failed, last_delivered, _first(
-                    db.execute(last_error, (*keys, destination, ItemState.DELIVERED.value)).fetchone()))
-                for destination, delivered, pending, failed, last_delivered in rows
-            )
-    return found
-
-
-def _first(row: tuple | None) -> str | None:
-    return None if row is None else row[0]
 
 
 def _disk_use(context: ConsoleContext, low_watermark_bytes: int) -> DiskUse:

@@ -5,9 +5,11 @@ probe_pages.py) build on these names and nothing else of the app's.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jinja2 import Environment
 from starlette.datastructures import FormData
@@ -26,6 +28,9 @@ from node.metrics import ConsoleMetrics
 FORM_BYTES = 64 * 1024
 #: Fields a form may have; the routing forms have a few dozen.
 FORM_FIELDS = 512
+#: The most digits a number from a request may have: SQLite's integers (and so job ids and
+#: page offsets) hold 18 digits, and int() refuses a few thousand.
+NUMBER_DIGITS = 18
 #: The header with which console.js asks for a page's "content" block only.
 FRAGMENT_HEADER = "X-Console-Fragment"
 
@@ -59,6 +64,8 @@ class ConsoleState:
     audit: AuditLog
     metrics: ConsoleMetrics
     templates: Environment
+    #: Held while a log-in is checked (node/console/sign_in.py).
+    password_check: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class NotSignedIn(Exception):
@@ -68,6 +75,12 @@ class NotSignedIn(Exception):
     def __init__(self, path: str):
         super().__init__(f"{path} needs a signed-in user")
         self.path = path
+
+
+def whole_number(text: str) -> int | None:
+    """`text` as a number if it is 1 to NUMBER_DIGITS ASCII digits, else None. (str.isdigit
+    also takes "²", which int() refuses, and any length.)"""
+    return int(text) if re.fullmatch(rf"[0-9]{{1,{NUMBER_DIGITS}}}", text) else None
 
 
 def console_state(request: Request) -> ConsoleState:

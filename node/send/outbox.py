@@ -144,6 +144,19 @@ class JobDeliveries:
     last_settled: float | None
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A job's files for one destination; ``last_error`` that of the latest
+    failed attempt of a file not delivered."""
+
+    destination: str
+    delivered: int
+    pending: int
+    failed: int
+    last_delivered_at: float | None
+    last_error: str | None
+
+
 class OutboxStore:
     """The outbox table in ``storage_dir/outbox.sqlite3``."""
 
@@ -294,6 +307,33 @@ class OutboxStore:
                  json.dumps(list(job_ids))),
             ).fetchall()
         return [JobDeliveries(*row) for row in rows]
+
+    def deliveries_by_destination(self, job_ids: Sequence[int]) -> dict[int, tuple[Delivery, ...]]:
+        """Each job's files per destination, for the console's series page (a
+        series has a handful of jobs); key ranges as in :meth:`deliveries`."""
+        counts = (
+            "SELECT destination, SUM(state = ?), SUM(state = ?), SUM(state = ?), MAX(delivered) FROM outbox "
+            "WHERE job_id >= ? AND job_id < ? GROUP BY destination ORDER BY destination"
+        )
+        last_error = (
+            "SELECT last_error FROM outbox WHERE job_id >= ? AND job_id < ? AND destination = ? "
+            "AND state != ? AND last_error IS NOT NULL ORDER BY last_attempt DESC LIMIT 1"
+        )
+        states = (ItemState.DELIVERED.value, ItemState.PENDING.value, ItemState.FAILED.value)
+        found: dict[int, tuple[Delivery, ...]] = {}
+        with self._lock:
+            for job_id in job_ids:
+                keys = (f"{job_id}/", f"{job_id}0")
+                rows = self._db.execute(counts, (*states, *keys)).fetchall()
+                errors = [
+                    self._db.execute(last_error, (*keys, row[0], ItemState.DELIVERED.value)).fetchone()
+                    for row in rows
+                ]
+                found[job_id] = tuple(
+                    Delivery(*row, None if error is None else error[0])
+                    for row, error in zip(rows, errors, strict=True)
+                )
+        return found
 
     def failed_items(self) -> list[FailedItem]:
         with self._lock:

@@ -49,6 +49,9 @@ from node.work.outputs import OutputObject, OutputPlan, SegFormat
 #: Stopwatch.run: runs a step, counting its seconds to a stage.
 Timed = Callable[[str, Callable[[], Any]], Any]
 
+#: The PDF report kept beside the results, for the console's series page.
+REPORT_PDF: Final = "report.pdf"
+
 #: Series Numbers of what segnode writes, high so that viewers list them
 #: after the scanner's series (9003 is the QA report's, node/work/comparison.py).
 SERIES_NUMBERS: Final = {
@@ -274,7 +277,7 @@ def _pdf(run: RunOutputs, out_dir: Path) -> OutputObject:
         algorithm=segmentation.algorithm, notes=run.notes, disclaimer=run.reports.disclaimer,
         created=run.created, outline=None if run.outline is None else run.outline.code,
     ))
-    write_atomically(out_dir / "report.pdf", pdf)
+    write_atomically(out_dir / REPORT_PDF, pdf)
     document = encapsulate_pdf(
         pdf, run.headers,
         series_instance_uid=_uid(run, "pdf-series"),

@@ -1,6 +1,8 @@
 // The console's few live parts (no framework; the pages work without this file).
 //  - An element with data-live="URL" data-every="SECONDS" is refreshed from URL.
 //  - A form with data-inline="#id" is sent in the background; the answer replaces #id's content.
+//  - After a refused configuration change, the first entry in error is scrolled into view and its
+//    first wrong field focused (the page may be long; the error is beside that field).
 // Both ask for the page's "content" block only (header X-Console-Fragment: 1). An answer that came
 // by way of a redirect is a whole page: the log-in page (the session ended) is reached by reloading,
 // so that it comes back here; another is loaded.
@@ -58,7 +60,8 @@ function sendInline(form) {
     }
     target.setAttribute("aria-busy", "true");
     try {
-      const html = await fragment(form.action, { method: "POST", body: new URLSearchParams(body), headers: FRAGMENT });
+      const init = { method: "POST", body: new URLSearchParams(body), headers: FRAGMENT };
+      const html = await fragment(form.action, init);
       if (html !== null) {
         target.innerHTML = html;
       }
@@ -70,7 +73,23 @@ function sendInline(form) {
   });
 }
 
+function showFirstInvalid() {
+  const invalid = document.querySelector("form.entry.invalid, form.entry .field.invalid");
+  if (invalid === null) {
+    return;
+  }
+  const form = invalid.closest("form.entry");
+  const entry = form.closest(".config-entry, .config-add") || form;
+  const input = form.querySelector(".field.invalid :is(input, select)")
+    || form.querySelector(".field :is(input, select)");
+  entry.scrollIntoView({ block: "center" });
+  if (input !== null) {
+    input.focus({ preventScroll: true });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  showFirstInvalid();
   document.querySelectorAll("[data-live]").forEach(refreshEvery);
   document.querySelectorAll("form[data-inline]").forEach(sendInline);
 });
