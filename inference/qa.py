@@ -398,7 +398,8 @@ LATERALITY_PAIRS: Final[tuple[LateralityPair, ...]] = (
 #: collapsed, sets of vessels, cartilages or cysts, the thyroid's lobes
 #: (joined by a thin isthmus), the skull with the mandible.
 _SEVERAL_PIECES: Final = frozenset({
-    "body", "other_soft_tissue", "skeleton", "subcutaneous_fat", "visceral_fat", "skeletal_muscle", "small_bowel", "colon",
+    "body", "other_soft_tissue", "skeleton", "subcutaneous_fat", "visceral_fat", "skeletal_muscle",
+    "small_bowel", "colon",
     "duodenum", "pulmonary_vein", "costal_cartilages", "kidney_cyst_left", "kidney_cyst_right",
     "thyroid_gland", "skull",
 })
@@ -413,7 +414,8 @@ _ONE_PIECE: Final = frozenset(TOTALSEGMENTATOR_V2_CLASSES + BUILTIN_STRUCTURES) 
 #: is not worth a flag; reaching the edge of the image still is (the arms or
 #: flanks outside the field of view change body composition measures).
 _BEYOND_SCAN_RANGE: Final = frozenset({
-    "body", "other_soft_tissue", "skeleton", "subcutaneous_fat", "visceral_fat", "skeletal_muscle", "aorta", "esophagus",
+    "body", "other_soft_tissue", "skeleton", "subcutaneous_fat", "visceral_fat", "skeletal_muscle",
+    "aorta", "esophagus",
     "trachea", "airway", "spinal_cord", "inferior_vena_cava", "common_carotid_artery_left",
     "common_carotid_artery_right", "autochthon_left", "autochthon_right", "iliopsoas_left",
     "iliopsoas_right", "femur_left", "femur_right", "humerus_left", "humerus_right",

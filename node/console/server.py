@@ -69,6 +69,9 @@ class ConsoleServer:
             self._socket = socket.create_server((self._console.host, self._console.port), family=family)
         except OSError as exc:
             raise OSError(f"the console cannot listen on {address}: {exc.strerror or exc}") from exc
+        # asyncio disables Nagle only on sockets it makes with IPPROTO_TCP; accepted
+        # sockets inherit this, else each keep-alive answer waits ~40 ms for a delayed ACK.
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             app = console_app(self._context, read_or_create_session_key(self._context.storage_dir))
             self._state = app.state.console
