@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 import sqlite3
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage
 
 from config import JobSettings, parse_config
@@ -304,8 +306,15 @@ def test_the_measurements_csv_reads_back_exactly_what_was_written(tmp_path):
 
 
 @pytest.fixture
-def scp(tmp_path):
-    """A StorageSCP listening in this process, on a store of its own."""
+def scp(tmp_path, monkeypatch):
+    """A StorageSCP listening in this process, on a store of its own. Its
+    start sets process-wide settings (pynetdicom's chunked receiving, the
+    temporary folder, the thread-failure hook) that are put back after it,
+    so that later tests' own pynetdicom peers receive as they expect."""
+    chunked = pynetdicom_config.STORE_RECV_CHUNKED_DATASET
+    monkeypatch.setattr(pynetdicom_config, "STORE_RECV_CHUNKED_DATASET", chunked)
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
     storage = tmp_path / "store"
     port = free_port()
     config = parse_config(
@@ -323,11 +332,9 @@ destinations:
     index = InstanceIndex(storage)
     disk = DiskSpace(storage, config.storage.low_watermark_bytes)
     server = StorageSCP(config, InstanceStore(storage), index, metrics, disk, lambda at: None)
-    tempdir = tempfile.tempdir  # start() spools into the store from now on
     server.start()
     yield server, config, metrics, port
     server.shutdown()
-    tempfile.tempdir = tempdir
     index.close()
 
 

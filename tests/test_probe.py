@@ -276,10 +276,8 @@ def test_a_closed_port_says_connection_refused(probe):
     assert result.detail == f"cannot connect to NOBODY@127.0.0.1:{destination.port}: Connection refused"
 
 
-@pytest.mark.parametrize("host", ["no-such-host.invalid", "x" * 64 + ".invalid"])
-def test_an_unknown_host_says_so(host):
-    """A name the resolver does not know, and one it cannot even encode (a
-    label over 63 characters, which the IDNA codec refuses)."""
+def test_an_unknown_host_says_so():
+    host = "no-such-host.invalid"  # names the IDNA codec would refuse never pass the schema
     destination = Destination(ae_title="NOBODY", host=host, port=104)
 
     result = echo_probe("gone", destination)

@@ -149,5 +149,3 @@ def _connect_failure(destination: Destination, left: float, timeout: float) -> s
             return "it accepts connections again now"
     except OSError as exc:
         return exc.strerror or str(exc) or type(exc).__name__
-    except UnicodeError as exc:  # a host name the IDNA codec refuses
-        return str(exc)

@@ -458,11 +458,8 @@ class Session:
                 evt_handlers=self._watchdog.handlers,
                 tls_args=None if attempt is None else (attempt, destination.host),
             )
-        # pynetdicom resolves the host name outside its own error handling; a
-        # name the IDNA codec refuses (a label over 63 characters) is a UnicodeError.
-        except (OSError, UnicodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            self.failure = (Outcome.CONNECT_FAILED, f"cannot connect to {where}: {reason}")
+        except OSError as exc:  # pynetdicom resolves the host name outside its own error handling
+            self.failure = (Outcome.CONNECT_FAILED, f"cannot connect to {where}: {exc.strerror or exc}")
             self.close()
             return
         self._accepted = {
