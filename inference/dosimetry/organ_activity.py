@@ -51,7 +51,34 @@ sum 98.2 %, as one organ's).
 
 Limits: the extension also takes in a warm background's own counts (+4 % for
 the tests' kidney at 10:1), and a PSF wider than sigma leaves some spill-out
-out (95.5 % read with a 4.25 mm PSF); nothing here corrects either.
+out (95.5 % read with a 4.25 mm PSF); :func:`organ_activities` corrects
+neither, :func:`recovered_activities` both.
+
+Recovery correction: a geometric transfer matrix
+------------------------------------------------
+:func:`recovered_activities` models the SPECT around the organs as each
+organ's uniform concentration c_j blurred by the SPECT's own PSF plus a
+uniform local background c_b, the geometric transfer matrix method of
+Rousset et al. ("Correction for partial volume effects in PET: principle
+and validation", J Nucl Med 39:904, 1998), read through the extended
+weights instead of Rousset's bare regions: each organ's reading is
+S_i = sum_j T_ij c_j + B_i c_b, with T_ij = sum(w_i x (f_j * G_psf)) v (the
+share of organ j's counts organ i's weights read, v the voxel volume) and
+B_i = sum(w_i x (1 - sum_j f_j * G_psf)) v (the background's). c_b is the
+organ's local background, measured beyond its spill-out
+(:func:`inference.dosimetry.alignment.alignment_check`); solving T c =
+S - B c_b gives the concentrations, and c_j x the organ's volume on the
+SPECT grid its activity. The PSF is the SPECT's resolution, a property of
+the camera, collimator and reconstruction that a site measures (a line or
+sphere phantom), not something the image says. Organs not among those
+modelled keep their spill-in: a hot neighbour (the spleen at the left
+kidney, the liver at the right) belongs in the matrix. On the synthetic
+course of phantom/spect_course.py (11 mm FWHM, kidneys at 7-13 times the
+background, four time points), the kidneys read 103.6-117.4 % of their
+activity through their extended weights alone; with the kidneys alone in
+the matrix the right one reads 101.2-102.2 %, the left, which touches the
+spleen, 109-119 %; with the spleen and liver in it 99.4-100.0 % (spleen
+100.3-100.6 %, liver 100.1-100.2 %).
 """
 
 from __future__ import annotations
@@ -74,6 +101,7 @@ __all__ = [
     "OrganActivityError",
     "OrganWeights",
     "organ_activities",
+    "recovered_activities",
     "spect_weights",
 ]
 
@@ -82,6 +110,10 @@ DEFAULT_SIGMA_MM = 3.0
 #: t at one sigma outside a flat border, Phi(-1) = 0.1587: the level from which
 #: the extended weight is 1.
 _ONE_SIGMA_LEVEL = float(special.ndtr(-1.0))
+#: FWHM of a Gaussian over its sigma, 2 sqrt(2 ln 2).
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: Condition number of the transfer matrix beyond which organs' activities cannot be told apart.
+_MAX_CONDITION = 1e3
 #: Patient-space tolerance (mm) within which two grids are the same grid.
 _GRID_TOLERANCE_MM = 1e-3
 
@@ -156,10 +188,13 @@ class OrganActivity:
     spect_series_instance_uid : str
         The SPECT it was read on.
     activity_mbq : float
-        Sum over the SPECT of weight x concentration x voxel volume.
+        Sum over the SPECT of weight x concentration x voxel volume; from
+        :func:`recovered_activities`, the transfer matrix's concentration x
+        the organ's volume on the SPECT grid.
     mean_concentration_bq_ml : float
         That activity over the CT volume: the organ's mean concentration,
-        spill-out included.
+        spill-out included; from :func:`recovered_activities`, the transfer
+        matrix's concentration.
     ct_volume_ml : float
         The organ's volume on the CT (its mass follows from it).
     weighted_volume_ml : float
@@ -278,6 +313,70 @@ def organ_activities(weights: OrganWeights, spect_bq_per_ml: Volume) -> tuple[Or
         for structure, bq, ct_ml, volume in zip(
             weights.structures, activity_bq, weights.ct_volume_ml, weighted_ml, strict=True
         )
+    )
+
+
+def recovered_activities(
+    weights: OrganWeights,
+    spect_bq_per_ml: Volume,
+    *,
+    psf_fwhm_mm: float,
+    background_bq_ml: Sequence[float],
+) -> tuple[OrganActivity, ...]:
+    """Each organ's activity corrected for spill-out, spill-in between the organs and
+    the local background's spill-in, by a geometric transfer matrix (module docstring).
+
+    Parameters
+    ----------
+    weights : OrganWeights
+        From :func:`spect_weights` for this SPECT's grid: every organ whose
+        counts reach another belongs in it.
+    spect_bq_per_ml : Volume
+        The SPECT's activity concentrations in Bq/ml.
+    psf_fwhm_mm : float
+        The SPECT's resolution (FWHM of an isotropic Gaussian PSF), measured
+        for the camera and reconstruction.
+    background_bq_ml : sequence of float
+        Each organ's local background concentration, in the order of the weights.
+
+    Raises
+    ------
+    OrganActivityError
+        The SPECT is not on the weights' grid, a non-positive PSF, backgrounds
+        not one per organ, or organs the matrix cannot tell apart.
+    """
+    series = spect_bq_per_ml.series_instance_uid
+    measured = organ_activities(weights, spect_bq_per_ml)
+    if not (math.isfinite(psf_fwhm_mm) and psf_fwhm_mm > 0):
+        raise OrganActivityError(series, f"the SPECT's PSF FWHM must be > 0 mm, got {psf_fwhm_mm!r}")
+    if len(background_bq_ml) != len(measured):
+        raise OrganActivityError(
+            series, f"{len(background_bq_ml)} background concentrations for {len(measured)} organs"
+        )
+    sigma = psf_fwhm_mm / _FWHM_PER_SIGMA
+    n_organs = len(weights.structures)
+    spacing = spect_bq_per_ml.spacing
+    imaged = np.stack([_blur(f.astype(np.float64), sigma, spacing) for f in weights.fractions])
+    flat = weights.weights.reshape(n_organs, -1).astype(np.float64)
+    voxel_ml = spect_bq_per_ml.voxel_volume_ml
+    transfer = flat @ imaged.reshape(n_organs, -1).T * voxel_ml
+    background_share = flat @ (1.0 - imaged.sum(axis=0)).reshape(-1) * voxel_ml
+    readings = np.array([a.activity_mbq * 1e6 for a in measured])
+    corrected = readings - background_share * np.asarray(background_bq_ml, dtype=np.float64)
+    if np.linalg.cond(transfer) > _MAX_CONDITION:
+        raise OrganActivityError(
+            series, f"the organs {[s.code.name for s in weights.structures]} overlap too much at "
+            f"{psf_fwhm_mm:g} mm FWHM for their activities to be told apart",
+        )
+    concentrations = np.linalg.solve(transfer, corrected)
+    volumes_ml = weights.fractions.reshape(n_organs, -1).sum(axis=1, dtype=np.float64) * voxel_ml
+    return tuple(
+        replace(
+            activity,
+            activity_mbq=float(c * volume) / 1e6,
+            mean_concentration_bq_ml=float(c),
+        )
+        for activity, c, volume in zip(measured, concentrations, volumes_ml, strict=True)
     )
 
 
