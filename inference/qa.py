@@ -57,6 +57,7 @@ __all__ = [
     "ReferenceMatchError",
     "StructureAgreement",
     "VolumeRange",
+    "match_reference_segments",
     "mirror_dice",
     "overlap",
     "plausibility_flags",
@@ -180,7 +181,7 @@ def reference_agreement(
     boxes = ndimage.find_objects(segmentation.labels)
     spacing = segmentation.volume.spacing
     results = []
-    for structure, segment in _match(segmentation.structures, reference):
+    for structure, segment in match_reference_segments(segmentation.structures, reference):
         value = structure.value
         ours = boxes[value - 1] if value <= len(boxes) else None
         region = _union_box(ours, segment.box if segment.voxel_count else None)
@@ -205,10 +206,19 @@ def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tupl
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
 
 
-def _match(
+def match_reference_segments(
     structures: Sequence[LabelledStructure], segments: Sequence[ReferenceSegment]
 ) -> list[tuple[LabelledStructure, ReferenceSegment]]:
-    """Pairs of structure and reference segment: by code first, then by name."""
+    """Pairs of structure and reference segment: by code first, then by name.
+
+    Shared by the agreement check and by dosimetry reading a physician's SEG, so that
+    both pair a structure with the same segment. Structures without a segment are left out.
+
+    Raises
+    ------
+    ReferenceMatchError
+        If several segments match one structure equally.
+    """
     by_code = {}
     for structure in structures:
         found = [segment for segment in segments if _same_codes(structure.code, segment)]

@@ -22,17 +22,19 @@ of Reference shared by the CT and the SPECT, as a SPECT/CT scanner writes):
 * a physician's SEG of both kidneys on the CT (highdicom, BINARY, MANUAL),
   the true masks: the built-in segmenter has no kidneys.
 
-How the SPECT is made: every organ holds its activity uniformly; the rest of
-the body (every other region of the anatomy, the liver lesion included) holds
-the remainder of the administered activity uniformly over the whole 600 mm
-torso. The concentration is painted on a grid of 2.4 mm (each SPECT voxel
+How the SPECT is made: every organ holds its activity uniformly, nothing at
+the administration, then taken up and washed out (:class:`BiExponential`);
+the whole body holds all the administered activity at first and excretes it
+(:class:`WholeBody`); the rest of the body (every other region of the
+anatomy, the liver lesion included) holds what the organs do not, uniformly
+over the whole 600 mm torso. The concentration is painted on a grid of 2.4 mm (each SPECT voxel
 split in 2x2x2), reaching 4 sigma of the PSF beyond the SPECT's ends so that
 activity outside its axial field of view blurs in as it would; it is blurred
 by a Gaussian PSF (11 mm FWHM by default), averaged onto the SPECT voxels and
 given Poisson noise (the values being the mean over the 20 min acquisition,
 not decay corrected, as a scanner writes them): a voxel counts Poisson(c / q) quanta of q =
-:data:`NOISE_BQ_PER_ML_PER_COUNT` (about 7 % standard deviation in a kidney at
-72 h, 25 % in the background then, 8 % at 0.5 h). The blur and the 4.8 mm
+:data:`NOISE_BQ_PER_ML_PER_COUNT` (13-14 % standard deviation in a kidney at
+72 h, 26 % in the background then, 8 % at 0.5 h). The blur and the 4.8 mm
 voxels keep 83-86 % of a kidney's activity inside its own CT mask resampled
 to the SPECT (88 % with a 7 mm PSF), the rest spilling out: what a recovery
 method has to win back. A misregistered time point paints the whole
@@ -85,6 +87,7 @@ __all__ = [
     "OrganKinetics",
     "OrganTruth",
     "TimePoint",
+    "WholeBody",
     "write_course",
 ]
 
@@ -113,77 +116,119 @@ _TRUNCATE_SIGMAS: Final = 4.0
 
 @dataclass(frozen=True)
 class BiExponential:
-    """A(t) = sum_i a_i exp(-(lambda_phys + lambda_bio,i) t), t in hours after the administration.
+    """An organ's activity, uptake then washout: A(t) = A0 (exp(-lambda_w t) - exp(-lambda_u t)),
+    t in hours after the administration.
+
+    Zero at the administration (the radiopharmaceutical reaches the organ through
+    the blood), maximal some hours later, then washed out: the shape of the
+    "bi" model of inference/dosimetry/time_activity.py, so that a fit can find
+    the truth and the course tests the imaging chain, not the model's reach.
 
     Attributes
     ----------
-    amplitudes_mbq : tuple of float
-        a_i, the activity of each component at t = 0 (MBq).
-    biological_half_lives_h : tuple of float
-        ln 2 / lambda_bio,i.
-    physical_half_life_h : float
-        The nuclide's.
+    amplitude_mbq : float
+        A0 (MBq).
+    washout_half_life_h, uptake_half_life_h : float
+        ln 2 / lambda_w and ln 2 / lambda_u, effective (physical decay
+        included): at most the nuclide's half-life, the uptake the shorter.
     """
 
-    amplitudes_mbq: tuple[float, float]
-    biological_half_lives_h: tuple[float, float]
-    physical_half_life_h: float
+    amplitude_mbq: float
+    washout_half_life_h: float
+    uptake_half_life_h: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.uptake_half_life_h < self.washout_half_life_h:
+            raise ValueError(
+                f"uptake half-life {self.uptake_half_life_h} h must be positive and shorter than the "
+                f"washout's {self.washout_half_life_h} h, or the activity would be negative"
+            )
 
     @property
-    def effective_decay_constants_per_h(self) -> tuple[float, float]:
-        physical = decay_constant_per_hour(self.physical_half_life_h)
-        first, second = (physical + decay_constant_per_hour(t) for t in self.biological_half_lives_h)
-        return first, second
+    def decay_constants_per_h(self) -> tuple[float, float]:
+        """(lambda_w, lambda_u)."""
+        return (
+            decay_constant_per_hour(self.washout_half_life_h),
+            decay_constant_per_hour(self.uptake_half_life_h),
+        )
 
     def activity_mbq(self, hours: float) -> float:
-        return sum(
-            a * math.exp(-rate * hours)
-            for a, rate in zip(self.amplitudes_mbq, self.effective_decay_constants_per_h, strict=True)
-        )
+        washout, uptake = self.decay_constants_per_h
+        return self.amplitude_mbq * (math.exp(-washout * hours) - math.exp(-uptake * hours))
 
     @property
     def time_integrated_activity_mbq_h(self) -> float:
-        """The integral from 0 to infinity: sum_i a_i / lambda_eff,i."""
-        rates = self.effective_decay_constants_per_h
-        return sum(a / rate for a, rate in zip(self.amplitudes_mbq, rates, strict=True))
+        """The integral from 0 to infinity: A0 (1 / lambda_w - 1 / lambda_u)."""
+        washout, uptake = self.decay_constants_per_h
+        return self.amplitude_mbq * (1.0 / washout - 1.0 / uptake)
+
+
+@dataclass(frozen=True)
+class WholeBody:
+    """The activity in the whole body: all of it at the administration, then excreted in two
+    phases, A(t) = sum_i a_i exp(-lambda_i t) with effective constants lambda_i.
+
+    The organs hold part of it; the rest of the body holds what they do not
+    (:meth:`CourseTruth.remainder_mbq`).
+    """
+
+    amplitudes_mbq: tuple[float, float]
+    half_lives_h: tuple[float, float]
+
+    def activity_mbq(self, hours: float) -> float:
+        return sum(
+            a * math.exp(-decay_constant_per_hour(half_life) * hours)
+            for a, half_life in zip(self.amplitudes_mbq, self.half_lives_h, strict=True)
+        )
 
 
 @dataclass(frozen=True)
 class OrganKinetics:
-    """An organ's uptake as fractions of the administered activity at t = 0, its biological
-    half-lives, and the density that turns its CT volume into mass."""
+    """An organ's A0 as a fraction of the administered activity, its effective uptake and washout
+    half-lives (:class:`BiExponential`), and the density that turns its CT volume into mass."""
 
     name: str
-    fractions: tuple[float, float]
-    biological_half_lives_h: tuple[float, float]
+    fraction: float
+    uptake_half_life_h: float
+    washout_half_life_h: float
     density_g_per_ml: float
 
 
-#: Fast wash-out (blood pool and urine, hours) and slow retention (days). The
-#: right kidney gets 0.39 Gy/GBq here (the left, which the spleen indents to
-#: 131 ml, 0.46 with the same activity), close to the 0.37 Gy/GBq mean that
-#: Staanum et al. report for [177Lu]Lu-DOTATOC ("Practical kidney dosimetry
-#: in peptide receptor radionuclide therapy using [177Lu]Lu-DOTATOC and
-#: [177Lu]Lu-DOTATATE with focus on uncertainty estimates", EJNMMI Physics
-#: 8:78, 2021, abstract), with a 49 h effective half-life of the retained
-#: part. The liver (0.22 Gy/GBq) and the spleen (0.91 Gy/GBq) are set below
-#: what "Dosimetric analyses of kidneys, liver, spleen, pituitary gland, and
-#: neuroendocrine tumors of patients treated with 177Lu-DOTATATE" (Clinical
-#: Nuclear Medicine 38(3), 2013, abstract) reports for DOTATATE (liver 0.27,
-#: spleen 1.17 mGy/MBq), as DOTATOC's are lower; they make a plausible
-#: patient, not a cohort's mean. Density: 1.06 g/ml, the issue's figure for
-#: kidneys, used for all three organs.
+#: Kidneys: uptake with a 1 h half-time (the tubular reabsorption of the
+#: filtered peptide; the activity peaks about 6 h after the administration),
+#: washout with a 49 h effective half-life (the 40-60 h typical of
+#: somatostatin analogues in the kidneys). The right kidney gets 0.39 Gy/GBq
+#: (the left, which the spleen indents to 131 ml, 0.46 with the same
+#: activity), close to the 0.37 Gy/GBq mean that Staanum et al. report for
+#: [177Lu]Lu-DOTATOC ("Practical kidney dosimetry in peptide receptor
+#: radionuclide therapy using [177Lu]Lu-DOTATOC and [177Lu]Lu-DOTATATE with
+#: focus on uncertainty estimates", EJNMMI Physics 8:78, 2021, abstract).
+#: That uptake-washout function is the one the EANM guidance lists for organs
+#: fed from the blood (Sjogreen Gleisner et al., "EANM dosimetry committee
+#: recommendations for dosimetry of 177Lu-labelled somatostatin-receptor- and
+#: PSMA-targeting ligands", EJNMMI 49:1778, 2022). Liver and spleen take the
+#: peptide up faster (receptors in contact with the blood; half-time 0.5 h)
+#: and keep it longer (57 h); the liver (0.22 Gy/GBq) and the spleen (0.91
+#: Gy/GBq) are set below what "Dosimetric analyses of kidneys, liver,
+#: spleen, pituitary gland, and neuroendocrine tumors of patients treated
+#: with 177Lu-DOTATATE" (Clinical Nuclear Medicine 38(3), 2013, abstract)
+#: reports for DOTATATE (liver 0.27, spleen 1.17 mGy/MBq), as DOTATOC's are
+#: lower. The half-lives are this phantom's choice within those ranges: a
+#: plausible patient, not a cohort's mean. Density: 1.06 g/ml, the issue's
+#: figure for kidneys, used for all three organs.
 KINETICS: Final[tuple[OrganKinetics, ...]] = (
-    OrganKinetics("kidney_left", (0.015, 0.010), (2.0, 70.0), 1.06),
-    OrganKinetics("kidney_right", (0.015, 0.010), (2.0, 70.0), 1.06),
-    OrganKinetics("liver", (0.040, 0.036), (3.0, 90.0), 1.06),
-    OrganKinetics("spleen", (0.010, 0.022), (3.0, 90.0), 1.06),
+    OrganKinetics("kidney_left", 0.0108, 1.0, 49.0, 1.06),
+    OrganKinetics("kidney_right", 0.0108, 1.0, 49.0, 1.06),
+    OrganKinetics("liver", 0.0387, 0.5, 57.0, 1.06),
+    OrganKinetics("spleen", 0.0229, 0.5, 57.0, 1.06),
 )
-#: The rest of the body: the remainder of the administered activity at t = 0,
-#: most of it excreted in the urine within hours, a quarter retained for days
-#: (whole-body retention 23 % at 24 h).
-_REMAINDER_SLOW_FRACTION: Final = 0.25
-_REMAINDER_HALF_LIVES_H: Final = (1.5, 60.0)
+#: The whole body: most of the administered activity excreted in the urine
+#: within hours, a quarter retained for days (whole-body retention 19 % at
+#: 24 h). Its slow phase clears no faster than any organ, and its amplitude
+#: exceeds the organs' A0 together, so the rest of the body never holds less
+#: than nothing.
+_WHOLE_BODY_SLOW_FRACTION: Final = 0.25
+_WHOLE_BODY_HALF_LIVES_H: Final = (1.5, 60.0)
 
 # ---------------------------------------------------------------------------
 # Grids
@@ -326,8 +371,9 @@ class CourseTruth:
         The Gaussian PSF the SPECT was blurred with.
     organs : tuple of OrganTruth
         In :data:`KINETICS` order.
-    remainder : BiExponential
-        The rest of the body's activity (whole torso).
+    whole_body : WholeBody
+        The activity in the whole body; the rest of the body (whole torso) holds what the organs
+        do not (:meth:`remainder_mbq`).
     time_points : tuple of TimePoint
         The course's time points, then the extra ones.
     ct_affine, spect_affine : numpy.ndarray
@@ -339,7 +385,7 @@ class CourseTruth:
     injection: datetime
     psf_fwhm_mm: float
     organs: tuple[OrganTruth, ...]
-    remainder: BiExponential
+    whole_body: WholeBody
     time_points: tuple[TimePoint, ...]
     ct_affine: np.ndarray = field(repr=False)
     spect_affine: np.ndarray = field(repr=False)
@@ -350,18 +396,22 @@ class CourseTruth:
                 return organ
         raise KeyError(f"the course has no organ {name!r}; it has {', '.join(o.name for o in self.organs)}")
 
+    def remainder_mbq(self, hours: float) -> float:
+        """The activity in the rest of the body: the whole body's less the organs'."""
+        return self.whole_body.activity_mbq(hours) - sum(o.kinetics.activity_mbq(hours) for o in self.organs)
 
-def _kinetics(fractions: Sequence[float], half_lives_h: Sequence[float]) -> BiExponential:
+
+def _kinetics(organ: OrganKinetics) -> BiExponential:
     return BiExponential(
-        amplitudes_mbq=(fractions[0] * ADMINISTERED_ACTIVITY_MBQ, fractions[1] * ADMINISTERED_ACTIVITY_MBQ),
-        biological_half_lives_h=(float(half_lives_h[0]), float(half_lives_h[1])),
-        physical_half_life_h=LUTETIUM_177.half_life_hours,
+        amplitude_mbq=organ.fraction * ADMINISTERED_ACTIVITY_MBQ,
+        washout_half_life_h=organ.washout_half_life_h,
+        uptake_half_life_h=organ.uptake_half_life_h,
     )
 
 
-def _remainder() -> BiExponential:
-    at_start = 1.0 - sum(sum(organ.fractions) for organ in KINETICS)
-    return _kinetics((at_start - _REMAINDER_SLOW_FRACTION, _REMAINDER_SLOW_FRACTION), _REMAINDER_HALF_LIVES_H)
+def _whole_body() -> WholeBody:
+    slow = _WHOLE_BODY_SLOW_FRACTION * ADMINISTERED_ACTIVITY_MBQ
+    return WholeBody((ADMINISTERED_ACTIVITY_MBQ - slow, slow), _WHOLE_BODY_HALF_LIVES_H)
 
 
 def _absorbed_dose_gy(time_integrated_mbq_h: float, mass_g: float) -> float:
@@ -511,8 +561,8 @@ def write_course(
 
     anatomy = ct_phantom(_CT_GRID)
     torso = ct_phantom(_TORSO_GRID).truth
-    organ_kinetics = [_kinetics(organ.fractions, organ.biological_half_lives_h) for organ in KINETICS]
-    remainder = _remainder()
+    organ_kinetics = [_kinetics(organ) for organ in KINETICS]
+    whole_body = _whole_body()
     remainder_ml = torso["body"].volume_ml - sum(torso[organ.name].volume_ml for organ in KINETICS)
     emissions = {(0.0, 0.0, 0.0): _emission(psf_fwhm_mm, (0.0, 0.0, 0.0))}
     for shift in shifts:
@@ -527,7 +577,8 @@ def write_course(
         """Bq/ml of each compartment (organs, remainder) at `t` h."""
         organ_ml = emission.volume_ml[: len(KINETICS)]
         organs = [k.activity_mbq(t) * 1e6 / ml for k, ml in zip(organ_kinetics, organ_ml, strict=True)]
-        return [*organs, remainder.activity_mbq(t) * 1e6 / remainder_ml]
+        remainder = whole_body.activity_mbq(t) - sum(k.activity_mbq(t) for k in organ_kinetics)
+        return [*organs, remainder * 1e6 / remainder_ml]
 
     points = []
     for index, (t, folder, shift) in enumerate(zip(hours, folders, shifts, strict=True)):
@@ -572,7 +623,7 @@ def write_course(
         injection=INJECTION,
         psf_fwhm_mm=float(psf_fwhm_mm),
         organs=tuple(organs),
-        remainder=remainder,
+        whole_body=whole_body,
         time_points=tuple(points),
         ct_affine=_CT_GRID.affine(),
         spect_affine=_spect_grid().affine(),

@@ -26,6 +26,7 @@ from phantom.spect_course import (
     ADMINISTERED_ACTIVITY_MBQ,
     INJECTION,
     KINETICS,
+    BiExponential,
     CourseTruth,
     write_course,
 )
@@ -135,7 +136,7 @@ def test_one_patient_one_administration_one_study_per_time_point(course: CourseT
 
 def test_spect_holds_the_activity_of_the_truth(course: CourseTruth) -> None:
     """All activity in view, read back and corrected from the acquisition's mean to its
-    start: within 1 % (measured 0.05 %; noise and the PSF's exchange across the axial
+    start: within 1 % (measured 0.04 %; noise and the PSF's exchange across the axial
     ends of the field of view)."""
     for point in course.time_points:
         ds, values = spect(point.spect.files[0])
@@ -147,14 +148,19 @@ def test_spect_holds_the_activity_of_the_truth(course: CourseTruth) -> None:
         voxel_ml = abs(np.linalg.det(course.spect_affine[:3, :3])) / 1000
         total_mbq = values.sum() * voxel_ml / 1e6 / in_acquisition
         assert total_mbq == pytest.approx(point.spect_activity_mbq, rel=0.01)
-    # Organs and remainder add up to the administered activity at t = 0.
-    at_start = sum(organ.kinetics.activity_mbq(0.0) for organ in course.organs)
-    assert at_start + course.remainder.activity_mbq(0.0) == pytest.approx(ADMINISTERED_ACTIVITY_MBQ)
+    # At t = 0 the organs hold nothing and the rest of the body all the administered activity; later
+    # the organs and the rest add up to the whole body's, the rest never below zero.
+    assert all(organ.kinetics.activity_mbq(0.0) == 0.0 for organ in course.organs)
+    assert course.remainder_mbq(0.0) == pytest.approx(ADMINISTERED_ACTIVITY_MBQ)
+    for hours in np.geomspace(0.1, 2000.0, 60):
+        organs = sum(organ.kinetics.activity_mbq(hours) for organ in course.organs)
+        assert course.remainder_mbq(hours) > 0.0
+        assert organs + course.remainder_mbq(hours) == pytest.approx(course.whole_body.activity_mbq(hours))
 
 
 def test_spect_shows_each_organ_at_its_concentration(plain: CourseTruth) -> None:
     """Inside each organ, two SPECT voxels (about twice the PSF's sigma) from its edge, the
-    SPECT reads the organ's concentration: within 3 % (measured 0.3 to 0.9 % low: blur, noise)."""
+    SPECT reads the organ's concentration: within 3 % (measured 0.4 to 1.0 % low: blur, noise)."""
     ct = load_series(plain.time_points[1].ct.files).volume
     ds, values = spect(plain.time_points[1].spect.files[0])
     target = Volume(
@@ -177,16 +183,19 @@ def test_truth_is_the_analytic_course(course: CourseTruth) -> None:
         assert organ.volume_ml == pytest.approx(organ.ct_mask.sum() * ct.voxel_volume_ml)
         assert organ.mass_g == pytest.approx(organ.volume_ml * 1.06)
 
+        # Uptake then washout, both effective (physical decay included), so neither slower than
+        # 177Lu's decay.
+        assert kinetics.uptake_half_life_h < kinetics.washout_half_life_h <= LU177_HALF_LIFE_H
+
         def activity(t: float, kinetics=kinetics) -> float:
-            physical = math.log(2) / LU177_HALF_LIFE_H
-            return sum(
-                f * ADMINISTERED_ACTIVITY_MBQ * math.exp(-(physical + math.log(2) / tb) * t)
-                for f, tb in zip(kinetics.fractions, kinetics.biological_half_lives_h, strict=True)
-            )
+            a0 = kinetics.fraction * ADMINISTERED_ACTIVITY_MBQ
+            washout = math.log(2) / kinetics.washout_half_life_h
+            uptake = math.log(2) / kinetics.uptake_half_life_h
+            return a0 * (math.exp(-washout * t) - math.exp(-uptake * t))
 
         for hours, value in zip((0.5, 24.0, 72.0), organ.activity_mbq, strict=True):
             assert value == pytest.approx(activity(hours), rel=1e-9)
-        tia, _ = integrate.quad(activity, 0, np.inf)
+        tia, _ = integrate.quad(activity, 0, np.inf, limit=200)
         assert organ.time_integrated_activity_mbq_h == pytest.approx(tia, rel=1e-6)
         dose = tia * 3600e6 * LU177_ELECTRON_MEV * JOULES_PER_MEV / (organ.mass_g / 1000)
         assert organ.absorbed_dose_gy == pytest.approx(dose, rel=1e-3)
@@ -210,11 +219,11 @@ def test_physician_seg_reads_back_as_the_true_kidneys(course: CourseTruth) -> No
 
 def test_misregistered_spect_is_shifted(course: CourseTruth, plain: CourseTruth) -> None:
     """The same time point written with and without the shift: the SPECT's hot organs
-    move by it (within 0.3 mm), the CT stays."""
+    move by it (within 0.5 mm; measured 0.38 mm at most), the CT stays."""
     moved, still = course.time_points[1], plain.time_points[1]
     assert moved.misregistration_mm == SHIFT_MM and still.misregistration_mm == (0.0, 0.0, 0.0)
     shift = centre_of_mass_mm(*spect(moved.spect.files[0])) - centre_of_mass_mm(*spect(still.spect.files[0]))
-    np.testing.assert_allclose(shift, SHIFT_MM, atol=0.3)
+    np.testing.assert_allclose(shift, SHIFT_MM, atol=0.5)
     ct_moved, ct_still = (load_series(point.ct.files).volume for point in (moved, still))
     np.testing.assert_array_equal(ct_moved.array, ct_still.array)
 
@@ -232,6 +241,11 @@ def test_same_seed_same_course_other_seed_other_noise(
     _, noisy = spect(other.spect.files[0])
     assert not np.array_equal(noisy, values)
     assert noisy.sum() == pytest.approx(values.sum(), rel=0.01)
+
+
+def test_an_uptake_slower_than_the_washout_is_refused() -> None:
+    with pytest.raises(ValueError, match="uptake half-life 60.0 h must be positive and shorter than the"):
+        BiExponential(80.0, washout_half_life_h=49.0, uptake_half_life_h=60.0)
 
 
 def test_refusals(tmp_path: Path) -> None:
