@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import rejection, scu
 from tests.synthetic import dataset_bytes, write_ct_series
 
+# Real node processes killed, stopped and starved of disk: minutes of the slow stage (.ci/run).
+pytestmark = pytest.mark.slow
+
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 

@@ -27,6 +27,9 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from tests.conftest import NodeProcess, free_port
 from tests.synthetic import write_ct_series
 
+# A real Orthanc and node loop: the slow stage (.ci/run).
+pytestmark = pytest.mark.slow
+
 ORTHANC = Path("/usr/sbin/Orthanc")
 ORTHANC_AE = "ORTHANC"
 

@@ -24,6 +24,9 @@ from tests.synthetic import write_ct_series
 from tests.test_orthanc import ORTHANC_AE, OrthancProcess, run_the_loop, serve_orthanc, upload_series
 from tests.test_tls_receive import wait_for_log
 
+# A real Orthanc and node loop over TLS: the slow stage (.ci/run).
+pytestmark = pytest.mark.slow
+
 
 @dataclass(frozen=True)
 class Pki:
