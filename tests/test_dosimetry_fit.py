@@ -136,6 +136,18 @@ def test_auto_with_four_points_says_bi_was_not_compared():
     assert "bi: 4 points too few for AICc" in fit.selection
 
 
+def test_auto_with_four_points_of_an_uptake_never_takes_the_mono_exponential():
+    """Four points leave bi no AICc; mono, ranked alone, would miss the uptake."""
+    points = [TimePoint(t, float(a)) for t, a in zip(SCHEDULE, bi_activity(np.array(SCHEDULE)), strict=True)]
+    fit = fit_time_activity(points, LU, "auto")
+    assert fit.model == "bi", fit.selection
+    assert "mono: the activity rises to its peak at 6 h" in fit.selection
+    assert fit.time_integrated_activity_mbq_h == pytest.approx(BI_TIA, rel=1e-3)
+    mono = fit_time_activity(points, LU, "mono")
+    # What auto used to return: 26 % off here.
+    assert abs(mono.time_integrated_activity_mbq_h / BI_TIA - 1) > 0.1
+
+
 def test_auto_falls_back_to_trapezoid_without_activity():
     points = [TimePoint(t, 0.0) for t in SCHEDULE]
     fit = fit_time_activity(points, LU, "auto")

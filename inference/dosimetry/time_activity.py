@@ -188,9 +188,13 @@ def fit_time_activity(
 
     ``label`` (organ, series) prefixes every error. ``auto`` takes the fitted
     model with the lowest AICc among those the points allow; with too few
-    points for AICc, the mono-exponential if it fits (a fitted clearance is
-    nearer the truth than the trapezoid's physical-decay tail); with no fit at
-    all, the trapezoid.
+    points for AICc, the simplest fitted model (a fitted clearance is nearer
+    the truth than the trapezoid's physical-decay tail); with no fit at all,
+    the trapezoid. Where the activity rises after the first point (an organ
+    still taking up, as kidneys do for hours), the mono-exponential, which
+    only falls, is no candidate: ranked alone (four points leave the
+    bi-exponential no AICc), it would win and miss the uptake, doubling a
+    kidney's time-integrated activity on the course phantom.
     """
     checked = _checked(points, label)
     if model == "trapezoid":
@@ -205,6 +209,11 @@ def fit_time_activity(
             fits.append(_fit(name, checked, nuclide, None, ""))
         except TimeActivityFitError as error:
             failures.append(str(error))
+    peak = max(range(len(checked)), key=lambda k: checked[k].activity_mbq)
+    if peak > 0:
+        fits = [f for f in fits if f.model != "mono"]
+        rises_to = checked[peak].hours_after_administration
+        failures.append(f"mono: the activity rises to its peak at {rises_to:g} h")
     ranked = sorted((f for f in fits if f.aicc is not None), key=lambda f: (f.aicc, len(f.parameters)))
     left_out = [f"{f.model}: {len(checked)} points too few for AICc" for f in fits if f.aicc is None]
     notes = "".join(f"; {note}" for note in (*left_out, *failures))
