@@ -67,14 +67,13 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, NuclearMedicineImageStorage, generate_uid
-from pydicom.valuerep import format_number_as_ds
 from scipy import constants, ndimage
 
 from dicomio.codes import structure_code
 from dicomio.volume import Volume
 from inference.dosimetry.nuclides import Nuclide, decay_constant_per_hour, nuclide
 from phantom.anatomy import PATIENT, STRUCTURE_REGIONS, AxialGrid, ct_phantom
-from phantom.study import WrittenSeries
+from phantom.study import WrittenSeries, da_text, ds_text, dt_text, tm_text
 
 __all__ = [
     "ADMINISTERED_ACTIVITY_MBQ",
@@ -694,30 +693,16 @@ class _Context:
         return self.acquisition + timedelta(minutes=20)
 
 
-def _ds(value: float) -> str:
-    return format_number_as_ds(float(value))
-
-
-def _da(moment: datetime) -> str:
-    return moment.strftime("%Y%m%d")
-
-
-def _tm(moment: datetime) -> str:
-    return moment.strftime("%H%M%S")
-
-
-def _dt(moment: datetime) -> str:
-    return moment.strftime("%Y%m%d%H%M%S")
 
 
 def _common(context: _Context, modality: str, series_time: datetime) -> Dataset:
     """Patient, study, series, frame of reference and equipment, shared by the CT, SPECT and SEG."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.StudyDate = _da(context.acquisition)
-    ds.StudyTime = _tm(context.acquisition)
-    ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = _da(series_time)
-    ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = _tm(series_time)
+    ds.StudyDate = da_text(context.acquisition)
+    ds.StudyTime = tm_text(context.acquisition)
+    ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = da_text(series_time)
+    ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = tm_text(series_time)
     ds.AccessionNumber = f"LU177C1P{context.index + 1}"
     ds.Modality = modality
     ds.Manufacturer = "segnode"
@@ -731,8 +716,8 @@ def _common(context: _Context, modality: str, series_time: datetime) -> Dataset:
     ds.PatientBirthDate = PATIENT.birth_date
     ds.PatientSex = PATIENT.sex
     ds.PatientAge = f"{context.acquisition.year - int(PATIENT.birth_date[:4]):03d}Y"
-    ds.PatientSize = _ds(PATIENT.height_m)
-    ds.PatientWeight = _ds(PATIENT.weight_kg)
+    ds.PatientSize = ds_text(PATIENT.height_m)
+    ds.PatientWeight = ds_text(PATIENT.weight_kg)
     ds.BodyPartExamined = "ABDOMEN"
     ds.StudyInstanceUID = context.study_instance_uid
     ds.StudyID = str(context.index + 1)
@@ -771,14 +756,14 @@ def _write_ct(folder: Path, volume: Volume, context: _Context, series: str) -> l
         ds.KVP = "120"
         ds.XRayTubeCurrent = 30
         ds.ConvolutionKernel = "B08s"
-        ds.ReconstructionDiameter = _ds(columns * spacing[2])
+        ds.ReconstructionDiameter = ds_text(columns * spacing[2])
         ds.InstanceNumber = slices - index
         position = volume.affine @ np.array([index, 0, 0, 1.0])
-        ds.ImagePositionPatient = [_ds(v) for v in position[:3]]
+        ds.ImagePositionPatient = [ds_text(v) for v in position[:3]]
         ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.SliceLocation = _ds(position[2])
-        ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[2])]
-        ds.SliceThickness = _ds(spacing[0])
+        ds.SliceLocation = ds_text(position[2])
+        ds.PixelSpacing = [ds_text(spacing[1]), ds_text(spacing[2])]
+        ds.SliceThickness = ds_text(spacing[0])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows = rows
@@ -819,10 +804,10 @@ def _radiopharmaceutical() -> Dataset:
     item = Dataset()
     item.Radiopharmaceutical = "177Lu-DOTATOC"
     item.RadiopharmaceuticalRoute = "Intravenous route"
-    item.RadiopharmaceuticalStartDateTime = _dt(INJECTION)
-    item.RadiopharmaceuticalStartTime = _tm(INJECTION)
-    item.RadionuclideTotalDose = _ds(ADMINISTERED_ACTIVITY_MBQ)
-    item.RadionuclideHalfLife = _ds(LUTETIUM_177.half_life_hours * 3600.0)
+    item.RadiopharmaceuticalStartDateTime = dt_text(INJECTION)
+    item.RadiopharmaceuticalStartTime = tm_text(INJECTION)
+    item.RadionuclideTotalDose = ds_text(ADMINISTERED_ACTIVITY_MBQ)
+    item.RadionuclideHalfLife = ds_text(LUTETIUM_177.half_life_hours * 3600.0)
     item.RadionuclideCodeSequence = [_code(LUTETIUM_177.code)]
     item.AdministrationRouteCodeSequence = [_code(codes.SCT.IntravenousRoute)]
     return item
@@ -854,7 +839,7 @@ def _write_spect(folder: Path, counts: np.ndarray, context: _Context, series: st
     ds.SeriesNumber = 3
     ds.SeriesDescription = "SPECT 177Lu quantitative OSEM AC SC RR"
     ds.InstanceNumber = 1
-    ds.AcquisitionDateTime = _dt(context.acquisition)
+    ds.AcquisitionDateTime = dt_text(context.acquisition)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "RECON TOMO", "EMISSION"]
     ds.update(_patient_orientation())
     ds.AcquisitionContextSequence = []
@@ -867,7 +852,7 @@ def _write_spect(folder: Path, counts: np.ndarray, context: _Context, series: st
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.PixelSpacing = [_ds(_SPECT_VOXEL_MM), _ds(_SPECT_VOXEL_MM)]
+    ds.PixelSpacing = [ds_text(_SPECT_VOXEL_MM), ds_text(_SPECT_VOXEL_MM)]
     # Multi-frame and NM Multi-frame: one frame per slice.
     ds.NumberOfFrames = slices
     ds.FrameIncrementPointer = [Tag("SliceVector")]
@@ -882,8 +867,8 @@ def _write_spect(folder: Path, counts: np.ndarray, context: _Context, series: st
     # NM Isotope.
     window = Dataset()
     limits = Dataset()
-    limits.EnergyWindowLowerLimit = _ds(_PHOTOPEAK_KEV[0])
-    limits.EnergyWindowUpperLimit = _ds(_PHOTOPEAK_KEV[1])
+    limits.EnergyWindowLowerLimit = ds_text(_PHOTOPEAK_KEV[0])
+    limits.EnergyWindowUpperLimit = ds_text(_PHOTOPEAK_KEV[1])
     window.EnergyWindowRangeSequence = [limits]
     window.EnergyWindowName = "Lu177 208 keV"
     ds.EnergyWindowInformationSequence = [window]
@@ -896,7 +881,7 @@ def _write_spect(folder: Path, counts: np.ndarray, context: _Context, series: st
         detector = Dataset()
         detector.CollimatorGridName = "MEGP"
         detector.CollimatorType = "PARA"
-        detector.ImagePositionPatient = [_ds(v) for v in first[:3]]
+        detector.ImagePositionPatient = [ds_text(v) for v in first[:3]]
         detector.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
         detectors.append(detector)
     ds.DetectorInformationSequence = detectors
@@ -911,9 +896,9 @@ def _write_spect(folder: Path, counts: np.ndarray, context: _Context, series: st
     ds.RotationInformationSequence = [rotation]
     ds.TypeOfDetectorMotion = "STEP AND SHOOT"
     # NM Reconstruction.
-    ds.SpacingBetweenSlices = _ds(_SPECT_VOXEL_MM)
-    ds.SliceThickness = _ds(_SPECT_VOXEL_MM)
-    ds.ReconstructionDiameter = _ds(columns * _SPECT_VOXEL_MM)
+    ds.SpacingBetweenSlices = ds_text(_SPECT_VOXEL_MM)
+    ds.SliceThickness = ds_text(_SPECT_VOXEL_MM)
+    ds.ReconstructionDiameter = ds_text(columns * _SPECT_VOXEL_MM)
     ds.ConvolutionKernel = "OSEM 6i10s"
     # Quantitation: Bq/ml = stored x slope, said three ways (Units as PET
     # writes it, Rescale and the Real World Value Mapping with UCUM units).
@@ -921,7 +906,7 @@ def _write_spect(folder: Path, counts: np.ndarray, context: _Context, series: st
     slope = float(f"{peak / _STORED_MAX * 1.001:.6g}") if peak > 0 else 1.0
     ds.Units = "BQML"
     ds.RescaleIntercept = "0"
-    ds.RescaleSlope = _ds(slope)
+    ds.RescaleSlope = ds_text(slope)
     mapping = Dataset()
     mapping.RealWorldValueFirstValueMapped = 0
     mapping.RealWorldValueLastValueMapped = _STORED_MAX

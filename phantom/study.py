@@ -126,16 +126,21 @@ def write_study(
     )
 
 
-def _ds(value: float) -> str:
+def ds_text(value: float) -> str:
+    """A Decimal String value (VR DS, at most 16 characters) of `value`; also the course phantom's."""
     return format_number_as_ds(float(value))
 
 
-def _da(moment: datetime) -> str:
+def da_text(moment: datetime) -> str:
     return moment.strftime("%Y%m%d")
 
 
-def _tm(moment: datetime) -> str:
+def tm_text(moment: datetime) -> str:
     return moment.strftime("%H%M%S")
+
+
+def dt_text(moment: datetime) -> str:
+    return moment.strftime("%Y%m%d%H%M%S")
 
 
 def _common(volume: Volume, index: int, series_time: datetime, acquisition: datetime) -> Dataset:
@@ -145,12 +150,12 @@ def _common(volume: Volume, index: int, series_time: datetime, acquisition: date
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = volume.sources[index].sop_class_uid
     ds.SOPInstanceUID = volume.sources[index].sop_instance_uid
-    ds.StudyDate = _da(CT_TIME)
-    ds.StudyTime = _tm(CT_TIME)
-    ds.SeriesDate = ds.ContentDate = _da(series_time)
-    ds.SeriesTime = ds.ContentTime = _tm(series_time)
-    ds.AcquisitionDate = _da(acquisition)
-    ds.AcquisitionTime = _tm(acquisition)
+    ds.StudyDate = da_text(CT_TIME)
+    ds.StudyTime = tm_text(CT_TIME)
+    ds.SeriesDate = ds.ContentDate = da_text(series_time)
+    ds.SeriesTime = ds.ContentTime = tm_text(series_time)
+    ds.AcquisitionDate = da_text(acquisition)
+    ds.AcquisitionTime = tm_text(acquisition)
     ds.AccessionNumber = "PHANTOM1"
     ds.Modality = volume.modality
     ds.Manufacturer = "segnode"
@@ -164,8 +169,8 @@ def _common(volume: Volume, index: int, series_time: datetime, acquisition: date
     ds.PatientBirthDate = PATIENT.birth_date
     ds.PatientSex = PATIENT.sex
     ds.PatientAge = f"{CT_TIME.year - int(PATIENT.birth_date[:4]):03d}Y"
-    ds.PatientSize = _ds(PATIENT.height_m)
-    ds.PatientWeight = _ds(PATIENT.weight_kg)
+    ds.PatientSize = ds_text(PATIENT.height_m)
+    ds.PatientWeight = ds_text(PATIENT.weight_kg)
     ds.BodyPartExamined = "CHESTABDOMEN"
     ds.StudyInstanceUID = volume.study_instance_uid
     ds.SeriesInstanceUID = volume.series_instance_uid
@@ -177,12 +182,12 @@ def _common(volume: Volume, index: int, series_time: datetime, acquisition: date
     # InstanceNumber 1 is the top slice.
     ds.InstanceNumber = slices - index
     position = volume.affine @ np.array([index, 0, 0, 1.0])
-    ds.ImagePositionPatient = [_ds(v) for v in position[:3]]
+    ds.ImagePositionPatient = [ds_text(v) for v in position[:3]]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-    ds.SliceLocation = _ds(position[2])
+    ds.SliceLocation = ds_text(position[2])
     spacing = volume.spacing
-    ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[2])]
-    ds.SliceThickness = _ds(spacing[0])
+    ds.PixelSpacing = [ds_text(spacing[1]), ds_text(spacing[2])]
+    ds.SliceThickness = ds_text(spacing[0])
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = rows
@@ -218,7 +223,7 @@ def _write_ct(folder: Path, ct: CtPhantom) -> tuple[Path, ...]:
         ds.KVP = "120"
         ds.XRayTubeCurrent = 150
         ds.ConvolutionKernel = "STANDARD"
-        ds.ReconstructionDiameter = _ds(fov)
+        ds.ReconstructionDiameter = ds_text(fov)
         ds.ContrastBolusAgent = "Iodinated contrast, arterial phase"
         ds.ContrastBolusRoute = "IV"
         # 12 bits stored, HU + 1024: the common CT encoding.
@@ -248,10 +253,10 @@ def _radiopharmaceutical() -> Dataset:
     item = Dataset()
     item.Radiopharmaceutical = "Fluorodeoxyglucose"
     item.RadiopharmaceuticalRoute = "Intravenous route"
-    item.RadiopharmaceuticalStartTime = _tm(FDG.injection)
+    item.RadiopharmaceuticalStartTime = tm_text(FDG.injection)
     item.RadiopharmaceuticalStartDateTime = FDG.injection.strftime("%Y%m%d%H%M%S")
-    item.RadionuclideTotalDose = _ds(FDG.injected_dose_bq)
-    item.RadionuclideHalfLife = _ds(FDG.half_life_s)
+    item.RadionuclideTotalDose = ds_text(FDG.injected_dose_bq)
+    item.RadionuclideHalfLife = ds_text(FDG.half_life_s)
     item.RadionuclidePositronFraction = "0.9673"
     item.RadionuclideCodeSequence = [_code(codes.SCT._18Fluorine)]
     item.RadiopharmaceuticalCodeSequence = [_code(codes.SCT.FluorodeoxyglucoseF18)]
@@ -301,11 +306,11 @@ def _write_pet(folder: Path, pet: PetPhantom) -> tuple[Path, ...]:
         # PET Isotope.
         ds.RadiopharmaceuticalInformationSequence = [_radiopharmaceutical()]
         # PET Image: the bed's frame, decay corrected to the scan start.
-        ds.FrameReferenceTime = _ds(
+        ds.FrameReferenceTime = ds_text(
             1000.0 * (bed_offset_s + average_count_time_s(FDG.bed_duration_s, FDG.half_life_s))
         )
         ds.ActualFrameDuration = int(FDG.bed_duration_s * 1000)
-        ds.DecayFactor = _ds(math.exp(decay_constant * bed_offset_s) * in_frame / -math.expm1(-in_frame))
+        ds.DecayFactor = ds_text(math.exp(decay_constant * bed_offset_s) * in_frame / -math.expm1(-in_frame))
         ds.ImageIndex = ds.InstanceNumber
         slope = pet.rescale_slopes[index]
         stored = np.rint(volume.array[index] / slope).astype(np.int16)
@@ -313,7 +318,7 @@ def _write_pet(folder: Path, pet: PetPhantom) -> tuple[Path, ...]:
         ds.HighBit = 15
         ds.PixelRepresentation = 1
         ds.RescaleIntercept = "0"
-        ds.RescaleSlope = _ds(slope)
+        ds.RescaleSlope = ds_text(slope)
         ds.PixelData = stored.tobytes()
         ds["PixelData"].VR = "OW"
         files.append(_save(ds, folder / f"PT{ds.InstanceNumber:04d}.dcm"))
