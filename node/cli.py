@@ -116,7 +116,7 @@ def _status(args: argparse.Namespace) -> int:
     ]
     jobs = []
     if (storage_dir / INDEX_FILENAME).exists():
-        queue = JobQueue(storage_dir)
+        queue = JobQueue(storage_dir, read_only=True)
         try:
             jobs = [_job_row(job) for job in queue.jobs()]
         finally:

@@ -188,3 +188,17 @@ def test_a_qa_result_from_before_jaccard_and_hd95_keeps_its_dice_and_a_broken_on
         assert [job.id for job in jobs.jobs()] == [old_id, broken_id]
     assert jobs.get(broken_id).result is None
     assert f"job {broken_id}: its stored result cannot be read" in caplog.text
+
+
+def test_a_read_only_queue_reads_and_never_writes(queue, tmp_path):
+    """What the console's pages and segnode status open: the jobs, and no write lock ever."""
+    jobs, _ = queue
+    (job_id,) = jobs.enqueue_series("1.1", [segment_job()], now=300.0)
+    looking = JobQueue(tmp_path, read_only=True)
+    try:
+        assert [job.id for job in looking.jobs()] == [job_id]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            looking.claim("w", 60, now=400.0)
+    finally:
+        looking.close()
+    assert jobs.get(job_id).state == JobState.QUEUED

@@ -188,7 +188,7 @@ def overview(context: ConsoleContext, now: float) -> Overview:
         counts = index.series_counts()
         recent = index.newest_series(RECENT_SERIES, 0)
         peers = index.peer_activity(now - PEER_WINDOW_SECONDS)
-    with closing(JobQueue(storage_dir)) as queue:
+    with closing(JobQueue(storage_dir, read_only=True)) as queue:
         by_kind = queue.counts()
     jobs = tuple((state, sum(by_kind[kind, state] for kind in JobKind)) for state in JobState)
     return Overview(
@@ -230,7 +230,7 @@ def series_detail(storage_dir: Path, series_instance_uid: str) -> SeriesDetail |
             return None
         instances = index.instance_records(series_instance_uid)
         listed = ListedSeries(record, instances[0].calling_ae if instances else None)
-    with closing(JobQueue(storage_dir)) as queue:
+    with closing(JobQueue(storage_dir, read_only=True)) as queue:
         jobs = [job for job in queue.jobs_reading([record.study_instance_uid])
                 if series_instance_uid in (job.series_instance_uid, job.subject)]
     with closing(OutboxStore(storage_dir, read_only=True)) as outbox:

@@ -199,8 +199,10 @@ class JobQueue:
     """One connection to the index database's jobs; safe across threads and
     processes (SQLite WAL, every change in an immediate transaction)."""
 
-    def __init__(self, storage_dir: Path):
-        self._db = open_database(Path(storage_dir) / INDEX_FILENAME, _SCHEMA)
+    def __init__(self, storage_dir: Path, *, read_only: bool = False):
+        # Read-only for those that only look (the console's pages, segnode status):
+        # they can never take the write lock that every C-STORE's indexing needs.
+        self._db = open_database(Path(storage_dir) / INDEX_FILENAME, _SCHEMA, read_only=read_only)
         self._lock = threading.Lock()
 
     def close(self) -> None:
