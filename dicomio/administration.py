@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime
 from typing import Final
 
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.valuerep import DT, TM
+
+from dicomio.suv import naive, tag_name
 
 __all__ = [
     "Administration",
@@ -51,7 +52,6 @@ __all__ = [
     "read_administration",
     "same_administration",
     "radionuclide_name",
-    "naive",
 ]
 
 #: Element names of the radionuclides in CID 18 and CID 4020, to their IUPAC symbols.
@@ -124,16 +124,6 @@ class Administration:
     notes: tuple[str, ...] = ()
 
 
-def _tag(keyword: str) -> str:
-    tag = tag_for_keyword(keyword)
-    return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else keyword
-
-
-def naive(value: date | time | datetime) -> datetime:
-    """A DT value as a plain ``datetime`` on the scanner's wall clock (offset dropped)."""
-    return datetime.combine(value.date(), value.time())  # type: ignore[union-attr]
-
-
 _NUCLIDE_TEXT: Final = re.compile(
     r"^\s*(?:\^?(?P<mass1>\d+)(?P<meta1>m?)\^?\s*-?\s*(?P<element1>[A-Za-z]+)"
     r"|(?P<element2>[A-Za-z]+)\s*-?\s*(?P<mass2>\d+)(?P<meta2>m?))\s*$"
@@ -175,7 +165,7 @@ def _radionuclide(item: Dataset, uid: str) -> str:
         name = radionuclide_name(meaning)
         if name is None:
             raise AdministrationError(
-                _tag("RadionuclideCodeSequence"),
+                tag_name("RadionuclideCodeSequence"),
                 f"holds ({value}, {scheme}, {code.get('CodeMeaning', '')!r}), no radionuclide known "
                 "from CID 18 or CID 4020",
                 sop_instance_uid=uid,
@@ -184,14 +174,14 @@ def _radionuclide(item: Dataset, uid: str) -> str:
     text = str(item.get("Radionuclide", "") or "").strip()
     if not text:
         raise AdministrationError(
-            f"{_tag('RadionuclideCodeSequence')} and {_tag('Radionuclide')}",
+            f"{tag_name('RadionuclideCodeSequence')} and {tag_name('Radionuclide')}",
             "missing: the radionuclide is unknown",
             sop_instance_uid=uid,
         )
     name = radionuclide_name(text)
     if name is None:
         raise AdministrationError(
-            _tag("Radionuclide"), f"{text!r} names no radionuclide", sop_instance_uid=uid
+            tag_name("Radionuclide"), f"{text!r} names no radionuclide", sop_instance_uid=uid
         )
     return name
 
@@ -214,21 +204,21 @@ def _start(item: Dataset, uid: str, administration_date: date | None) -> datetim
         parsed = DT(str(value).strip())
     except ValueError:
         raise AdministrationError(
-            _tag("RadiopharmaceuticalStartDateTime"), f"unreadable ({value!r})", sop_instance_uid=uid
+            tag_name("RadiopharmaceuticalStartDateTime"), f"unreadable ({value!r})", sop_instance_uid=uid
         ) from None
     text = str(value).strip()
     if len(text) < 12:
         # DT may stop after the day or hour (PS3.5 6.2); an administration
         # known to the day only is no start for hours-scale kinetics.
         raise AdministrationError(
-            _tag("RadiopharmaceuticalStartDateTime"),
+            tag_name("RadiopharmaceuticalStartDateTime"),
             f"{text!r} gives no minute of the administration",
             sop_instance_uid=uid,
         )
     start = naive(parsed)
     if administration_date is not None and start.date() != administration_date:
         raise AdministrationError(
-            _tag("RadiopharmaceuticalStartDateTime"),
+            tag_name("RadiopharmaceuticalStartDateTime"),
             f"{start.isoformat()} is not on the administration date given, {administration_date.isoformat()}",
             sop_instance_uid=uid,
         )
@@ -240,12 +230,12 @@ def _start_on(item: Dataset, uid: str, administration_date: date | None) -> date
     value = item.get("RadiopharmaceuticalStartTime")
     if value in (None, "") or administration_date is None:
         raise AdministrationError(
-            _tag("RadiopharmaceuticalStartDateTime"),
+            tag_name("RadiopharmaceuticalStartDateTime"),
             "missing"
             + (
-                f", and {_tag('RadiopharmaceuticalStartTime')} is missing too"
+                f", and {tag_name('RadiopharmaceuticalStartTime')} is missing too"
                 if value in (None, "")
-                else f"; {_tag('RadiopharmaceuticalStartTime')} alone has no date (days pass between "
+                else f"; {tag_name('RadiopharmaceuticalStartTime')} alone has no date (days pass between "
                 "a therapy and its images): the administration date must be given"
             ),
             sop_instance_uid=uid,
@@ -255,7 +245,7 @@ def _start_on(item: Dataset, uid: str, administration_date: date | None) -> date
         clock = TM(str(value).strip().replace(":", ""))
     except ValueError:
         raise AdministrationError(
-            _tag("RadiopharmaceuticalStartTime"), f"unreadable ({value!r})", sop_instance_uid=uid
+            tag_name("RadiopharmaceuticalStartTime"), f"unreadable ({value!r})", sop_instance_uid=uid
         ) from None
     return naive(datetime.combine(administration_date, clock))
 
@@ -264,20 +254,21 @@ def _activity_bq(item: Dataset, uid: str, notes: list[str]) -> float:
     keyword = "RadionuclideTotalDose"
     value = item.get(keyword)
     if value in (None, ""):
-        raise AdministrationError(_tag(keyword), "missing", sop_instance_uid=uid)
+        raise AdministrationError(tag_name(keyword), "missing", sop_instance_uid=uid)
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise AdministrationError(_tag(keyword), f"unreadable ({value!r})", sop_instance_uid=uid) from None
+        problem = f"unreadable ({value!r})"
+        raise AdministrationError(tag_name(keyword), problem, sop_instance_uid=uid) from None
     if not number > 0:
-        raise AdministrationError(_tag(keyword), f"{number:g}, not positive", sop_instance_uid=uid)
+        raise AdministrationError(tag_name(keyword), f"{number:g}, not positive", sop_instance_uid=uid)
     if number >= _SMALLEST_BQ:
         return number
     if number <= _LARGEST_MBQ:
-        notes.append(f"{_tag(keyword)} {number:g} read as MBq (PS3.3 C.8.4.10.1.7)")
+        notes.append(f"{tag_name(keyword)} {number:g} read as MBq (PS3.3 C.8.4.10.1.7)")
         return number * 1e6
     raise AdministrationError(
-        _tag(keyword), f"{number:g} is neither plausibly Bq nor MBq", sop_instance_uid=uid
+        tag_name(keyword), f"{number:g} is neither plausibly Bq nor MBq", sop_instance_uid=uid
     )
 
 
@@ -289,11 +280,11 @@ def _half_life_s(item: Dataset, uid: str) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         raise AdministrationError(
-            _tag("RadionuclideHalfLife"), f"unreadable ({value!r})", sop_instance_uid=uid
+            tag_name("RadionuclideHalfLife"), f"unreadable ({value!r})", sop_instance_uid=uid
         ) from None
     if not number > 0:
         raise AdministrationError(
-            _tag("RadionuclideHalfLife"), f"{number:g}, not positive", sop_instance_uid=uid
+            tag_name("RadionuclideHalfLife"), f"{number:g}, not positive", sop_instance_uid=uid
         )
     return number
 
@@ -316,7 +307,7 @@ def read_administration(dataset: Dataset, *, administration_date: date | None = 
     sequence = dataset.get("RadiopharmaceuticalInformationSequence")
     if not sequence:
         raise AdministrationError(
-            _tag("RadiopharmaceuticalInformationSequence"), "missing or empty", sop_instance_uid=uid
+            tag_name("RadiopharmaceuticalInformationSequence"), "missing or empty", sop_instance_uid=uid
         )
     notes: list[str] = []
     if len(sequence) > 1:

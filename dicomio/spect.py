@@ -78,8 +78,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, DT, TM
 
-from dicomio.administration import Administration, AdministrationError, naive, read_administration
-from dicomio.suv import DecayCorrection, average_count_time_s
+from dicomio.administration import Administration, AdministrationError, read_administration
+from dicomio.suv import DecayCorrection, average_count_time_s, naive
 from dicomio.volume import SourceFrame, Volume
 
 __all__ = [

@@ -150,7 +150,8 @@ class _Body:
     surface_area_m2: float | None
 
 
-def _tag(keyword: str) -> str:
+def tag_name(keyword: str) -> str:
+    """``Keyword (gggg,eeee)``, how errors name an attribute."""
     tag = tag_for_keyword(keyword)
     return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else keyword
 
@@ -178,7 +179,7 @@ class _Header:
         return None
 
     def missing(self, keyword: str, problem: str = "missing or empty") -> MissingSuvAttributeError:
-        return MissingSuvAttributeError(_tag(keyword), problem, sop_instance_uid=self.uid)
+        return MissingSuvAttributeError(tag_name(keyword), problem, sop_instance_uid=self.uid)
 
     def positive(self, keyword: str, scope: Dataset | None = None) -> float:
         value = self.optional_float(keyword, scope)
@@ -208,7 +209,7 @@ class _Header:
             # met in old files.
             text = text.replace(":", "")
         try:
-            return _naive(kind(text))
+            return naive(kind(text))
         except ValueError:
             raise self.missing(keyword, f"unreadable ({text!r})") from None
 
@@ -222,7 +223,7 @@ class _Header:
         return datetime.combine(day, clock)
 
 
-def _naive(value: date | time | datetime) -> date | time | datetime:
+def naive(value: date | time | datetime) -> date | time | datetime:
     """The plain ``datetime`` type, without pydicom's subclass or a UTC offset.
 
     Series, acquisition and injection times are the scanner's local wall
@@ -382,7 +383,7 @@ def _scan_start(
     ge_text = _private(header, 0x0009, GE_PET_CREATOR, 0x0D)
     if ge_text is not None:
         try:
-            ge_start = _naive(DT(ge_text))
+            ge_start = naive(DT(ge_text))
         except ValueError:
             ge_start = None
         if ge_start is not None and ge_start <= acquisition:
