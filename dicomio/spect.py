@@ -72,14 +72,13 @@ from typing import Any, Final
 
 import numpy as np
 import pydicom
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, DT, TM
 
 from dicomio.administration import Administration, AdministrationError, read_administration
-from dicomio.suv import DecayCorrection, average_count_time_s, naive
+from dicomio.suv import DecayCorrection, average_count_time_s, naive, tag_name
 from dicomio.volume import SourceFrame, Volume
 
 __all__ = [
@@ -110,6 +109,10 @@ _UCUM_BQ_PER_ML: Final = {
 
 #: The private element calibspect reads as "voxel data units".
 _PRIVATE_UNITS_TAG: Final = (0x0057, 0x1003)
+
+#: The most slices a reconstructed SPECT may have: real ones have a few hundred; a hostile
+#: header must not size arrays.
+_MAX_FRAMES: Final = 4096
 
 #: Tolerance on unit length and orthogonality of the two cosine vectors.
 _ORTHONORMAL_TOLERANCE: Final = 1e-3
@@ -201,11 +204,6 @@ class _Mapping:
     intercept: float
 
 
-def _tag(keyword: str) -> str:
-    tag = tag_for_keyword(keyword)
-    return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else keyword
-
-
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
@@ -220,7 +218,7 @@ class _Reader:
         self.series = str(dataset.get("SeriesInstanceUID", "(no Series Instance UID)"))
 
     def missing(self, keyword: str, problem: str = "missing or empty") -> SpectAttributeError:
-        return SpectAttributeError(_tag(keyword), problem, series_instance_uid=self.series)
+        return SpectAttributeError(tag_name(keyword), problem, series_instance_uid=self.series)
 
     def required(self, keyword: str, scope: Dataset | None = None) -> Any:
         value = (self.ds if scope is None else scope).get(keyword)
@@ -310,8 +308,8 @@ def load_quantitative_spect(
     if elapsed_s < 0:
         raise AdministrationAfterAcquisitionError(
             f"the administration start {administration.start.isoformat()} "
-            f"({_tag('RadiopharmaceuticalStartDateTime')}) is after the acquisition start "
-            f"{acquisition.isoformat()} ({_tag('AcquisitionDateTime')} or Date + Time)",
+            f"({tag_name('RadiopharmaceuticalStartDateTime')}) is after the acquisition start "
+            f"{acquisition.isoformat()} ({tag_name('AcquisitionDateTime')} or Date + Time)",
             series_instance_uid=reader.series,
         )
     decay, factor = _decay_factor(reader, administration, elapsed_s, notes)
@@ -393,14 +391,14 @@ def _mapping(reader: _Reader, notes: list[str]) -> _Mapping:
         )
         break
     looked_at.append(
-        f"{_tag('RealWorldValueMappingSequence')}: " + (", ".join(units_seen) if units_seen else "absent")
+        f"{tag_name('RealWorldValueMappingSequence')}: " + (", ".join(units_seen) if units_seen else "absent")
     )
 
     # Absent rescale is the identity Modality LUT (PS3.3 C.11.1), as in dicomio.series.
     slope = reader.number("RescaleSlope", 1.0)
     intercept = reader.number("RescaleIntercept", 0.0)
     units = _text(ds.get("Units", "")).upper()
-    looked_at.append(f"{_tag('Units')}: {units or 'absent'}")
+    looked_at.append(f"{tag_name('Units')}: {units or 'absent'}")
     if units == "BQML":
         found.append(_Mapping(QuantitationConvention.UNITS_BQML, slope, intercept))
 
@@ -436,7 +434,8 @@ def _acquisition_start(reader: _Reader) -> datetime:
     day, clock = ds.get("AcquisitionDate"), ds.get("AcquisitionTime")
     if day in (None, "") or clock in (None, ""):
         raise SpectAttributeError(
-            f"{_tag('AcquisitionDateTime')}, or {_tag('AcquisitionDate')} and {_tag('AcquisitionTime')}",
+            f"{tag_name('AcquisitionDateTime')}, or {tag_name('AcquisitionDate')} and "
+            f"{tag_name('AcquisitionTime')}",
             "missing: the time point is unknown",
             series_instance_uid=reader.series,
         )
@@ -446,7 +445,7 @@ def _acquisition_start(reader: _Reader) -> datetime:
         parsed_clock = TM(str(clock).strip().replace(":", ""))
     except ValueError:
         raise SpectAttributeError(
-            f"{_tag('AcquisitionDate')} / {_tag('AcquisitionTime')}",
+            f"{tag_name('AcquisitionDate')} / {tag_name('AcquisitionTime')}",
             f"unreadable ({day!r}, {clock!r})",
             series_instance_uid=reader.series,
         ) from None
@@ -485,7 +484,7 @@ def _decay_factor(
             )
         return decay, 2.0 ** (-elapsed_s / half_life)
     if decay is None:
-        notes.append(f"{_tag('DecayCorrection')} absent: values taken as not decay corrected (NONE)")
+        notes.append(f"{tag_name('DecayCorrection')} absent: values taken as not decay corrected (NONE)")
     duration = _duration_s(reader)
     if half_life is None or duration is None:
         notes.append(
@@ -509,7 +508,7 @@ def _frame_index(reader: _Reader, frames: int) -> np.ndarray:
     pointers = pointer if isinstance(pointer, MultiValue) else [] if pointer is None else [pointer]
     tags = [int(tag) for tag in pointers]
     if _SLICE_VECTOR not in tags:
-        raise reader.missing("FrameIncrementPointer", f"does not point to {_tag('SliceVector')}")
+        raise reader.missing("FrameIncrementPointer", f"does not point to {tag_name('SliceVector')}")
     for tag in tags:
         if tag == _SLICE_VECTOR:
             continue
@@ -531,7 +530,10 @@ def _frame_index(reader: _Reader, frames: int) -> np.ndarray:
 def _grid(reader: _Reader, notes: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[SourceFrame, ...]]:
     """Stored values [slice, row, column] ascending along the normal, the affine and sources."""
     ds = reader.ds
-    frames = int(reader.number("NumberOfFrames", 1.0))
+    counted = reader.number("NumberOfFrames", 1.0)
+    if not (1 <= counted <= _MAX_FRAMES and counted == int(counted)):  # NaN fails the first
+        raise reader.missing("NumberOfFrames", f"{counted:g}: not a whole number from 1 to {_MAX_FRAMES}")
+    frames = int(counted)
     order = _frame_index(reader, frames)
     detectors = ds.get("DetectorInformationSequence") or []
     plane = ds

@@ -274,3 +274,11 @@ def test_written_nm_files_pass_dciodvfy(tmp_path, carrier):
     output = result.stdout + result.stderr
     assert "Error" not in output, output
     assert "NMImage" in output
+
+
+@pytest.mark.parametrize("frames", ["NaN", "1000000000000", "0", "-24", "2.5"])
+def test_a_hostile_number_of_frames_is_refused_naming_it(frames):
+    ds = nm_dataset(concentration())
+    ds[0x00280008] = RawDataElement(Tag(0x00280008), "IS", len(frames), frames.encode(), 0, False, True)
+    with pytest.raises(SpectError, match=r"NumberOfFrames \(0028,0008\)"):
+        load_quantitative_spect([ds])
