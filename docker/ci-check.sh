@@ -129,11 +129,16 @@ step "image $image"
 python3 -m http.server --bind 127.0.0.1 --directory "$work/wheels" "$wheel_port" >"$work/http.log" 2>&1 &
 helpers+=($!)
 wait_for 10 "wheelhouse server" curl -fs -o /dev/null "http://127.0.0.1:$wheel_port/"
-timeout 1500 docker build --network host -t "$image" \
+# Each run retags the image; the one it replaces would stay behind untagged, 2.5 GB a run.
+replaced=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+timeout 1500 docker build --force-rm --network host -t "$image" \
   --build-arg BASE_IMAGE="$base" \
   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS="http://127.0.0.1:$wheel_port/" \
   . >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; fail "docker build failed"; }
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$image"
+if [ -n "$replaced" ] && [ "$replaced" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
+  docker image rm "$replaced" >/dev/null 2>&1 || echo "the image this build replaced ($replaced) is still in use"
+fi
 
 step "run with --network host, until healthy"
 mkdir -p "$work/pacs"
@@ -148,6 +153,8 @@ destinations: {PACS: {ae_title: $pacs_ae, host: 127.0.0.1, port: $pacs_port}}
 pipelines: {organs: {model: builtin}}
 routes: [{name: ct-organs, match: {modality: CT}, pipeline: organs, send_to: [PACS]}]
 sending: {retry_base_seconds: 1, retry_max_seconds: 5}
+# One small series: a 1 GiB margin, not the default 10 GiB, which a CI machine may lack.
+storage: {low_watermark_bytes: 1073741824}
 CONFIG
 chmod 644 "$work/segnode.yaml"
 docker run -d --name "$container" --network host \
