@@ -239,6 +239,13 @@ def test_an_n_set_in_progress_updates_without_final_state(in_progress):
     assert stored.PerformedProcedureStepDescription == "CT abdomen, arterial phase"
 
 
+def test_an_n_set_leaves_the_stored_step_as_it_was(in_progress):
+    merged, _ = updated(in_progress, over_the_wire(scanner_set({generate_uid(): [generate_uid()]})))
+    assert merged.PerformedProcedureStepStatus == "COMPLETED"
+    assert in_progress.PerformedProcedureStepStatus == "IN PROGRESS"
+    assert in_progress.PerformedSeriesSequence == []
+
+
 @pytest.mark.parametrize("final", ["COMPLETED", "DISCONTINUED"])
 def test_a_step_that_ended_may_no_longer_be_updated(in_progress, final):
     ended, _ = updated(in_progress, scanner_set({generate_uid(): []}, final))

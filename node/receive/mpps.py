@@ -146,7 +146,7 @@ def created(sop_instance_uid: str | None, attributes: Dataset) -> tuple[Dataset,
         # F.7.2.1.3: only IN PROGRESS may be created.
         raise StepRefused(STATUS_INVALID_ATTRIBUTE_VALUE,
                           f"N-CREATE status must be IN PROGRESS, not {step.status}", sop_instance_uid)
-    stored = copy.deepcopy(attributes)
+    stored = _holding_elements_of(attributes)
     stored.SOPClassUID = MPPS_SOP_CLASS
     stored.SOPInstanceUID = sop_instance_uid
     return stored, step
@@ -298,14 +298,27 @@ def _merged(stored: Dataset, modification: Dataset) -> Dataset:
     (F.7.2.2.3); where it differs from the stored one, both are decoded and
     the step is kept in Unicode, which holds either.
     """
-    merged = copy.deepcopy(stored)
-    changes = copy.deepcopy(modification)
+    changes = modification
     charset = changes.get("SpecificCharacterSet")
     if charset is not None and charset != stored.get("SpecificCharacterSet"):
+        # Decoding changes elements in place: these copies, not the caller's.
+        merged, changes = copy.deepcopy(stored), copy.deepcopy(modification)
         merged.decode()
         changes.decode()
         merged.SpecificCharacterSet = _UTF8
+    else:
+        merged = _holding_elements_of(stored)
     for element in changes:
         if element.keyword != "SpecificCharacterSet":
             merged[element.tag] = element
     return merged
+
+
+def _holding_elements_of(dataset: Dataset) -> Dataset:
+    """A new dataset holding `dataset`'s elements, so that adding or replacing
+    one leaves `dataset` as it was. The elements themselves are shared, never
+    changed: a deep copy took a second per 10,000 listed instances, under
+    the SCP's one-step-at-a-time lock."""
+    held = Dataset()
+    held.update(dataset)
+    return held
