@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from dicomio.administration import Administration
 from dicomio.codes import StructureCode
 
 
@@ -69,3 +70,38 @@ class CourseDoses:
     administration: datetime
     administered_activity_mbq: float
     organs: tuple[OrganDose, ...]
+
+
+@dataclass(frozen=True)
+class OrganReading:
+    """One organ as one time point's SPECT and CT show it."""
+
+    structure: StructureCode
+    activity_mbq: float
+    mean_concentration_bq_per_ml: float
+    #: The organ's volume on the CT: its mass follows from it.
+    ct_volume_ml: float
+    mask_extension_sigma_mm: float
+    #: None when the SPECT and its CT line up around the organ; else why not, with the figures.
+    misalignment: str | None
+
+
+@dataclass(frozen=True)
+class PointReading:
+    """What one SPECT/CT time point says of the course's organs.
+
+    A course is evaluated again when a later time point arrives, days after
+    the first, when the retention policy may have removed the first one's
+    images: each time point is read once and this is what is kept of it.
+    ``segmentation`` says where the organs' masks came from (a physician's
+    SEG or the pipeline's model), for the report.
+    """
+
+    spect_series_instance_uid: str
+    ct_series_instance_uid: str
+    patient_id: str
+    administration: Administration
+    acquisition: datetime
+    hours_after_administration: float
+    segmentation: str
+    organs: tuple[OrganReading, ...]

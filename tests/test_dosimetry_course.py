@@ -29,6 +29,8 @@ from inference.dosimetry.course import (
     CoursePoint,
     DosimetrySettings,
     evaluate_course,
+    evaluate_readings,
+    read_point,
     reference_labels,
 )
 from inference.dosimetry.time_activity import TimePoint, fit_time_activity
@@ -55,6 +57,7 @@ def course_point(truth: CourseTruth, index: int, *, neighbours: bool = True, spe
         structures=structures,
         ct_series_instance_uid=ct.series_instance_uid,
         patient_id=str(loaded.headers[0].PatientID),
+        segmentation="the physician's SEG and the phantom's true neighbours",
     )
 
 
@@ -183,3 +186,15 @@ def test_an_organ_the_seg_lacks_is_refused(course: CourseTruth) -> None:
     with pytest.raises(CourseError, match=r"time point 1: the segmentation of CT series .* has no spleen: "
                        "the model or SEG lacks the organ"):
         evaluate_course([point], settings)
+
+
+def test_a_point_read_for_other_organs_must_be_read_again(
+    course: CourseTruth, points: list[CoursePoint]
+) -> None:
+    settings = settings_for(course)
+    readings = [read_point(point, settings) for point in points[:4]]
+    narrower = replace(readings[2], organs=readings[2].organs[:1])
+    assert evaluate_readings(readings, settings) == evaluate_course(points[:4], settings)
+    with pytest.raises(CourseError, match="kidney_right") as caught:
+        evaluate_readings([*readings[:2], narrower, readings[3]], settings)
+    assert (caught.value.point, caught.value.attribute) == (2, "structures")

@@ -39,7 +39,14 @@ import numpy as np
 
 from dicomio.administration import Administration, same_administration
 from dicomio.codes import STRUCTURE_CODES, UnknownStructureError
-from dicomio.dose_records import CourseDoses, FitParameterValue, OrganDose, TimePointActivity
+from dicomio.dose_records import (
+    CourseDoses,
+    FitParameterValue,
+    OrganDose,
+    OrganReading,
+    PointReading,
+    TimePointActivity,
+)
 from dicomio.seg import LabelledStructure
 from dicomio.seg_reference import ReferenceSegmentation
 from dicomio.spect import QuantitativeSpect
@@ -48,9 +55,9 @@ from inference.qa import match_reference_segments
 from inference.quantify import DEFAULT_DENSITIES, DensityTable
 
 from .absorbed_dose import mass_g, self_dose_gy
-from .alignment import SPECT_FWHM_MM, AlignmentCheck, alignment_check
+from .alignment import SPECT_FWHM_MM, alignment_check
 from .nuclides import Nuclide, nuclide
-from .organ_activity import DEFAULT_SIGMA_MM, OrganActivity, recovered_activities, spect_weights
+from .organ_activity import DEFAULT_SIGMA_MM, recovered_activities, spect_weights
 from .time_activity import Model, TimeActivityFit, TimePoint, fit_time_activity
 
 __all__ = [
@@ -58,6 +65,8 @@ __all__ = [
     "CoursePoint",
     "DosimetrySettings",
     "evaluate_course",
+    "evaluate_readings",
+    "read_point",
     "reference_labels",
 ]
 
@@ -92,6 +101,8 @@ class CoursePoint:
         The CT the organs were delineated on.
     patient_id : str
         Patient ID (0010,0020) of the study: a course is one patient's.
+    segmentation : str
+        Where `labels` came from, for the report: a physician's SEG or a model.
     """
 
     spect: QuantitativeSpect
@@ -99,6 +110,7 @@ class CoursePoint:
     structures: tuple[LabelledStructure, ...]
     ct_series_instance_uid: str
     patient_id: str
+    segmentation: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,31 +181,58 @@ def reference_labels(
 
 
 def evaluate_course(points: Sequence[CoursePoint], settings: DosimetrySettings) -> CourseDoses:
-    """Each organ's activities, fit, time-integrated activity and mean absorbed dose over the course.
+    """Each organ's activities, fit, time-integrated activity and mean absorbed
+    dose over the course: :func:`read_point` of each point, then
+    :func:`evaluate_readings`.
+
+    Raises
+    ------
+    CourseError
+        As :func:`read_point` and :func:`evaluate_readings`, naming the point.
+    inference.dosimetry.organ_activity.OrganActivityError,
+    inference.dosimetry.time_activity.TimeActivityError
+        An organ that cannot be read on a SPECT, or a curve that cannot be fitted.
+    """
+    return evaluate_readings([_read_point(index, point, settings) for index, point in enumerate(points)],
+                             settings)
+
+
+def read_point(point: CoursePoint, settings: DosimetrySettings) -> PointReading:
+    """What `point` says of `settings.organs`: each organ's activity (recovered
+    with `settings.neighbours` modelled too), CT volume and alignment.
+
+    Raises
+    ------
+    CourseError
+        The point's segmentation lacks an organ of `settings`.
+    inference.dosimetry.organ_activity.OrganActivityError
+        An organ that cannot be read on the SPECT.
+    """
+    return _read_point(None, point, settings)
+
+
+def evaluate_readings(readings: Sequence[PointReading], settings: DosimetrySettings) -> CourseDoses:
+    """The course of `readings` (in order of acquisition): each organ's fit,
+    time-integrated activity and mean absorbed dose.
 
     Raises
     ------
     CourseError
         No time points, different patients or administrations (naming the
-        point and the attribute), time points not in increasing order, or an
-        organ a point's segmentation lacks.
-    inference.dosimetry.organ_activity.OrganActivityError,
+        point and the attribute), time points not in increasing order, or a
+        point read without an organ of `settings` (the pipeline's organs
+        changed since).
     inference.dosimetry.time_activity.TimeActivityError
-        An organ that cannot be read on a SPECT, or a curve that cannot be fitted.
+        A curve that cannot be fitted.
     """
-    if not points:
+    if not readings:
         raise CourseError("a course needs at least one time point")
-    _check_course(points)
-    administration = points[0].spect.administration
+    _check_course(readings)
+    administration = readings[0].administration
     therapy = nuclide(administration.radionuclide)
-    names = (*settings.organs, *settings.neighbours)
-    read = [_read_point(index, point, names, settings) for index, point in enumerate(points)]
-    organs = tuple(
-        _organ_dose(position, name, points, read, therapy, settings)
-        for position, name in enumerate(settings.organs)
-    )
+    organs = tuple(_organ_dose(name, readings, therapy, settings) for name in settings.organs)
     return CourseDoses(
-        patient_id=points[0].patient_id,
+        patient_id=readings[0].patient_id,
         radionuclide=therapy.name,
         radiopharmaceutical=administration.radiopharmaceutical or "",
         administration=administration.start,
@@ -202,28 +241,28 @@ def evaluate_course(points: Sequence[CoursePoint], settings: DosimetrySettings) 
     )
 
 
-def _check_course(points: Sequence[CoursePoint]) -> None:
-    first = points[0]
-    for index, point in enumerate(points[1:], 1):
+def _check_course(readings: Sequence[PointReading]) -> None:
+    first = readings[0]
+    for index, point in enumerate(readings[1:], 1):
         if point.patient_id != first.patient_id:
             raise CourseError(
                 f"Patient ID (0010,0020) is {point.patient_id!r}, time point 1's {first.patient_id!r}",
                 point=index, attribute="PatientID",
             )
-        a, b = first.spect.administration, point.spect.administration
+        a, b = first.administration, point.administration
         if not same_administration(a, b):
             attribute, problem = _difference(a, b)
             raise CourseError(
-                f"{problem} (SPECT series {point.spect.volume.series_instance_uid}): "
+                f"{problem} (SPECT series {point.spect_series_instance_uid}): "
                 "not the administration of time point 1",
                 point=index, attribute=attribute,
             )
-        before = points[index - 1].spect
-        if point.spect.hours_after_administration <= before.hours_after_administration:
+        before = readings[index - 1]
+        if point.hours_after_administration <= before.hours_after_administration:
             raise CourseError(
-                f"acquired {point.spect.acquisition_start.isoformat()} "
-                f"({point.spect.hours_after_administration:.2f} h), not after time point {index} "
-                f"({before.acquisition_start.isoformat()}, {before.hours_after_administration:.2f} h): "
+                f"acquired {point.acquisition.isoformat()} "
+                f"({point.hours_after_administration:.2f} h), not after time point {index} "
+                f"({before.acquisition.isoformat()}, {before.hours_after_administration:.2f} h): "
                 "time points must be in increasing order",
                 point=index, attribute="AcquisitionDateTime",
             )
@@ -246,22 +285,14 @@ def _difference(a: Administration, b: Administration) -> tuple[str, str]:
     )
 
 
-@dataclass(frozen=True)
-class _PointReading:
-    activities: tuple[OrganActivity, ...]
-    alignment: AlignmentCheck
-    sigma_mm: tuple[float, ...]
-
-
-def _read_point(
-    index: int, point: CoursePoint, names: Sequence[str], settings: DosimetrySettings
-) -> _PointReading:
+def _read_point(index: int | None, point: CoursePoint, settings: DosimetrySettings) -> PointReading:
+    names = (*settings.organs, *settings.neighbours)
     by_name = {s.code.name: s for s in point.structures}
     missing = [name for name in names if name not in by_name]
     if missing:
         raise CourseError(
-            f"the segmentation of CT series {point.ct_series_instance_uid} has no {', '.join(missing)}: "
-            "the model or SEG lacks the organ",
+            f"the segmentation of CT series {point.ct_series_instance_uid} ({point.segmentation}) has no "
+            f"{', '.join(missing)}: the model or SEG lacks the organ",
             point=index, attribute="structures",
         )
     spect = point.spect.volume
@@ -274,43 +305,60 @@ def _read_point(
         weights, spect, psf_fwhm_mm=settings.spect_fwhm_mm,
         background_bq_ml=[organ.background_bq_ml for organ in alignment.organs],
     )
-    return _PointReading(activities, alignment, weights.sigma_mm)
+    reported = len(settings.organs)  # the neighbours follow, modelled for the recovery only
+    return PointReading(
+        spect_series_instance_uid=spect.series_instance_uid,
+        ct_series_instance_uid=point.ct_series_instance_uid,
+        patient_id=point.patient_id,
+        administration=point.spect.administration,
+        acquisition=point.spect.acquisition_start,
+        hours_after_administration=point.spect.hours_after_administration,
+        segmentation=point.segmentation,
+        organs=tuple(
+            OrganReading(
+                structure=activity.code,
+                activity_mbq=activity.activity_mbq,
+                mean_concentration_bq_per_ml=activity.mean_concentration_bq_ml,
+                ct_volume_ml=activity.ct_volume_ml,
+                mask_extension_sigma_mm=sigma,
+                misalignment=organ.reason or None,
+            )
+            for activity, organ, sigma in zip(
+                activities[:reported], alignment.organs[:reported], weights.sigma_mm[:reported], strict=True
+            )
+        ),
+    )
 
 
 def _organ_dose(
-    position: int,
-    name: str,
-    points: Sequence[CoursePoint],
-    read: Sequence[_PointReading],
-    therapy: Nuclide,
-    settings: DosimetrySettings,
+    name: str, readings: Sequence[PointReading], therapy: Nuclide, settings: DosimetrySettings
 ) -> OrganDose:
-    activities = [reading.activities[position] for reading in read]
+    organs = [_organ_reading(index, reading, name) for index, reading in enumerate(readings)]
     time_points = tuple(
         TimePointActivity(
-            hours_after_administration=point.spect.hours_after_administration,
-            acquisition=point.spect.acquisition_start,
-            spect_series_instance_uid=point.spect.volume.series_instance_uid,
-            activity_mbq=activity.activity_mbq,
-            mean_concentration_bq_per_ml=activity.mean_concentration_bq_ml,
-            misalignment=reading.alignment.organs[position].reason or None,
+            hours_after_administration=reading.hours_after_administration,
+            acquisition=reading.acquisition,
+            spect_series_instance_uid=reading.spect_series_instance_uid,
+            activity_mbq=organ.activity_mbq,
+            mean_concentration_bq_per_ml=organ.mean_concentration_bq_per_ml,
+            misalignment=organ.misalignment,
         )
-        for point, reading, activity in zip(points, read, activities, strict=True)
+        for reading, organ in zip(readings, organs, strict=True)
     )
     fit = fit_time_activity(
         [TimePoint(p.hours_after_administration, p.activity_mbq) for p in time_points],
         therapy, settings.fit_models.get(name, "auto"), label=name,
     )
-    volume_ml = float(np.mean([activity.ct_volume_ml for activity in activities]))
+    volume_ml = float(np.mean([organ.ct_volume_ml for organ in organs]))
     density = settings.densities.density_g_ml(name)
     mass = mass_g(volume_ml, density)
     dose = self_dose_gy(fit.time_integrated_activity_mbq_h, mass, therapy)
     return OrganDose(
-        structure=activities[0].code,
+        structure=organs[0].structure,
         volume_ml=volume_ml,
         density_g_per_ml=density,
         mass_g=mass,
-        mask_extension_sigma_mm=read[0].sigma_mm[position],
+        mask_extension_sigma_mm=organs[0].mask_extension_sigma_mm,
         time_points=time_points,
         fit_model=_MODEL_NAMES[fit.model],
         fit_selection=fit.selection,
@@ -322,6 +370,17 @@ def _organ_dose(
         time_integrated_activity_uncertainty_mbq_h=fit.time_integrated_activity_uncertainty_mbq_h,
         absorbed_dose_gy=dose,
         absorbed_dose_uncertainty_gy=_dose_uncertainty(fit, dose),
+    )
+
+
+def _organ_reading(index: int, reading: PointReading, name: str) -> OrganReading:
+    for organ in reading.organs:
+        if organ.structure.name == name:
+            return organ
+    raise CourseError(
+        f"SPECT series {reading.spect_series_instance_uid} was read without {name} (the organs "
+        "evaluated changed since): it must be read again",
+        point=index, attribute="structures",
     )
 
 
