@@ -19,8 +19,9 @@ of Reference shared by the CT and the SPECT, as a SPECT/CT scanner writes):
   40 voxels of 4.8 mm, stored values times the Real World Value Mapping (and
   Rescale) slope in Bq/ml, Units BQML, with the Radiopharmaceutical
   Information Sequence of the administration;
-* a physician's SEG of both kidneys on the CT (highdicom, BINARY, MANUAL),
-  the true masks: the built-in segmenter has no kidneys.
+* a physician's SEG on the CT (highdicom, BINARY, MANUAL) of the organs of
+  the course, the true masks: the kidneys and the spleen, the organs at risk
+  of PRRT, and the liver; the built-in segmenter has no kidneys.
 
 How the SPECT is made: every organ holds its activity uniformly, nothing at
 the administration, then taken up and washed out (:class:`BiExponential`);
@@ -62,18 +63,19 @@ from typing import Final
 
 import highdicom as hd
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.tag import Tag
-from pydicom.uid import UID, ExplicitVRLittleEndian, NuclearMedicineImageStorage, generate_uid
+from pydicom.uid import UID, NuclearMedicineImageStorage, generate_uid
 from scipy import constants, ndimage
 
 from dicomio.codes import structure_code
 from dicomio.volume import Volume
 from inference.dosimetry.nuclides import Nuclide, decay_constant_per_hour, nuclide
 from phantom.anatomy import PATIENT, STRUCTURE_REGIONS, AxialGrid, ct_phantom
-from phantom.study import WrittenSeries, da_text, ds_text, dt_text, tm_text
+from phantom.ct_files import CtTechnique, ds_text, save_part10, write_ct_slices
+from phantom.study import WrittenSeries, da_text, dt_text, tm_text
 
 __all__ = [
     "ADMINISTERED_ACTIVITY_MBQ",
@@ -336,7 +338,7 @@ class TimePoint:
     study_instance_uid, frame_of_reference_uid : str
     ct, spect : WrittenSeries
     seg : pathlib.Path
-        The physician's SEG of the kidneys, on the CT.
+        The physician's SEG of the kidneys, spleen and liver, on the CT.
     misregistration_mm : tuple of float
         How far (x, y, z, LPS) the SPECT's anatomy lies from the CT's; zeros but for the misregistered point.
     spect_activity_mbq : float
@@ -568,9 +570,9 @@ def write_course(
         if shift not in emissions:
             emissions[shift] = _emission(psf_fwhm_mm, shift)
     unshifted = emissions[(0.0, 0.0, 0.0)]
-    kidneys = np.zeros(_CT_GRID.shape, dtype=np.uint8)
+    contoured = np.zeros(_CT_GRID.shape, dtype=np.uint8)
     for number, name in _SEG_STRUCTURES:
-        kidneys[anatomy.mask(name)] = number
+        contoured[anatomy.mask(name)] = number
 
     def concentrations(t: float, emission: _Emission) -> list[float]:
         """Bq/ml of each compartment (organs, remainder) at `t` h."""
@@ -592,7 +594,7 @@ def write_course(
                 later=index >= len(time_points_hours),
                 seed=seed,
                 shift=shift,
-                kidneys=kidneys,
+                contoured=contoured,
                 expected=sum(c * image for c, image in zip(bq_ml, emission.blurred, strict=True)),
                 spect_activity_mbq=in_view_bq / 1e6,
             )
@@ -642,7 +644,7 @@ def _write_point(
     later: bool,
     seed: int,
     shift: tuple[float, float, float],
-    kidneys: np.ndarray,
+    contoured: np.ndarray,
     expected: np.ndarray,
     spect_activity_mbq: float,
 ) -> TimePoint:
@@ -659,7 +661,7 @@ def _write_point(
     counts = rng.poisson(expected * _ACQUISITION_DECAY / NOISE_BQ_PER_ML_PER_COUNT)
     spect_series = _uid("series", study, "NM")
     spect_path = _write_spect(folder / "spect", counts, context, spect_series)
-    seg_path = _write_seg(folder / "seg" / "SEG.dcm", ct_datasets, kidneys, context)
+    seg_path = _write_seg(folder / "seg" / "SEG.dcm", ct_datasets, contoured, context)
     return TimePoint(
         index=index,
         hours=hours,
@@ -691,8 +693,6 @@ class _Context:
     @property
     def ct_time(self) -> datetime:
         return self.acquisition + timedelta(minutes=20)
-
-
 
 
 def _common(context: _Context, modality: str, series_time: datetime) -> Dataset:
@@ -727,61 +727,24 @@ def _common(context: _Context, modality: str, series_time: datetime) -> Dataset:
     return ds
 
 
-def _save(ds: Dataset, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    ds.save_as(path, enforce_file_format=True)
-    ds.filename = str(path)
-    return path
+#: The SPECT/CT's low-dose CT, for attenuation correction and localisation.
+_CT_TECHNIQUE: Final = CtTechnique(tube_current_ma=30, kernel="B08s")
 
 
 def _write_ct(folder: Path, volume: Volume, context: _Context, series: str) -> list[Dataset]:
-    """One CT Image file per slice, 12 bits of HU + 1024; returns the datasets in array order."""
-    slices, rows, columns = volume.array.shape
-    spacing = volume.spacing
-    datasets = []
-    for index in range(slices):
+    """One CT Image file per slice (:func:`phantom.ct_files.write_ct_slices`); returns the
+    datasets in array order."""
+
+    def header(index: int) -> Dataset:
         ds = _common(context, "CT", context.ct_time)
         ds.SOPClassUID = volume.sources[index].sop_class_uid
         ds.SOPInstanceUID = _uid("instance", series, index)
         ds.SeriesInstanceUID = series
         ds.SeriesNumber = 2
         ds.SeriesDescription = "CT low dose AC 3 mm"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PatientPosition = "HFS"
-        ds.KVP = "120"
-        ds.XRayTubeCurrent = 30
-        ds.ConvolutionKernel = "B08s"
-        ds.ReconstructionDiameter = ds_text(columns * spacing[2])
-        ds.InstanceNumber = slices - index
-        position = volume.affine @ np.array([index, 0, 0, 1.0])
-        ds.ImagePositionPatient = [ds_text(v) for v in position[:3]]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.SliceLocation = ds_text(position[2])
-        ds.PixelSpacing = [ds_text(spacing[1]), ds_text(spacing[2])]
-        ds.SliceThickness = ds_text(spacing[0])
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = columns
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = "-1024"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
-        ds.WindowCenter = "40"
-        ds.WindowWidth = "400"
-        ds.PixelData = (volume.array[index].astype(np.int32) + 1024).astype(np.uint16).tobytes()
-        ds["PixelData"].VR = "OW"
-        _save(ds, folder / f"CT{ds.InstanceNumber:04d}.dcm")
-        datasets.append(ds)
-    return datasets
+        return ds
+
+    return write_ct_slices(folder, volume, _CT_TECHNIQUE, header)
 
 
 def _code(code: Code) -> Dataset:
@@ -918,7 +881,7 @@ def _write_spect(folder: Path, counts: np.ndarray, context: _Context, series: st
     ds.RealWorldValueMappingSequence = [mapping]
     ds.PixelData = np.rint(bq_ml / slope).astype(np.uint16).tobytes()
     ds["PixelData"].VR = "OW"
-    return _save(ds, folder / "NM.dcm")
+    return save_part10(ds, folder / "NM.dcm")
 
 
 def _patient_orientation() -> Dataset:
@@ -931,12 +894,14 @@ def _patient_orientation() -> Dataset:
     return ds
 
 
-#: The physician's segments: segment number, structure.
-_SEG_STRUCTURES: Final = ((1, "kidney_left"), (2, "kidney_right"))
+#: The physician's segments: segment number, structure. Kidneys and spleen are
+#: PRRT's organs at risk; liver and spleen, the kidneys' hot neighbours, are
+#: what a recovery correction must model (inference/dosimetry/course.py).
+_SEG_STRUCTURES: Final = ((1, "kidney_left"), (2, "kidney_right"), (3, "spleen"), (4, "liver"))
 
 
 def _write_seg(path: Path, ct: list[Dataset], labels: np.ndarray, context: _Context) -> Path:
-    """The physician's SEG of the kidneys, drawn by hand on the CT: `labels` holds the true
+    """The physician's SEG, drawn by hand on the CT: `labels` holds the true
     masks as :data:`_SEG_STRUCTURES`' segment numbers, `ct` the slices' datasets in array order."""
     descriptions = []
     for number, name in _SEG_STRUCTURES:
@@ -948,10 +913,11 @@ def _write_seg(path: Path, ct: list[Dataset], labels: np.ndarray, context: _Cont
             segmented_property_type=code.segmented_property_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         )
-        # Laterality modifies the property type (see dicomio.seg, which nests it alike).
-        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
-            code.segmented_property_type_modifier
-        ]
+        if code.segmented_property_type_modifier is not None:
+            # Laterality modifies the property type (see dicomio.seg, which nests it alike).
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                code.segmented_property_type_modifier
+            ]
         descriptions.append(description)
     series = _uid("series", context.study_instance_uid, "SEG")
     seg = hd.seg.Segmentation(
@@ -967,9 +933,9 @@ def _write_seg(path: Path, ct: list[Dataset], labels: np.ndarray, context: _Cont
         manufacturer_model_name="Manual contouring",
         software_versions="1",
         device_serial_number="1",
-        series_description="Kidneys (physician)",
+        series_description="Organs for dosimetry (physician)",
         content_creator_name="Phantom^Physician",
-        content_label="KIDNEYS",
+        content_label="ORGANS",
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path, enforce_file_format=True)

@@ -15,11 +15,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.valuerep import format_number_as_ds
 
 from dicomio.suv import average_count_time_s
 from dicomio.volume import Volume
@@ -37,6 +35,7 @@ from phantom.anatomy import (
     ct_phantom,
     pet_phantom,
 )
+from phantom.ct_files import CtTechnique, ds_text, save_part10, slice_plane, write_ct_slices
 
 # ---------------------------------------------------------------------------
 # DICOM files
@@ -126,11 +125,6 @@ def write_study(
     )
 
 
-def ds_text(value: float) -> str:
-    """A Decimal String value (VR DS, at most 16 characters) of `value`; also the course phantom's."""
-    return format_number_as_ds(float(value))
-
-
 def da_text(moment: datetime) -> str:
     return moment.strftime("%Y%m%d")
 
@@ -144,8 +138,8 @@ def dt_text(moment: datetime) -> str:
 
 
 def _common(volume: Volume, index: int, series_time: datetime, acquisition: datetime) -> Dataset:
-    """Patient, study, series, frame of reference, equipment, plane and pixel
-    attributes shared by the CT and PET images of slice `index`."""
+    """Patient, study, series, frame of reference and equipment attributes
+    shared by the CT and PET images of slice `index`."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = volume.sources[index].sop_class_uid
@@ -178,67 +172,26 @@ def _common(volume: Volume, index: int, series_time: datetime, acquisition: date
     ds.AcquisitionNumber = 1
     ds.FrameOfReferenceUID = volume.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
-    slices, rows, columns = volume.array.shape
-    # InstanceNumber 1 is the top slice.
-    ds.InstanceNumber = slices - index
-    position = volume.affine @ np.array([index, 0, 0, 1.0])
-    ds.ImagePositionPatient = [ds_text(v) for v in position[:3]]
-    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-    ds.SliceLocation = ds_text(position[2])
-    spacing = volume.spacing
-    ds.PixelSpacing = [ds_text(spacing[1]), ds_text(spacing[2])]
-    ds.SliceThickness = ds_text(spacing[0])
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
     return ds
 
 
-def _save(ds: Dataset, path: Path) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    ds.save_as(path, enforce_file_format=True)
-    return path
+#: A diagnostic CT in the arterial phase.
+_CT_TECHNIQUE = CtTechnique(
+    tube_current_ma=150, kernel="STANDARD", contrast_agent="Iodinated contrast, arterial phase"
+)
 
 
 def _write_ct(folder: Path, ct: CtPhantom) -> tuple[Path, ...]:
-    folder.mkdir(parents=True, exist_ok=True)
     volume = ct.volume
-    slices = volume.array.shape[0]
-    fov = volume.array.shape[2] * volume.spacing[2]
-    files = []
-    for index in range(slices):
+
+    def header(index: int) -> Dataset:
         ds = _common(volume, index, CT_TIME, CT_TIME + timedelta(seconds=5))
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.SeriesNumber = 2
         ds.SeriesDescription = f"CT torso {volume.spacing[0]:g} mm"
-        # PET says the same with codes (NM/PET Patient Orientation), where
-        # Patient Position must then be absent.
-        ds.PatientPosition = "HFS"
-        ds.KVP = "120"
-        ds.XRayTubeCurrent = 150
-        ds.ConvolutionKernel = "STANDARD"
-        ds.ReconstructionDiameter = ds_text(fov)
-        ds.ContrastBolusAgent = "Iodinated contrast, arterial phase"
-        ds.ContrastBolusRoute = "IV"
-        # 12 bits stored, HU + 1024: the common CT encoding.
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = "-1024"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
-        ds.WindowCenter = "40"
-        ds.WindowWidth = "400"
-        ds.PixelData = (volume.array[index].astype(np.int32) + 1024).astype(np.uint16).tobytes()
-        ds["PixelData"].VR = "OW"
-        files.append(_save(ds, folder / f"CT{ds.InstanceNumber:04d}.dcm"))
-    return tuple(sorted(files))
+        return ds
+
+    datasets = write_ct_slices(folder, volume, _CT_TECHNIQUE, header)
+    return tuple(sorted(Path(ds.filename) for ds in datasets))
 
 
 def _code(code: Code) -> Dataset:
@@ -275,7 +228,6 @@ def _patient_orientation() -> Dataset:
 
 
 def _write_pet(folder: Path, pet: PetPhantom) -> tuple[Path, ...]:
-    folder.mkdir(parents=True, exist_ok=True)
     volume = pet.volume
     slices = volume.array.shape[0]
     z = volume.affine[2, 3] + volume.affine[2, 0] * np.arange(slices)
@@ -288,6 +240,7 @@ def _write_pet(folder: Path, pet: PetPhantom) -> tuple[Path, ...]:
         bed_offset_s = float(beds[index]) * FDG.bed_duration_s
         acquisition = FDG.scan_start + timedelta(seconds=bed_offset_s)
         ds = _common(volume, index, FDG.scan_start, acquisition)
+        ds.update(slice_plane(volume, index))
         ds.ImageType = ["ORIGINAL", "PRIMARY"]
         ds.SeriesNumber = 3
         ds.SeriesDescription = "PET FDG torso AC"
@@ -321,5 +274,5 @@ def _write_pet(folder: Path, pet: PetPhantom) -> tuple[Path, ...]:
         ds.RescaleSlope = ds_text(slope)
         ds.PixelData = stored.tobytes()
         ds["PixelData"].VR = "OW"
-        files.append(_save(ds, folder / f"PT{ds.InstanceNumber:04d}.dcm"))
+        files.append(save_part10(ds, folder / f"PT{ds.InstanceNumber:04d}.dcm"))
     return tuple(sorted(files))
