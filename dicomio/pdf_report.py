@@ -20,6 +20,10 @@ substitutes its own), so a name such as 山田^太郎 is printed and extractable
 A retried job writes the same bytes: the document is dated by
 ``ReportContent.created`` and reportlab's invariant mode derives the file
 identifier from the content instead of the clock.
+
+The dosimetry page (dicomio/dose_pdf.py) is made the same way: the public
+helpers here (page set-up, styles, markup, tables, footer, disclaimer,
+figures) serve both.
 """
 
 from __future__ import annotations
@@ -66,9 +70,25 @@ from dicomio.measurements import StructureMeasurements
 from dicomio.seg import MANUFACTURER, AlgorithmIdentity, LabelledStructure
 from dicomio.volume import Volume
 
-__all__ = ["REPORT_TITLE", "ReportContent", "render_report"]
+__all__ = [
+    "DATE_TIME_FORMAT",
+    "REPORT_TITLE",
+    "STYLES",
+    "ReportContent",
+    "a4_document",
+    "disclaimer_block",
+    "figure_png",
+    "grid_table",
+    "markup",
+    "new_figure",
+    "page_footer",
+    "register_fonts",
+    "render_report",
+]
 
 REPORT_TITLE: Final = "Segmentation report"
+#: How every report prints a date and time.
+DATE_TIME_FORMAT: Final = "%Y-%m-%d %H:%M"
 #: Opacity of a structure's fill over the CT; its outline is opaque.
 _FILL_ALPHA: Final = 0.4
 #: Resolution of the views as printed.
@@ -128,45 +148,56 @@ class ReportContent:
 
 def render_report(content: ReportContent) -> bytes:
     """The report as a PDF document (A4)."""
-    _register_fonts()
+    register_fonts()
     labels = {code.name: code.label for code in content.codes}
     buffer = io.BytesIO()
-    document = SimpleDocTemplate(
-        buffer, pagesize=A4, invariant=True,
-        leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm, bottomMargin=18 * mm,
-        title=REPORT_TITLE, author=MANUFACTURER, creator=MANUFACTURER,
-        subject=f"{content.algorithm.name} {content.algorithm.version}",
-    )
+    document = a4_document(buffer, title=REPORT_TITLE,
+                           subject=f"{content.algorithm.name} {content.algorithm.version}")
     story: list[Flowable] = [
-        Paragraph(REPORT_TITLE, _STYLES["title"]),
+        Paragraph(REPORT_TITLE, STYLES["title"]),
         _identification(content.source),
         Spacer(0, 4 * mm),
         *_overview(content),
         Spacer(0, 4 * mm),
-        Paragraph("Measurements", _STYLES["heading"]),
+        Paragraph("Measurements", STYLES["heading"]),
         *_measurements(content.measurements, labels),
-        Paragraph("Quality assurance", _STYLES["heading"]),
+        Paragraph("Quality assurance", STYLES["heading"]),
         *_quality(content.measurements, labels),
     ]
     if content.notes:
-        story += [Paragraph("Input", _STYLES["heading"]),
-                  *(Paragraph(_markup(note), _STYLES["body"]) for note in content.notes)]
+        story += [Paragraph("Input", STYLES["heading"]),
+                  *(Paragraph(markup(note), STYLES["body"]) for note in content.notes)]
     story += [
-        Paragraph("Method", _STYLES["heading"]),
+        Paragraph("Method", STYLES["heading"]),
         Paragraph(
-            f"Segmented by {_markup(content.algorithm.name)} version {_markup(content.algorithm.version)}"
-            f" ({_markup(content.algorithm.family.meaning)}); report made by {MANUFACTURER} on "
-            f"{content.created:%Y-%m-%d %H:%M}.", _STYLES["body"],
+            f"Segmented by {markup(content.algorithm.name)} version {markup(content.algorithm.version)}"
+            f" ({markup(content.algorithm.family.meaning)}); report made by {MANUFACTURER} on "
+            f"{content.created:{DATE_TIME_FORMAT}}.", STYLES["body"],
         ),
+        *disclaimer_block(content.disclaimer),
     ]
-    # The site's text, one paragraph per line.
-    disclaimer = [Paragraph(_markup(line), _STYLES["body"])
-                  for line in content.disclaimer.splitlines() if line.strip()]
-    if disclaimer:
-        story += [Spacer(0, 3 * mm), KeepTogether([Paragraph("Disclaimer", _STYLES["heading"]), *disclaimer])]
-    footer = _footer(content.source, content.created)
+    patient = _joined(_person_name(content.source.get("PatientName")), _text(content.source, "PatientID"))
+    footer = page_footer(patient, REPORT_TITLE, content.created)
     document.build(story, onFirstPage=footer, onLaterPages=footer)
     return buffer.getvalue()
+
+
+def a4_document(buffer: io.BytesIO, *, title: str, subject: str) -> SimpleDocTemplate:
+    """An A4 document in invariant mode (its identifier from the content, not the clock), with the
+    report's margins, and this node as author and creator."""
+    return SimpleDocTemplate(
+        buffer, pagesize=A4, invariant=True,
+        leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm, bottomMargin=18 * mm,
+        title=title, author=MANUFACTURER, creator=MANUFACTURER, subject=subject,
+    )
+
+
+def disclaimer_block(disclaimer: str) -> list[Flowable]:
+    """The site's text under a heading, one paragraph per line, kept together; nothing when it is blank."""
+    lines = [Paragraph(markup(line), STYLES["body"]) for line in disclaimer.splitlines() if line.strip()]
+    if not lines:
+        return []
+    return [Spacer(0, 3 * mm), KeepTogether([Paragraph("Disclaimer", STYLES["heading"]), *lines])]
 
 
 # ---------------------------------------------------------------------------
@@ -174,7 +205,7 @@ def render_report(content: ReportContent) -> bytes:
 # ---------------------------------------------------------------------------
 
 
-def _register_fonts() -> None:
+def register_fonts() -> None:
     """Register the fonts once per process (reportlab's registry is global)."""
     if _FONT in pdfmetrics.getRegisteredFontNames():
         return
@@ -196,7 +227,7 @@ def _style(
     )
 
 
-_STYLES: Final = {
+STYLES: Final = {
     "title": _style("title", 16, heading=True),
     "heading": _style("heading", 11, heading=True),
     "body": _style("body", 9),
@@ -217,7 +248,7 @@ def _fallback_font(character: str) -> str | None:
     return None
 
 
-def _markup(text: str) -> str:
+def markup(text: str) -> str:
     """`text` as reportlab paragraph markup: XML special characters escaped,
     and runs of characters that DejaVu Sans lacks set in a CID font."""
     glyphs = pdfmetrics.getFont(_FONT).face.charToGlyph
@@ -286,19 +317,18 @@ def _identification(source: Dataset) -> Table:
         ("Series", _joined(_text(source, "SeriesNumber"), _text(source, "SeriesDescription"), separator=" ")),
         ("Series Instance UID", _text(source, "SeriesInstanceUID")),
     ]
-    return _table([[Paragraph(key, _STYLES["cell_bold"]), Paragraph(_markup(value), _STYLES["cell"])]
-                   for key, value in rows], (38 * mm, 142 * mm), header=False)
+    return grid_table([[Paragraph(key, STYLES["cell_bold"]), Paragraph(markup(value), STYLES["cell"])]
+                       for key, value in rows], (38 * mm, 142 * mm), header=False)
 
 
-def _footer(source: Dataset, created: datetime) -> Callable[[Canvas, SimpleDocTemplate], None]:
-    """Every page names the patient and the page, and the document's date is `created`."""
+def page_footer(patient: str, title: str, created: datetime) -> Callable[[Canvas, SimpleDocTemplate], None]:
+    """Every page names the patient (plain text), the report and the page; the PDF is dated `created`."""
     pdf_date = f"D:{created:%Y%m%d%H%M%S}"
-    patient = _joined(_person_name(source.get("PatientName")), _text(source, "PatientID"))
 
     def draw(canvas: Canvas, document: SimpleDocTemplate) -> None:
         canvas.setDateFormatter(lambda *_: pdf_date)
-        line = Paragraph(f"{_markup(patient)} \N{EM DASH} {REPORT_TITLE}, page {document.page}",
-                         _STYLES["small"])
+        line = Paragraph(f"{markup(patient)} \N{EM DASH} {markup(title)}, page {document.page}",
+                         STYLES["small"])
         line.wrapOn(canvas, document.width, 10 * mm)
         line.drawOn(canvas, document.leftMargin, 10 * mm)
 
@@ -310,7 +340,7 @@ def _footer(source: Dataset, created: datetime) -> Callable[[Canvas, SimpleDocTe
 # ---------------------------------------------------------------------------
 
 
-def _table(rows: Sequence[Sequence[object]], widths: Sequence[float], *, header: bool = True) -> Table:
+def grid_table(rows: Sequence[Sequence[object]], widths: Sequence[float], *, header: bool = True) -> Table:
     table = Table(rows, colWidths=list(widths), repeatRows=1 if header else 0, hAlign="LEFT")
     style = [
         ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
@@ -367,12 +397,12 @@ def _column_table(
     shown = [c for c in columns if any(c.value(m) is not None for m in measurements)]
     if not shown:
         return None
-    header = [Paragraph("Structure", _STYLES["cell_bold"]),
-              *(Paragraph(c.title, _STYLES["cell_bold"]) for c in shown)]
-    rows = [[Paragraph(_markup(labels[m.name]), _STYLES["cell"]),
-             *(Paragraph(c.value(m) or "-", _STYLES["number"]) for c in shown)] for m in measurements]
+    header = [Paragraph("Structure", STYLES["cell_bold"]),
+              *(Paragraph(c.title, STYLES["cell_bold"]) for c in shown)]
+    rows = [[Paragraph(markup(labels[m.name]), STYLES["cell"]),
+             *(Paragraph(c.value(m) or "-", STYLES["number"]) for c in shown)] for m in measurements]
     first = 40 * mm
-    table = _table([header, *rows], [first] + [(180 * mm - first) / len(shown)] * len(shown))
+    table = grid_table([header, *rows], [first] + [(180 * mm - first) / len(shown)] * len(shown))
     table.setStyle(TableStyle([("LEFTPADDING", (0, 0), (-1, -1), 3), ("RIGHTPADDING", (0, 0), (-1, -1), 3)]))
     return table
 
@@ -381,29 +411,29 @@ def _measurements(measurements: Sequence[StructureMeasurements], labels: dict[st
     """The measurement table and what its columns mean."""
     table = _column_table(measurements, labels, _MEASUREMENT_COLUMNS)
     if table is None:
-        return [Paragraph("No structure was measured.", _STYLES["body"])]
+        return [Paragraph("No structure was measured.", STYLES["body"])]
     legend = "Mass is volume times an assumed density."
     if any(m.suv_mean is not None for m in measurements):
         legend += " SUV: body-weight SUV (g/ml), measured on the PET images."
-    return [table, Paragraph(f"{legend} A dash: not measured.", _STYLES["small"])]
+    return [table, Paragraph(f"{legend} A dash: not measured.", STYLES["small"])]
 
 
 def _quality(measurements: Sequence[StructureMeasurements], labels: dict[str, str]) -> list[Flowable]:
     flags = [(m, flag) for m in measurements for flag in m.flags]
     parts: list[Flowable] = []
     if flags:
-        rows = [[Paragraph(_markup(labels[m.name]), _STYLES["cell"]),
-                 Paragraph(flag.kind.value.replace("_", " "), _STYLES["cell"]),
-                 Paragraph(_markup(flag.detail), _STYLES["cell"])] for m, flag in flags]
+        rows = [[Paragraph(markup(labels[m.name]), STYLES["cell"]),
+                 Paragraph(flag.kind.value.replace("_", " "), STYLES["cell"]),
+                 Paragraph(markup(flag.detail), STYLES["cell"])] for m, flag in flags]
         titles = ("Structure", "Plausibility flag", "Why")
-        header = [Paragraph(title, _STYLES["cell_bold"]) for title in titles]
-        parts.append(_table([header, *rows], (46 * mm, 34 * mm, 100 * mm)))
+        header = [Paragraph(title, STYLES["cell_bold"]) for title in titles]
+        parts.append(grid_table([header, *rows], (46 * mm, 34 * mm, 100 * mm)))
     else:
-        parts.append(Paragraph("No plausibility flag was raised.", _STYLES["body"]))
+        parts.append(Paragraph("No plausibility flag was raised.", STYLES["body"]))
     agreement = _column_table(measurements, labels, _AGREEMENT_COLUMNS)
     parts.append(Spacer(0, 2 * mm))
     parts.append(agreement if agreement is not None else Paragraph(
-        "No reference segmentation or mirrored prediction was compared.", _STYLES["body"]))
+        "No reference segmentation or mirrored prediction was compared.", STYLES["body"]))
     return parts
 
 
@@ -468,9 +498,7 @@ def _views(volume: Volume, labels: np.ndarray) -> tuple[_View, _View]:
 def _picture(view: _View, colours: dict[int, tuple[int, int, int]], size: tuple[float, float]) -> bytes:
     """The view as a PNG of `size` (points): the CT in the soft-tissue
     window, each structure filled in its colour and outlined."""
-    width, height = size
-    figure = Figure(figsize=(width / 72, height / 72), dpi=_PICTURE_DPI)
-    FigureCanvasAgg(figure)
+    figure = new_figure(size)
     axes = figure.add_axes((0, 0, 1, 1))
     axes.set_axis_off()
     extent = (0.0, view.width_mm, view.height_mm, 0.0)
@@ -488,6 +516,19 @@ def _picture(view: _View, colours: dict[int, tuple[int, int, int]], size: tuple[
                      extent=extent, origin="upper")
     axes.set_xlim(0, view.width_mm)
     axes.set_ylim(view.height_mm, 0)
+    return figure_png(figure)
+
+
+def new_figure(size: tuple[float, float]) -> Figure:
+    """A matplotlib figure of `size` (points: width, height) on an Agg canvas, at the printed resolution."""
+    width, height = size
+    figure = Figure(figsize=(width / 72, height / 72), dpi=_PICTURE_DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def figure_png(figure: Figure) -> bytes:
+    """The figure as a PNG without the matplotlib version in its metadata: the same figure, the same bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_PICTURE_DPI, metadata={"Software": None})
     return buffer.getvalue()
@@ -507,7 +548,7 @@ def _overview(content: ReportContent) -> list[Flowable]:
     for view in views:
         size = _printed_size(view)
         pictures.append(Image(io.BytesIO(_picture(view, colours, size)), width=size[0], height=size[1]))
-    titles = [Paragraph(f"{view.title} view", _STYLES["cell_bold"]) for view in views]
+    titles = [Paragraph(f"{view.title} view", STYLES["cell_bold"]) for view in views]
     row = Table([titles, pictures], colWidths=[_VIEW_BOX[0] + 4 * mm] * 2, hAlign="LEFT")
     row.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
     # The legend may run over pages (a hundred structures); the views stay whole, on page 1.
@@ -525,7 +566,7 @@ def _legend(content: ReportContent) -> Table:
         row, column = divmod(index, per_row)
         if column == 0:
             cells.append([""] * (2 * per_row))
-        cells[row][2 * column + 1] = Paragraph(_markup(code.label), _STYLES["cell"])
+        cells[row][2 * column + 1] = Paragraph(markup(code.label), STYLES["cell"])
         swatch = colors.Color(*(channel / 255 for channel in structure_colour(code)))
         style.append(("BACKGROUND", (2 * column, row), (2 * column, row), swatch))
     if not cells:

@@ -19,6 +19,7 @@ from inference.dosimetry.time_activity import (
     TimeActivityError,
     TimeActivityFitError,
     TimePoint,
+    activity_curve,
     fit_time_activity,
 )
 
@@ -240,3 +241,42 @@ def test_fitted_course_gives_the_analytic_dose():
 def test_dose_inputs_are_checked(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+def test_activity_curve_of_the_exponentials_is_their_closed_form():
+    hours = np.linspace(0.0, 400.0, 81)
+    schedule = SCHEDULE + (168.0,)
+    mono = fit_time_activity(
+        [TimePoint(t, float(a)) for t, a in zip(schedule, mono_activity(schedule), strict=True)], LU, "mono"
+    )
+    a0, lam = (mono.parameter(name).value for name in ("A0", "lambda_eff"))
+    np.testing.assert_allclose(activity_curve(mono, hours), a0 * np.exp(-lam * hours), rtol=1e-12)
+    np.testing.assert_allclose(activity_curve(mono, hours), mono_activity(hours), rtol=1e-5)
+    bi = fit_time_activity(
+        [TimePoint(t, float(a)) for t, a in zip(schedule, bi_activity(schedule), strict=True)], LU, "bi"
+    )
+    a0, washout, uptake = (bi.parameter(n).value for n in ("A0", "lambda_washout", "lambda_uptake"))
+    closed = a0 * (np.exp(-washout * hours) - np.exp(-uptake * hours))
+    np.testing.assert_allclose(activity_curve(bi, hours), closed, rtol=1e-12)
+    np.testing.assert_allclose(activity_curve(bi, hours), bi_activity(hours), rtol=1e-3, atol=1e-6)
+    assert bi.activity_mbq(45.0) == pytest.approx(float(closed[9]), rel=1e-12)
+    # Integrated numerically to 60 physical half-lives, the curve gives the closed-form TIA.
+    long = np.linspace(0.0, 60.0 * LU.half_life_hours, 400_001)
+    for fit in (mono, bi):
+        integral = np.trapezoid(activity_curve(fit, long), long)
+        assert integral == pytest.approx(fit.time_integrated_activity_mbq_h, rel=1e-3)
+
+
+def test_activity_curve_of_the_trapezoid_joins_the_points_then_decays_physically():
+    points = [TimePoint(1.0, 10.0), TimePoint(4.0, 20.0), TimePoint(24.0, 8.0)]
+    fit = fit_time_activity(points, LU, "trapezoid")
+    half = LU.half_life_hours
+    at = np.array([0.0, 0.5, 1.0, 2.5, 4.0, 14.0, 24.0, 24.0 + half, 24.0 + 3.0 * half])
+    np.testing.assert_allclose(activity_curve(fit, at), [0.0, 5.0, 10.0, 15.0, 20.0, 14.0, 8.0, 4.0, 1.0],
+                               rtol=1e-12)
+    # From the administration to 60 physical half-lives after the last point (the tail left out is
+    # 8 MBq x 2^-60 / lambda_phys), the numerical integral is the TIA's closed form.
+    long = np.unique(np.concatenate([np.linspace(0.0, 24.0 + 60.0 * half, 400_001), [1.0, 4.0, 24.0]]))
+    integral = np.trapezoid(activity_curve(fit, long), long)
+    assert integral == pytest.approx(fit.time_integrated_activity_mbq_h, rel=1e-3)
+    assert fit.activity_mbq(14.0) == pytest.approx(14.0)

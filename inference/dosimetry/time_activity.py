@@ -115,10 +115,21 @@ class TimeActivityFit:
 
     def activity_mbq(self, hours: float) -> float:
         """The curve at ``hours`` after the administration, as integrated (for plots and checks)."""
-        if self.model == "trapezoid":
-            return _trapezoid_curve(self.points, self.nuclide, hours)
-        values = [parameter.value for parameter in self.parameters]
-        return float(_MODELS[self.model].function(np.array([hours]), *values)[0])
+        return float(activity_curve(self, np.array([hours], dtype=float))[0])
+
+
+def activity_curve(fit: TimeActivityFit, hours: np.ndarray) -> np.ndarray:
+    """The fitted curve (MBq) at ``hours`` after the administration, the curve whose integral is the TIA.
+
+    The exponential models evaluate their function with the fitted
+    parameters; the trapezoid runs in straight lines from zero at the
+    administration through the points and decays physically after the last.
+    Sampled densely, it is what a report plots beside the measured points.
+    """
+    times = np.asarray(hours, dtype=float)
+    if fit.model == "trapezoid":
+        return _trapezoid_curve(fit.points, fit.nuclide, times)
+    return _MODELS[fit.model].function(times, *(parameter.value for parameter in fit.parameters))
 
 
 class TimeActivityError(ValueError):
@@ -402,8 +413,8 @@ def _trapezoid(points: tuple[TimePoint, ...], nuclide: Nuclide, selection: str) 
     )
 
 
-def _trapezoid_curve(points: tuple[TimePoint, ...], nuclide: Nuclide, hours: float) -> float:
+def _trapezoid_curve(points: tuple[TimePoint, ...], nuclide: Nuclide, hours: np.ndarray) -> np.ndarray:
     times, activity, _ = _arrays(points)
-    if hours >= times[-1]:
-        return float(activity[-1] * nuclide.decay_factor(hours - times[-1]))
-    return float(np.interp(hours, np.concatenate(([0.0], times)), np.concatenate(([0.0], activity))))
+    lines = np.interp(hours, np.concatenate(([0.0], times)), np.concatenate(([0.0], activity)))
+    tail = activity[-1] * np.exp(-nuclide.decay_constant_per_hour * np.maximum(hours - times[-1], 0.0))
+    return np.where(hours >= times[-1], tail, lines)
