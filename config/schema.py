@@ -38,6 +38,7 @@ from config.certificates import (
     read_certificates,
 )
 from config.research_key import ResearchKeyError, read_research_key
+from dicomio.codes import STRUCTURE_CODES
 
 
 def _check_ae_title(value: str) -> str:
@@ -497,14 +498,60 @@ class QaSettings(_Strict):
     mirror_consistency: bool = False
 
 
+def _structure_name(name: str) -> str:
+    if name not in STRUCTURE_CODES:
+        raise PydanticCustomError("structure", "unknown structure {name} (dicomio/codes.py names them)",
+                                  {"name": repr(name[:80])})
+    return name
+
+
+StructureName = Annotated[str, AfterValidator(_structure_name)]
+
+
+class PipelineDosimetry(_Strict):
+    """Organ dosimetry of radionuclide therapy from quantitative SPECT/CT time points.
+
+    An NM series on a route of this pipeline is a time point: its organs are
+    read from the SPECT with the masks of its CT (a physician's SEG of that
+    CT where one was sent, else the pipeline's model), and the course (one
+    patient, one administration) is evaluated once ``time_points`` have been
+    read, and again at each later one. ``neighbours`` are organs modelled in
+    the recovery correction but not reported: the hot ones beside the
+    ``organs`` (spleen and liver beside the kidneys), whose counts would
+    otherwise be read as the organs' own. ``sigma_mm`` extends each organ's
+    mask for the SPECT's resolution (3 mm where not named; seeds/002), and
+    ``fit`` chooses its time-activity model ("auto": by AICc).
+    ``spect_fwhm_mm`` is the SPECT's resolution as the site measured it.
+    """
+
+    organs: list[StructureName] = Field(["kidney_left", "kidney_right"], min_length=1)
+    neighbours: list[StructureName] = []
+    # Two points fit a mono-exponential or a trapezoid; four, a bi-exponential (EANM 2022).
+    time_points: int = Field(4, ge=2, le=20)
+    sigma_mm: dict[StructureName, Annotated[float, Field(ge=0, le=20)]] = {}
+    fit: dict[StructureName, Literal["auto", "mono", "bi", "trapezoid"]] = {}
+    spect_fwhm_mm: float = Field(10.0, gt=0, le=50)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PipelineDosimetry:
+        named = [*self.organs, *self.neighbours]
+        repeated = sorted({name for name in named if named.count(name) > 1})
+        if repeated:
+            raise PydanticCustomError("structure", "{names} named twice among organs and neighbours",
+                                      {"names": ", ".join(repeated)})
+        return self
+
+
 class Pipeline(_Strict):
-    """What is done to a routed series: the model and the measurements."""
+    """What is done to a routed series: the model and the measurements, and
+    for the SPECT of radionuclide therapy, the dosimetry."""
 
     model: str = Field("builtin", min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # g/ml by structure name, over inference/quantify.py's tissue defaults.
     densities: dict[str, Annotated[float, Field(gt=0)]] = {}
     qa: QaSettings = QaSettings()
+    dosimetry: PipelineDosimetry | None = None
 
 
 class JobSettings(_Strict):

@@ -32,6 +32,7 @@ from node.console.context import ConsoleContext
 from node.console.server import ConsoleServer
 from node.disk_space import DiskSpace
 from node.metrics import CertificateExpiryCollector, NodeMetrics
+from node.queue.courses import CourseStore
 from node.queue.job_metrics import JobCollector
 from node.queue.jobs import JobQueue
 from node.receive.index import InstanceIndex
@@ -70,7 +71,8 @@ class Node:
         self.certificates = CertificateExpiryCollector()
         self.certificates.apply(config)
         self.metrics.registry.register(self.certificates)
-        handover = Handover(self.index, self.queue, lambda: self.config)
+        self.courses = CourseStore(config.node.storage_dir)
+        handover = Handover(self.index, self.queue, self.courses, lambda: self.config)
         self.assembler = SeriesAssembler(
             self.index, self.metrics, _timing(config), lambda: self.scp.held(), handover.hand_over_complete
         )
@@ -210,6 +212,7 @@ class Node:
         self.workers.stop()
         self.outbox.stop()
         self.queue.close()
+        self.courses.close()
         self.index.close()
         LOG.info("segnode stopped")
 

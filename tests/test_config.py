@@ -173,3 +173,24 @@ def test_anything_else_as_a_host_is_refused_naming_the_field(host):
         with pytest.raises(ConfigError) as caught:
             parse_config(text)
         assert "not an IP address or a host name" in str(caught.value), caught.value
+
+
+def test_dosimetry_settings_are_checked_naming_the_field():
+    config = parse_config("pipelines: {lu177: {dosimetry: {neighbours: [spleen], fit: {kidney_left: bi}}}}\n")
+    dosimetry = config.pipelines["lu177"].dosimetry
+    assert dosimetry.organs == ["kidney_left", "kidney_right"]
+    assert (dosimetry.time_points, dosimetry.sigma_mm, dosimetry.fit) == (4, {}, {"kidney_left": "bi"})
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "pipelines: {lu177: {dosimetry: {organs: [kidney_left, '<kidny>'], neighbours: [kidney_left],\n"
+            "  time_points: 1, sigma_mm: {liver: -3}, fit: {spleen: cubic}, spect_fwhm_mm: 0}}}\n"
+        )
+    errors = caught.value.errors
+    named = "pipelines.lu177.dosimetry."
+    assert f"{named}organs[1]: unknown structure '<kidny>' (dicomio/codes.py names them)" in errors
+    for field in ("time_points", "sigma_mm.liver", "fit.spleen", "spect_fwhm_mm"):
+        assert any(error.startswith(f"{named}{field}:") for error in errors), (field, errors)
+    with pytest.raises(ConfigError) as caught:
+        parse_config("pipelines: {lu177: {dosimetry: {neighbours: [kidney_right]}}}\n")
+    assert caught.value.errors == [
+        "pipelines.lu177.dosimetry: kidney_right named twice among organs and neighbours"]

@@ -73,3 +73,19 @@ def test_a_seg_of_ours_gets_no_qa_and_a_foreign_one_only_for_series_we_segmented
     # Our own SEG is no reference (dicomio.seg_reference.reference_subjects; tests/test_seg_reference.py).
     ours = facts(modality="SEG", reference_subjects=())
     assert jobs_for(_Record(), ours, CONFIG, Segmented()) == []
+
+
+def test_a_spect_gets_a_dosimetry_job_on_each_route_whose_pipeline_does_dosimetry():
+    config = parse_config("""
+destinations: {PACS: {ae_title: PACS, host: 127.0.0.1, port: 104}}
+pipelines: {organs: {}, lu177: {dosimetry: {neighbours: [spleen, liver]}}}
+routes:
+  - {name: all-ct, pipeline: organs, send_to: [PACS]}
+  - {name: therapy, match: {modality: NM, calling_ae: "SPECT*"}, pipeline: lu177, send_to: [PACS]}
+""")
+    jobs = jobs_for(_Record(), facts(modality="NM", calling_ae="SPECTCT1"), config, _NoJobs())
+    assert [(j.kind, j.route, j.pipeline, j.subject) for j in jobs] == [
+        (JobKind.DOSIMETRY, "therapy", "lu177", "1.2.3")]
+    # Another sender's NM (a bone scan), and a CT on the route of no modality, get none of it.
+    assert jobs_for(_Record(), facts(modality="NM", calling_ae="GAMMA"), config, _NoJobs()) == []
+    assert [j.kind for j in jobs_for(_Record(), facts(), config, _NoJobs())] == [JobKind.SEGMENT]

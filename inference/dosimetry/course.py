@@ -39,6 +39,7 @@ import numpy as np
 
 from dicomio.administration import Administration, same_administration
 from dicomio.codes import STRUCTURE_CODES, UnknownStructureError
+from dicomio.dose_pdf import ActivityCurve
 from dicomio.dose_records import (
     CourseDoses,
     FitParameterValue,
@@ -58,12 +59,13 @@ from .absorbed_dose import mass_g, self_dose_gy
 from .alignment import SPECT_FWHM_MM, alignment_check
 from .nuclides import Nuclide, nuclide
 from .organ_activity import DEFAULT_SIGMA_MM, recovered_activities, spect_weights
-from .time_activity import Model, TimeActivityFit, TimePoint, fit_time_activity
+from .time_activity import Model, TimeActivityFit, TimePoint, activity_curve, fit_time_activity
 
 __all__ = [
     "CourseError",
     "CoursePoint",
     "DosimetrySettings",
+    "activity_curves",
     "evaluate_course",
     "evaluate_readings",
     "read_point",
@@ -330,10 +332,36 @@ def _read_point(index: int | None, point: CoursePoint, settings: DosimetrySettin
     )
 
 
+def activity_curves(
+    readings: Sequence[PointReading], settings: DosimetrySettings, hours: np.ndarray
+) -> tuple[ActivityCurve, ...]:
+    """Each organ's fitted time-activity curve at `hours`, as :func:`evaluate_readings` fits it."""
+    therapy = nuclide(readings[0].administration.radionuclide)
+    curves = []
+    for name in settings.organs:
+        organs, fit = _fit(name, readings, therapy, settings)
+        curves.append(ActivityCurve(organs[0].structure, tuple(float(h) for h in hours),
+                                    tuple(float(a) for a in activity_curve(fit, hours))))
+    return tuple(curves)
+
+
+def _fit(
+    name: str, readings: Sequence[PointReading], therapy: Nuclide, settings: DosimetrySettings
+) -> tuple[list[OrganReading], TimeActivityFit]:
+    """Organ `name` at each point, and its time-activity curve fitted."""
+    organs = [_organ_reading(index, reading, name) for index, reading in enumerate(readings)]
+    fit = fit_time_activity(
+        [TimePoint(reading.hours_after_administration, organ.activity_mbq)
+         for reading, organ in zip(readings, organs, strict=True)],
+        therapy, settings.fit_models.get(name, "auto"), label=name,
+    )
+    return organs, fit
+
+
 def _organ_dose(
     name: str, readings: Sequence[PointReading], therapy: Nuclide, settings: DosimetrySettings
 ) -> OrganDose:
-    organs = [_organ_reading(index, reading, name) for index, reading in enumerate(readings)]
+    organs, fit = _fit(name, readings, therapy, settings)
     time_points = tuple(
         TimePointActivity(
             hours_after_administration=reading.hours_after_administration,
@@ -344,10 +372,6 @@ def _organ_dose(
             misalignment=organ.misalignment,
         )
         for reading, organ in zip(readings, organs, strict=True)
-    )
-    fit = fit_time_activity(
-        [TimePoint(p.hours_after_administration, p.activity_mbq) for p in time_points],
-        therapy, settings.fit_models.get(name, "auto"), label=name,
     )
     volume_ml = float(np.mean([organ.ct_volume_ml for organ in organs]))
     density = settings.densities.density_g_ml(name)

@@ -5,9 +5,11 @@ calling AE of its first instance, the AE title it was sent to, Modality,
 Series Description, Body Part Examined), in the configuration's order;
 every matching route makes one job. Only CT series are segmented: a PET
 series is an input of the CT job of its study, and other objects (SR,
-presentation states, our own results coming back) need nothing. A DICOM-SEG
-that someone else made of a series we segmented gets a QA job on the route
-of that segmentation.
+presentation states, our own results coming back) need nothing. An NM
+series (a SPECT time point of radionuclide therapy) gets a dosimetry job on
+each matching route whose pipeline does dosimetry. A DICOM-SEG that someone
+else made of a series we segmented gets a QA job on the route of that
+segmentation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ LOG = logging.getLogger(__name__)
 
 #: The only modality the segmenters take.
 SEGMENTED_MODALITY = "CT"
+#: The SPECT time points of radionuclide therapy, on routes whose pipeline does dosimetry.
+DOSIMETRY_MODALITY = "NM"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,11 @@ def route_matches(match: RouteMatch, facts: SeriesFacts) -> bool:
     )
 
 
+def _has_dosimetry(config: SegnodeConfig, pipeline: str) -> bool:
+    settings = config.pipelines.get(pipeline)
+    return settings is not None and settings.dosimetry is not None
+
+
 def jobs_for(
     record: SeriesRecord, facts: SeriesFacts, config: SegnodeConfig, queue: JobQueue
 ) -> list[NewJob]:
@@ -88,6 +97,13 @@ def jobs_for(
                    record.series_instance_uid)
             for route in config.routes
             if route_matches(route.match, facts)
+        ]
+    if facts.modality == DOSIMETRY_MODALITY:
+        return [
+            NewJob(JobKind.DOSIMETRY, route.name, route.pipeline, tuple(route.send_to),
+                   record.series_instance_uid)
+            for route in config.routes
+            if route_matches(route.match, facts) and _has_dosimetry(config, route.pipeline)
         ]
     return [
         NewJob(JobKind.QA, job.route, job.pipeline, job.destinations, subject)

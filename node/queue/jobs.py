@@ -41,7 +41,7 @@ from node.queue.job_state import (
     allowed_from,
     next_state,
 )
-from node.queue.results import ComparisonResult, JobResult, SegmentResult
+from node.queue.results import ComparisonResult, DosimetryResult, JobResult, SegmentResult
 from node.receive.index import INDEX_FILENAME
 from node.receive.series_state import SeriesEvent, SeriesState
 from node.receive.series_state import next_state as next_series_state
@@ -76,6 +76,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, not_before);
 class JobKind(StrEnum):
     SEGMENT = "segment"  # a CT series: segment, measure, send SEG + SR
     QA = "qa"  # someone else's SEG of a series we segmented: compare, send a QA SR
+    DOSIMETRY = "dosimetry"  # a SPECT time point: read it into its course, evaluate, send the dose report
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,10 @@ class LeaseLostError(RuntimeError):
 
 
 #: What a finished job of each kind recorded (its row's result).
-_RESULT_TYPES: dict[JobKind, type[SegmentResult] | type[ComparisonResult]] = {
+_RESULT_TYPES: dict[JobKind, type[SegmentResult] | type[ComparisonResult] | type[DosimetryResult]] = {
     JobKind.SEGMENT: SegmentResult,
     JobKind.QA: ComparisonResult,
+    JobKind.DOSIMETRY: DosimetryResult,
 }
 
 _COLUMNS = (
@@ -415,11 +417,11 @@ class JobQueue:
             ).fetchall()
         return [_job(row) for row in rows]
 
-    def segmentations_in_study(self, study_instance_uid: str) -> list[Job]:
+    def jobs_in_study(self, study_instance_uid: str, kind: JobKind) -> list[Job]:
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? AND study_instance_uid = ? ORDER BY id",
-                (JobKind.SEGMENT.value, study_instance_uid),
+                (kind.value, study_instance_uid),
             ).fetchall()
         return [_job(row) for row in rows]
 

@@ -9,7 +9,7 @@ those earlier versions wrote, so that rows already in a database decode
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -93,4 +93,39 @@ class ComparisonResult:
         return cls(sr=Path(value["sr"]), agreement=agreement, seconds=dict(value["seconds"]))
 
 
-JobResult = SegmentResult | ComparisonResult
+@dataclass(frozen=True)
+class DosimetryResult:
+    """A time point read into its course (node/queue/courses.py): the course,
+    how many points it has now and how many its evaluation waits for; once
+    evaluated, the report objects written (``objects``: the SR and the
+    Encapsulated PDF, sent; ``csv``, kept) and each organ's absorbed dose in
+    Gy by structure name. Seconds by stage; warnings (a misaligned point)."""
+
+    course: int
+    points: int
+    needed: int
+    seconds: Mapping[str, float]
+    objects: tuple[Path, ...] = ()
+    csv: Path | None = None
+    doses_gy: Mapping[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "course": self.course, "points": self.points, "needed": self.needed,
+            "seconds": dict(self.seconds), "objects": [str(path) for path in self.objects],
+            "csv": None if self.csv is None else str(self.csv), "doses_gy": dict(self.doses_gy),
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping) -> DosimetryResult:
+        return cls(
+            course=value["course"], points=value["points"], needed=value["needed"],
+            seconds=dict(value["seconds"]), objects=tuple(Path(path) for path in value["objects"]),
+            csv=None if value["csv"] is None else Path(value["csv"]), doses_gy=dict(value["doses_gy"]),
+            warnings=tuple(value["warnings"]),
+        )
+
+
+JobResult = SegmentResult | ComparisonResult | DosimetryResult

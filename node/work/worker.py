@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,19 +33,29 @@ from config import (
     reloaded,
 )
 from dicomio.deidentify import Deidentifier, NotExportable
+from dicomio.seg_reference import reference_subjects
 from inference.model_store import ModelStore
 from inference.segmenter import Segmenter
 from inference.segmenters import open_segmenter
+from node.queue.courses import CourseStore
 from node.queue.jobs import Job, JobKind, JobQueue, LeaseLostError
-from node.queue.results import ComparisonResult, SegmentResult
+from node.queue.results import ComparisonResult, DosimetryResult, SegmentResult
 from node.receive.index import InstanceIndex
 from node.receive.series_state import SeriesState
 from node.receive.storage import installation_uid
 from node.send.outbox import OutboxStore
 from node.work.comparison import compare_with_reference
+from node.work.dosimetry import (
+    TimePointSources,
+    dosimetry_settings,
+    load_spect,
+    read_time_point,
+    report_course,
+)
 from node.work.outputs import OutputObject, OutputPlan, SegFormat
 from node.work.pipeline import PipelineError, PipelineInputs, run_pipeline
 from node.work.research import export_for_research, research_profile
+from node.work.stopwatch import Stopwatch
 
 LOG = logging.getLogger("segnode.worker")
 
@@ -78,6 +88,7 @@ class Worker:
         self.queue = JobQueue(storage)
         self.index = InstanceIndex(storage)
         self.outbox = OutboxStore(storage)
+        self.courses = CourseStore(storage)
         self.device_uid = installation_uid(storage)
         self._segmenters: dict[tuple[str, str], Segmenter] = {}
         self._parent = os.getppid()
@@ -107,7 +118,9 @@ class Worker:
         self._running = job
         start = time.monotonic()
         try:
-            result = self._segment(job) if job.kind == JobKind.SEGMENT else self._compare(job)
+            kinds = {JobKind.SEGMENT: self._segment, JobKind.QA: self._compare,
+                     JobKind.DOSIMETRY: self._dosimetry}
+            result = kinds[job.kind](job)
             self._running = None
             self.queue.succeed(job.id, self.owner, result)
             LOG.info("job %d done in %.1f s: %s", job.id, time.monotonic() - start, result.seconds)
@@ -171,6 +184,62 @@ class Worker:
         self._send(job, (OutputObject("sr", report.result.sr, report.sr_uid),))
         return report.result
 
+    def _dosimetry(self, job: Job) -> DosimetryResult:
+        pipeline = self._pipeline(job)
+        settings = dosimetry_settings(job.pipeline, pipeline)
+        clock = Stopwatch()
+        spect_files = self._stored_files(job.series_instance_uid)
+        spect = clock.run("load", lambda: load_spect(spect_files))
+        ct_files = self._ct_files(job, spect.volume.frame_of_reference_uid)
+        sources = TimePointSources(spect, spect_files, ct_files, self._reference_seg(job, ct_files[0]))
+        out_dir = results_dir(self.config.node.storage_dir, job)
+        reading = clock.run("read", lambda: read_time_point(
+            sources, settings, lambda: self._segmenter(pipeline.model, pipeline.device), out_dir / "headers"))
+        course = self.courses.record(job.route, reading, job.id, out_dir / "headers")
+        warnings = tuple(f"{organ.structure.name} at {reading.hours_after_administration:.1f} h: "
+                         f"{organ.misalignment}" for organ in reading.organs if organ.misalignment)
+        needed = pipeline.dosimetry.time_points
+        if len(course.points) < needed:
+            LOG.info("job %d: time point %d of course %d read (%s); it is evaluated at %d", job.id,
+                     len(course.points), course.id, reading.segmentation, needed)
+            return DosimetryResult(course.id, len(course.points), needed, clock.seconds, warnings=warnings)
+        report = clock.run("report", lambda: report_course(
+            course, settings, out_dir / "course", device_uid=self.device_uid,
+            disclaimer=self.config.reports.disclaimer))
+        self._send(job, report.objects)
+        doses = {organ.structure.name: organ.absorbed_dose_gy for organ in report.doses.organs}
+        LOG.info("job %d: course %d evaluated on %d time points: %s", job.id, course.id, len(course.points),
+                 ", ".join(f"{name} {gy:.2f} Gy" for name, gy in doses.items()))
+        return DosimetryResult(course.id, len(course.points), needed, clock.seconds,
+                               objects=tuple(item.path for item in report.objects), csv=report.csv,
+                               doses_gy=doses, warnings=warnings)
+
+    def _ct_files(self, job: Job, frame_of_reference_uid: str) -> tuple[Path, ...]:
+        """The newest complete CT of the job's study in the SPECT's Frame of Reference."""
+        for files in self._complete_series(job.study_instance_uid, "CT"):
+            if _frame_of_reference(files[0]) == frame_of_reference_uid:
+                return files
+        raise PipelineError(
+            f"study {job.study_instance_uid} has no complete CT in the SPECT's Frame of Reference "
+            f"{frame_of_reference_uid}: the time point is read when one arrives"
+        )
+
+    def _reference_seg(self, job: Job, ct_file: Path) -> Path | None:
+        """The newest SEG of the time point's CT that someone else sent (a physician's)."""
+        ct = pydicom.dcmread(ct_file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        for files in self._complete_series(job.study_instance_uid, "SEG"):
+            if ct.SeriesInstanceUID in reference_subjects(pydicom.dcmread(files[0], stop_before_pixels=True)):
+                return files[0]
+        return None
+
+    def _complete_series(self, study_instance_uid: str, modality: str) -> Iterator[tuple[Path, ...]]:
+        """The stored files of each complete series of `modality` in the study, newest first."""
+        for series in reversed(self.index.series_of_study(study_instance_uid)):
+            complete = series.state in (SeriesState.COMPLETE, SeriesState.DISPATCHED)
+            files = tuple(i.path for i in self.index.instances_of(series.series_instance_uid))
+            if series.modality == modality and complete and files:  # not arriving, nor removed by retention
+                yield files
+
     def _stored_files(self, series_instance_uid: str) -> tuple[Path, ...]:
         """A job's input series; a job retried after the retention policy removed
         it (node/retention/policy.py) finds none and fails saying so."""
@@ -226,17 +295,9 @@ class Worker:
 
     def _pet_files(self, job: Job, ct_file: Path) -> tuple[Path, ...]:
         """The newest complete PET series of the job's study in the CT's frame of reference."""
-        frame = pydicom.dcmread(ct_file, stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
-        for series in reversed(self.index.series_of_study(job.study_instance_uid)):
-            if series.modality != "PT" or series.state not in (SeriesState.COMPLETE, SeriesState.DISPATCHED):
-                continue  # still arriving, or removed by retention
-            files = tuple(i.path for i in self.index.instances_of(series.series_instance_uid))
-            if not files:
-                continue
-            header = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
-            if header.get("FrameOfReferenceUID") == frame.get("FrameOfReferenceUID"):
-                return files
-        return ()
+        frame = _frame_of_reference(ct_file)
+        return next((files for files in self._complete_series(job.study_instance_uid, "PT")
+                     if _frame_of_reference(files[0]) == frame), ())
 
     def _segmenter(self, model: str, device: str) -> Segmenter:
         device = self.device if device == "auto" else device
@@ -275,6 +336,11 @@ class Worker:
                     self.queue.renew(job.id, self.owner, LEASE_SECONDS)
                 except LeaseLostError as exc:
                     LOG.warning("%s", exc)
+
+
+def _frame_of_reference(path: Path) -> str | None:
+    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
+    return header.get("FrameOfReferenceUID")
 
 
 def main(argv: list[str] | None = None) -> int:
