@@ -24,11 +24,15 @@ NM Reconstruction)
     ascend along the normal, so a negative spacing reverses the frames.
 
 Values: the conventions recognised, in this order (``QuantitationConvention``)
-    1. Real World Value Mapping Sequence (0040,9096) with Measurement Units
-       Code Sequence (0040,08EA) in UCUM Bq/ml (or kBq/ml, MBq/ml): the
-       mapping of stored values to real-world values of PS3.3 C.7.6.16.2.11.
-       Hermes writes it in NM images (UCL/STIR issue #1123 shows a Hermes
-       NM file whose mapping is in {counts}: such an image is refused).
+    Which vendor writes which, with sources: docs/nm-quantitative-conventions.md.
+    1. Real World Value Mapping Sequence (0040,9096) items whose Measurement
+       Units Code Sequence (0040,08EA) is UCUM Bq/ml (or kBq/ml, MBq/ml): the
+       mapping of stored values to real-world values of PS3.3 C.7.6.16.2.11,
+       the NM Image IOD's own carrier. An item with the code value Bq/ml but
+       no Coding Scheme Designator (as PyTheranostics' make_bqml_suv writes
+       it) is read as UCUM and noted. Items in other units ({counts}, as
+       Hermes writes them, UCL/STIR issue #1123) map to other quantities and
+       are passed over: several mappings may coexist (C.7.6.16.2.11.1).
     2. Units (0054,1001) BQML (PS3.3 C.8.9.1.1.3, the PET Series
        attribute), values = stored x Rescale Slope + Rescale Intercept.
     3. The private "voxel data units" (0057,1003) BQML with the Rescale
@@ -39,12 +43,20 @@ Values: the conventions recognised, in this order (``QuantitationConvention``)
     dicom3tools' dciodvfy (2022 snapshot) reports Units, Rescale Slope and
     Intercept and Decay Correction in an NM image as standard extensions,
     which is how vendors carry PET-style quantitation into NM files.
-    No citable public statement of the attributes Siemens xSPECT Quant /
-    Broad Quantification, GE Q.Metrix or Philips write was found (their
-    conformance statements are not in the public material searched), nor
-    of an Enhanced or other SOP class used for quantitative SPECT; a file
-    is read if it uses one of the three carriers above and refused, with
-    every attribute looked at, otherwise.
+    Every carrier that says Bq/ml must say the same values (slopes within
+    0.1 %, intercepts within one stored step): the first is used and the
+    agreement noted; a disagreement, or Units and (0057,1003) naming
+    different units for the same rescaled values, is refused naming both,
+    since which one is right cannot be told. A slope that is not finite and
+    positive, an intercept that is not finite, a Modality LUT Sequence or a
+    mapping whose First/Last Value Mapped leave stored values out are
+    refused naming the attribute. Counts (Units CNTS, a {counts} mapping,
+    nothing at all) are refused as not quantitative, listing every carrier
+    looked at: a calibration factor stated outside the file (a camera
+    sensitivity, as for GE StarGuide counts images) or in Philips' PET
+    private (7053,1009), documented for PET only, is not applied. No
+    Enhanced NM Image SOP class exists (PS3.4 B.5); a Real World Value
+    Mapping in functional groups of an NM image is listed, not read.
 
 Decay Correction (0054,1102) and the time the values stand for
     Dosimetry needs the activity at the acquisition (its start is the time
@@ -63,6 +75,7 @@ Decay Correction (0054,1102) and the time the values stand for
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -109,10 +122,25 @@ _UCUM_BQ_PER_ML: Final = {
 
 #: The private element calibspect reads as "voxel data units".
 _PRIVATE_UNITS_TAG: Final = (0x0057, 0x1003)
+_PRIVATE_UNITS_NAME: Final = "private (0057,1003)"
+#: Philips' PET scale factor from CNTS to Bq/ml ("Philips PET Private Group"; QIBA vendor-neutral
+#: SUV pseudo-code, 2012): documented for PET images only, so never applied to an NM image.
+_PHILIPS_BQML_FACTOR_TAG: Final = (0x7053, 0x1009)
+
+#: Relative agreement required of two carriers' slopes (their intercepts: one stored step).
+_AGREEMENT: Final = 1e-3
+
+#: The largest Rows or Columns of a SPECT reconstruction read (real ones have 64 to 256): a
+#: hostile header must not size arrays.
+_MAX_MATRIX: Final = 1024
 
 #: The most slices a reconstructed SPECT may have: real ones have a few hundred; a hostile
 #: header must not size arrays.
 _MAX_FRAMES: Final = 4096
+
+#: Bound on Actual Frame Duration (ms) and Number of Frames in Rotation: a day in ms, far above
+#: any real view or view count.
+_MAX_ROTATION_VALUE: Final = 86_400_000
 
 #: Tolerance on unit length and orthogonality of the two cosine vectors.
 _ORTHONORMAL_TOLERANCE: Final = 1e-3
@@ -199,9 +227,13 @@ class QuantitativeSpect:
 
 @dataclass(frozen=True)
 class _Mapping:
+    """Bq/ml = stored x slope + intercept, for stored values in `stored_range` (None: all)."""
+
     convention: QuantitationConvention
     slope: float
     intercept: float
+    source: str
+    stored_range: tuple[float, float] | None = None
 
 
 def _text(value: Any) -> str:
@@ -314,6 +346,7 @@ def load_quantitative_spect(
         )
     decay, factor = _decay_factor(reader, administration, elapsed_s, notes)
     stored, affine, sources = _grid(reader, notes)
+    _check_stored_range(reader, mapping, stored)
     values = (stored.astype(np.float64) * mapping.slope + mapping.intercept) * factor
     volume = Volume(
         array=values.astype(np.float32),
@@ -363,59 +396,142 @@ def _is_reconstruction(ds: Dataset) -> bool:
 
 
 def _mapping(reader: _Reader, notes: list[str]) -> _Mapping:
-    """The first quantitative carrier in the module docstring's order, or NotQuantitativeError."""
-    ds = reader.ds
+    """The first Bq/ml carrier in the module docstring's order, checked against the others."""
     looked_at: list[str] = []
-    found: list[_Mapping] = []
+    found = _real_world_value_mappings(reader, looked_at, notes)
+    found += _rescale_mappings(reader, looked_at)
+    for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if any("RealWorldValueMappingSequence" in item for item in reader.ds.get(keyword) or []):
+            looked_at.append(
+                f"{tag_name(keyword)}: holds a Real World Value Mapping, not read (the NM Image IOD has "
+                "no functional groups)"
+            )
+    if not found:
+        raise NotQuantitativeError(tuple(looked_at), series_instance_uid=reader.series)
+    chosen = found[0]
+    for other in found[1:]:
+        if not (
+            math.isclose(other.slope, chosen.slope, rel_tol=_AGREEMENT)
+            and math.isclose(other.intercept, chosen.intercept, rel_tol=_AGREEMENT, abs_tol=chosen.slope)
+        ):
+            raise SpectAttributeError(
+                f"{chosen.source} and {other.source}",
+                f"disagree: Bq/ml = stored x {chosen.slope:.6g} + {chosen.intercept:.6g} by the first, "
+                f"x {other.slope:.6g} + {other.intercept:.6g} by the second; which is right cannot be told",
+                series_instance_uid=reader.series,
+            )
+        notes.append(f"{other.source} agrees with {chosen.source}")
+    notes.append(
+        f"Bq/ml = stored x {chosen.slope:.6g} + {chosen.intercept:.6g} by {chosen.source} "
+        f"({chosen.convention.name})"
+    )
+    return chosen
 
-    items = ds.get("RealWorldValueMappingSequence") or []
+
+def _real_world_value_mappings(reader: _Reader, looked_at: list[str], notes: list[str]) -> list[_Mapping]:
+    """Each Real World Value Mapping item in activity concentration, scaled to Bq/ml."""
     units_seen = []
-    for item in items:
+    found = []
+    for number, item in enumerate(reader.ds.get("RealWorldValueMappingSequence") or [], start=1):
         codes = item.get("MeasurementUnitsCodeSequence") or []
         unit = _text(codes[0].get("CodeValue", "")) if codes else ""
         scheme = _text(codes[0].get("CodingSchemeDesignator", "")) if codes else ""
         units_seen.append(f"{unit or '(no unit)'} ({scheme or 'no scheme'})")
-        factor = _UCUM_BQ_PER_ML.get(unit.lower()) if scheme == "UCUM" else None
-        if factor is None:
+        factor = _UCUM_BQ_PER_ML.get(unit.lower())
+        if factor is None or scheme not in ("UCUM", ""):
             continue
+        source = f"{tag_name('RealWorldValueMappingSequence')} item {number} in {unit}"
+        if not scheme:
+            notes.append(
+                f"{source}: {tag_name('CodingSchemeDesignator')} missing, {unit} read as UCUM "
+                "(PyTheranostics' make_bqml_suv writes it so)"
+            )
         if item.get("RealWorldValueLUTData") is not None or item.get("RealWorldValueSlope") is None:
             raise reader.missing(
                 "RealWorldValueSlope", f"missing in the {unit} mapping (a LUT mapping is not read)"
             )
+        slope = reader.number("RealWorldValueSlope", 1.0, item)
+        intercept = reader.number("RealWorldValueIntercept", 0.0, item)
+        _check_linear(reader, "RealWorldValueSlope", slope, "RealWorldValueIntercept", intercept)
+        first = reader.number("RealWorldValueFirstValueMapped", math.nan, item)
+        last = reader.number("RealWorldValueLastValueMapped", math.nan, item)
+        stored_range = (first, last) if math.isfinite(first) and math.isfinite(last) else None
         found.append(
             _Mapping(
                 QuantitationConvention.REAL_WORLD_VALUE_MAPPING,
-                reader.number("RealWorldValueSlope", 1.0, item) * factor,
-                reader.number("RealWorldValueIntercept", 0.0, item) * factor,
+                slope * factor,
+                intercept * factor,
+                source,
+                stored_range,
             )
         )
-        break
     looked_at.append(
         f"{tag_name('RealWorldValueMappingSequence')}: " + (", ".join(units_seen) if units_seen else "absent")
     )
+    return found
 
+
+def _rescale_mappings(reader: _Reader, looked_at: list[str]) -> list[_Mapping]:
+    """Units BQML and the private (0057,1003) BQML, both of the Rescale Slope and Intercept's output."""
+    ds = reader.ds
+    units = _text(ds.get("Units", "")).upper()
+    private = ds.get(_PRIVATE_UNITS_TAG)
+    private_units = _text(private.value).upper() if private is not None else ""
+    looked_at.append(f"{tag_name('Units')}: {units or 'absent'}")
+    looked_at.append(f"{_PRIVATE_UNITS_NAME}: {private_units or 'absent'}")
+    if ds.get(_PHILIPS_BQML_FACTOR_TAG) is not None:
+        looked_at.append("Philips private (7053,1009): present, documented for PET only and not applied")
+    claims = [
+        (convention, name)
+        for convention, name, value in (
+            (QuantitationConvention.UNITS_BQML, tag_name("Units"), units),
+            (QuantitationConvention.PRIVATE_VOXEL_UNITS, _PRIVATE_UNITS_NAME, private_units),
+        )
+        if value == "BQML"
+    ]
+    if not claims:
+        return []
+    if units and private_units and units != private_units:
+        raise SpectAttributeError(
+            f"{tag_name('Units')} and {_PRIVATE_UNITS_NAME}",
+            f"disagree ({units} and {private_units}): both state the units of the rescaled values",
+            series_instance_uid=reader.series,
+        )
+    if ds.get("ModalityLUTSequence") is not None:
+        raise reader.missing("ModalityLUTSequence", "present: a LUT Modality transform is not read")
     # Absent rescale is the identity Modality LUT (PS3.3 C.11.1), as in dicomio.series.
     slope = reader.number("RescaleSlope", 1.0)
     intercept = reader.number("RescaleIntercept", 0.0)
-    units = _text(ds.get("Units", "")).upper()
-    looked_at.append(f"{tag_name('Units')}: {units or 'absent'}")
-    if units == "BQML":
-        found.append(_Mapping(QuantitationConvention.UNITS_BQML, slope, intercept))
+    _check_linear(reader, "RescaleSlope", slope, "RescaleIntercept", intercept)
+    return [
+        _Mapping(convention, slope, intercept, f"{name} BQML with {tag_name('RescaleSlope')}")
+        for convention, name in claims
+    ]
 
-    private = ds.get(_PRIVATE_UNITS_TAG)
-    private_units = _text(private.value).upper() if private is not None else ""
-    looked_at.append(f"private (0057,1003): {private_units or 'absent'}")
-    if private_units == "BQML":
-        found.append(_Mapping(QuantitationConvention.PRIVATE_VOXEL_UNITS, slope, intercept))
 
-    if not found:
-        raise NotQuantitativeError(tuple(looked_at), series_instance_uid=reader.series)
-    if len(found) > 1:
-        notes.append(
-            f"several Bq/ml carriers ({', '.join(m.convention.name for m in found)}); "
-            f"{found[0].convention.value} is used"
+def _check_linear(
+    reader: _Reader, slope_keyword: str, slope: float, intercept_keyword: str, intercept: float
+) -> None:
+    """An activity concentration rises with the stored value: a finite positive slope, finite intercept."""
+    if not (math.isfinite(slope) and slope > 0):
+        raise reader.missing(slope_keyword, f"is {slope:g}: a mapping to Bq/ml needs a finite positive slope")
+    if not math.isfinite(intercept):
+        raise reader.missing(intercept_keyword, f"is {intercept:g}, not finite")
+
+
+def _check_stored_range(reader: _Reader, mapping: _Mapping, stored: np.ndarray) -> None:
+    """Every stored value must lie in the mapping's First..Last Value Mapped (PS3.3 C.7.6.16.2.11.1)."""
+    if mapping.stored_range is None or stored.size == 0:
+        return
+    first, last = mapping.stored_range
+    low, high = float(stored.min()), float(stored.max())
+    if low < first or high > last:
+        raise SpectAttributeError(
+            f"{tag_name('RealWorldValueFirstValueMapped')} / {tag_name('RealWorldValueLastValueMapped')}",
+            f"map stored values {first:g}..{last:g} in {mapping.source}, "
+            f"but the pixels hold {low:g}..{high:g}",
+            series_instance_uid=reader.series,
         )
-    return found[0]
 
 
 def _acquisition_start(reader: _Reader) -> datetime:
@@ -459,6 +575,9 @@ def _duration_s(reader: _Reader) -> float | None:
     for item in rotations:
         duration_ms = reader.number("ActualFrameDuration", 0.0, item)
         frames = reader.number("NumberOfFramesInRotation", 0.0, item)
+        for keyword, value in (("ActualFrameDuration", duration_ms), ("NumberOfFramesInRotation", frames)):
+            if not (math.isfinite(value) and 0 <= value <= _MAX_ROTATION_VALUE):
+                raise reader.missing(keyword, f"is {value:g} in {tag_name('RotationInformationSequence')}")
         total += duration_ms / 1000.0 * frames
     return total if total > 0 else None
 
@@ -534,6 +653,10 @@ def _grid(reader: _Reader, notes: list[str]) -> tuple[np.ndarray, np.ndarray, tu
     if not (1 <= counted <= _MAX_FRAMES and counted == int(counted)):  # NaN fails the first
         raise reader.missing("NumberOfFrames", f"{counted:g}: not a whole number from 1 to {_MAX_FRAMES}")
     frames = int(counted)
+    for keyword in ("Rows", "Columns"):
+        size = reader.number(keyword, 0.0)
+        if not 1 <= size <= _MAX_MATRIX:  # NaN fails too
+            raise reader.missing(keyword, f"{size:g}: not from 1 to {_MAX_MATRIX}")
     order = _frame_index(reader, frames)
     detectors = ds.get("DetectorInformationSequence") or []
     plane = ds

@@ -124,14 +124,14 @@ def test_sagittal_orientation_places_the_hot_voxel():
     np.testing.assert_allclose(hot_position(spect), expected)
 
 
-def test_real_world_value_mapping_wins_over_units_and_is_noted():
+def test_agreeing_carriers_use_the_real_world_value_mapping_and_note_the_agreement():
     ds = nm_dataset(concentration(), NmSpec(carrier=Carrier.RWVM))
-    # A contradicting Units/Rescale pair (twice the values) must not be used.
-    ds.Units, ds.RescaleSlope = "BQML", ds.RealWorldValueMappingSequence[0].RealWorldValueSlope * 2
+    # Units/Rescale saying the same values as the mapping (DS keeps 10 significant digits).
+    ds.Units, ds.RescaleSlope = "BQML", f"{ds.RealWorldValueMappingSequence[0].RealWorldValueSlope:.10g}"
     spect = load_quantitative_spect([ds])
     assert spect.convention is QuantitationConvention.REAL_WORLD_VALUE_MAPPING
     assert spect.volume.array[HOT] == pytest.approx(5000.0, abs=STEP)
-    assert any("several Bq/ml carriers" in note for note in spect.notes)
+    assert "Units (0054,1001) BQML with RescaleSlope (0028,1053) agrees with " in " ".join(spect.notes)
 
 
 def test_plane_at_the_top_level_is_read_and_noted():
