@@ -150,3 +150,55 @@ def test_the_fourth_time_point_reports_the_course_and_a_fifth_updates_it(
     result = next(job for job in dosimetry_jobs(node) if job["result"]["points"] == 5)["result"]
     assert set(result["doses_gy"]) == set(KIDNEYS)
     assert Path(result["csv"]).is_file()
+
+
+def job_of(node: NodeProcess, spect_series: str) -> dict | None:
+    return next((job for job in dosimetry_jobs(node) if job["series_instance_uid"] == spect_series), None)
+
+
+def settled(node: NodeProcess, spect_series: str, state: str, since: str | None = None) -> dict | None:
+    """The time point's job once it is in `state`, updated since `since` (an earlier updated_at)."""
+    job = job_of(node, spect_series)
+    return job if job is not None and job["state"] == state and job["updated_at"] != since else None
+
+
+def counts_only(point: TimePoint, folder: Path) -> Path:
+    """The point's SPECT as a camera without quantitation writes it: counts, a new series."""
+    ds = pydicom.dcmread(point.spect.files[0])
+    del ds.RealWorldValueMappingSequence
+    ds.Units = "CNTS"
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    path = folder / "counts.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_point_waits_for_its_ct_and_organs_and_a_spect_in_counts_is_refused_naming_why(
+    node_factory, destination: StoreSCP, course: CourseTruth, tmp_path: Path
+) -> None:
+    node = dosimetry_node(node_factory, destination, course)
+    point = course.time_points[0]
+    spect_series = point.spect.series_instance_uid
+    # The SPECT alone: there is no CT to take the organs from.
+    send(node, list(point.spect.files))
+    failed = wait_for(lambda: settled(node, spect_series, "failed"), 60, "the point without its CT failed")
+    assert "no complete CT in the SPECT's Frame of Reference" in failed["error"]
+    # Its CT arrives: read again, and refused, the built-in model having no kidneys (never guessed).
+    send(node, list(point.ct.files))
+    failed = wait_for(lambda: settled(node, spect_series, "failed", failed["updated_at"]), 60,
+                      "the point read again with its CT")
+    assert "(model segnode-builtin" in failed["error"] and "kidney_left, kidney_right" in failed["error"]
+    assert "the model or SEG lacks the organ" in failed["error"]
+    # The physician's SEG arrives: read again, from it.
+    send(node, [point.seg])
+    done = wait_for(lambda: settled(node, spect_series, "done"), 60, "the point read from the SEG")
+    assert (done["result"]["points"], done["result"]["needed"]) == (1, 4)
+    assert not received(destination, "SR")
+
+    counts = counts_only(course.time_points[1], tmp_path)
+    send(node, [*course.time_points[1].ct.files, counts, course.time_points[1].seg])
+    refused = wait_for(lambda: settled(node, pydicom.dcmread(counts).SeriesInstanceUID, "failed"), 60,
+                       "the SPECT in counts refused")
+    assert "not a quantitative SPECT: no Bq/ml units in" in refused["error"]
+    assert "CNTS" in refused["error"]
