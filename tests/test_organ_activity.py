@@ -279,13 +279,36 @@ def test_misregistered_time_point_is_flagged_and_registered_one_is_not():
         assert not check.organs[0].misaligned
 
 
-def test_no_activity_around_an_organ_is_flagged():
-    course = phantom([kidney()])
+def test_an_organ_that_does_not_stand_out_is_neither_flagged_nor_passed():
+    """The kidney in 100 Bq/ml with independent noise of 10 Bq/ml per voxel. At the background's
+    concentration, or with no activity at all, too little uptake; 5 Bq/ml over it the uptake is
+    significant but the noise outweighs it: its centre's standard error 5.0 mm (3.8-9.5 mm over four
+    other draws of the noise, which read offsets of 3-10 mm and captured fractions of 0.67-1.44), 1 mm
+    needed. 100 Bq/ml over it is judged and passes, with standard errors (0.29 mm, 0.9 %) that match
+    the scatter of those draws (offsets 0.2-0.3 mm, captured 0.958-0.997)."""
+    noise = np.random.default_rng(16).normal(0.0, 10.0, (30, 34, 40))
+    verdicts = []
+    for excess in (0.0, 5.0, 100.0):
+        course = phantom([kidney(concentration_bq_ml=100.0 + excess)], background_bq_ml=100.0)
+        weights = spect_weights(course.labels, [LEFT], course.spect)
+        noisy = replace(course.spect, array=(course.spect.array + noise).astype(np.float32))
+        (organ,) = alignment_check(weights, noisy).organs
+        assert organ.background_bq_ml == pytest.approx(100.0, abs=1.0) and not organ.misaligned
+        verdicts.append(organ)
+    level, faint, clear = verdicts
+    assert level.not_assessable.startswith("not assessable at this time point: too little uptake")
+    assert "(5 times that needed)" in level.not_assessable
+    assert faint.not_assessable.startswith("not assessable at this time point: the noise outweighs")
+    assert faint.offset_error_mm > 3 * MAX_OFFSET_MM / 5
+    assert clear.assessable and clear.offset_distance_mm < 1.0 and clear.captured_fraction > 0.93
+    assert clear.offset_error_mm == pytest.approx(0.29, abs=0.03)
+    assert clear.captured_fraction_error == pytest.approx(0.009, abs=0.001)
+
     weights = spect_weights(course.labels, [LEFT], course.spect)
     empty = replace(course.spect, array=np.zeros_like(course.spect.array))
     (organ,) = alignment_check(weights, empty).organs
-    assert organ.misaligned and organ.offset_mm is None and organ.captured_fraction == 0.0
-    assert "no activity" in organ.reason
+    assert not organ.misaligned and not organ.assessable and "too little uptake" in organ.not_assessable
+    assert organ.offset_mm is None and organ.offset_error_mm is None and organ.captured_fraction == 0.0
 
 
 def test_grids_that_cannot_be_measured_together_are_refused():
