@@ -123,6 +123,7 @@ def dose_pdf(
               width=_PLOT_SIZE[0], height=_PLOT_SIZE[1]),
         _legend(course.organs, styles),
         *_misalignments(misaligned),
+        *_not_assessable(course.organs),
         Paragraph("Organs", STYLES["heading"]),
         _organ_table(course.organs),
         Paragraph(
@@ -212,7 +213,7 @@ def _identification(course: CourseDoses) -> Table:
 def _misalignments(misaligned: Sequence[tuple[OrganDose, TimePointActivity]]) -> list[Flowable]:
     """The numbered list of the points drawn as misaligned, with why; or that there are none."""
     if not misaligned:
-        return [Paragraph("At every time point, the SPECT and its CT line up around every organ.",
+        return [Paragraph("No organ was found misaligned at any time point.",
                           STYLES["body"])]
     heading = Paragraph("Misaligned time points: the SPECT and its CT do not line up around the organ",
                         STYLES["cell_bold"])
@@ -224,6 +225,19 @@ def _misalignments(misaligned: Sequence[tuple[OrganDose, TimePointActivity]]) ->
             STYLES["body"],
         )
         for number, (organ, point) in enumerate(misaligned, 1)
+    )]
+
+
+def _not_assessable(organs: Sequence[OrganDose]) -> list[Flowable]:
+    """The points whose registration could not be judged, with why (drawn as the others)."""
+    unjudged = [(organ, point) for organ in organs for point in organ.time_points
+                if point.alignment_not_assessable is not None]
+    if not unjudged:
+        return []
+    return [Paragraph("Registration not assessable", STYLES["cell_bold"]), *(
+        Paragraph(f"{markup(organ.structure.label)} at {point.hours_after_administration:g} h: "
+                  f"{markup(point.alignment_not_assessable or '')}", STYLES["body"])
+        for organ, point in unjudged
     )]
 
 

@@ -26,6 +26,9 @@ class TimePointActivity:
     mean_concentration_bq_per_ml: float
     #: None when the SPECT and its CT line up around the organ; else why not, with the figures.
     misalignment: str | None
+    #: None when the registration could be judged; else why not (too little uptake over the
+    #: background at this time point, a hot neighbour's spill-out), and then `misalignment` is None.
+    alignment_not_assessable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class OrganReading:
     mask_extension_sigma_mm: float
     #: None when the SPECT and its CT line up around the organ; else why not, with the figures.
     misalignment: str | None
+    #: None when the registration could be judged; else why not.
+    alignment_not_assessable: str | None
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,8 @@ MIRD_LOCAL_DEPOSITION: Final = _private("MIRDLOCAL", "MIRD self-dose, local ener
 REGISTRATION: Final = _private("REGISTRATION", "SPECT to CT registration around the organ")
 ALIGNED: Final = _private("ALIGNED", "Aligned")
 MISALIGNED: Final = _private("MISALIGNED", "Misaligned")
+#: The registration could not be judged at this time point (too little uptake, a hot neighbour).
+NOT_ASSESSABLE: Final = _private("NOT-ASSESSABLE", "Not assessable")
 
 NM_PROCEDURE: Final = Concept("LN", "49118-3", "NM unspecified body region")
 _PROCEDURES: Final = {"NM": NM_PROCEDURE, "CT": CT_PROCEDURE}
@@ -217,9 +219,11 @@ def check_course_text(course: CourseDoses) -> None:
             _check_text(course, f"{where} fit parameter {parameter.name!r} unit", parameter.unit,
                         MAX_NAME_LENGTH)
         for point in organ.time_points:
-            if point.misalignment is not None:
-                _check_text(course, f"{where} misalignment at {point.hours_after_administration} h",
-                            point.misalignment, MAX_TEXT_LENGTH)
+            for what, note in (("misalignment", point.misalignment),
+                               ("alignment not assessable", point.alignment_not_assessable)):
+                if note is not None:
+                    _check_text(course, f"{where} {what} at {point.hours_after_administration} h", note,
+                                MAX_TEXT_LENGTH)
 
 
 def write_dose_report(
@@ -470,12 +474,16 @@ def _time_point_group(
     spect_by_series: dict[str, list[Dataset]],
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     hours = point.hours_after_administration
-    registration = hd.sr.QualitativeEvaluation(
-        name=REGISTRATION.coded(), value=(ALIGNED if point.misalignment is None else MISALIGNED).coded()
-    )
     if point.misalignment is not None:
+        judged, why = MISALIGNED, point.misalignment
+    elif point.alignment_not_assessable is not None:
+        judged, why = NOT_ASSESSABLE, point.alignment_not_assessable
+    else:
+        judged, why = ALIGNED, None
+    registration = hd.sr.QualitativeEvaluation(name=REGISTRATION.coded(), value=judged.coded())
+    if why is not None:
         registration[0].ContentSequence = hd.sr.ContentSequence([
-            hd.sr.TextContentItem(name=COMMENT.coded(), value=point.misalignment,
+            hd.sr.TextContentItem(name=COMMENT.coded(), value=why,
                                   relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)
         ])
     return hd.sr.MeasurementsAndQualitativeEvaluations(

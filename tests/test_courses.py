@@ -28,8 +28,9 @@ def reading(hours: float, *, patient: str = "PAT1", administration: Administrati
         hours_after_administration=hours,
         segmentation="a physician's SEG (1.2.3)",
         organs=(
-            OrganReading(structure_code("kidney_left"), activity, 312.5, 160.0, 3.0, misalignment),
-            OrganReading(structure_code("kidney_right"), activity * 1.1, 330.0, 166.6, 3.0, None),
+            OrganReading(structure_code("kidney_left"), activity, 312.5, 160.0, 3.0, misalignment, None),
+            OrganReading(structure_code("kidney_right"), activity * 1.1, 330.0, 166.6, 3.0, None,
+                         "too little uptake over the background at this time point"),
         ),
     )
 

@@ -38,6 +38,7 @@ from dicomio.dose_report import (
     MASK_EXTENSION,
     MIRD_LOCAL_DEPOSITION,
     MISALIGNED,
+    NOT_ASSESSABLE,
     PARAMETER_NAME,
     R_SQUARED,
     RADIONUCLIDE,
@@ -87,6 +88,8 @@ def organ(name: str, sources, scale: float, misaligned_at: float | None = None) 
             mean_concentration_bq_per_ml=scale * 6.25e5 * 2 ** (-hours / 50.0),
             misalignment=(f"CT kidney shifted 14.2 mm from the SPECT's uptake at {hours} h"
                           if hours == misaligned_at else None),
+            alignment_not_assessable=("too little uptake over the background at this time point"
+                                      if hours == HOURS[0] and hours != misaligned_at else None),
         )
         for hours in HOURS
     )
@@ -286,13 +289,16 @@ def test_the_sr_reads_back_to_the_course(written: Path, course: CourseDoses, sou
             spect = sources[point.hours_after_administration][0]
             assert [i.referenced_sop_instance_uid for i in group.source_images] == [spect.SOPInstanceUID]
             evaluation = one(group.get_qualitative_evaluations(name=REGISTRATION.coded()), "registrations")
-            if point.misalignment is None:
-                assert evaluation.value == ALIGNED.coded()
+            written_evaluation = one(children(group, REGISTRATION), "registrations")
+            comments = [item.TextValue for item in children(written_evaluation, COMMENT)]
+            # highdicom reads evaluations without their children: the comment is in the item.
+            if point.misalignment is not None:
+                assert evaluation.value == MISALIGNED.coded() and comments == [point.misalignment]
+            elif point.alignment_not_assessable is not None:
+                assert evaluation.value == NOT_ASSESSABLE.coded()
+                assert comments == [point.alignment_not_assessable]
             else:
-                assert evaluation.value == MISALIGNED.coded()
-                # highdicom reads evaluations without their children: the comment is in the item.
-                written_evaluation = one(children(group, REGISTRATION), "registrations")
-                assert one(children(written_evaluation, COMMENT), "comments").TextValue == point.misalignment
+                assert evaluation.value == ALIGNED.coded() and comments == []
 
 
 def test_the_administration_is_reported_once(written: Path, course: CourseDoses) -> None:
@@ -333,6 +339,7 @@ def test_the_csv_reads_back_to_the_course(course: CourseDoses, tmp_path: Path) -
         assert float(row["activity_mbq"]) == point.activity_mbq
         assert float(row["mean_concentration_bq_ml"]) == point.mean_concentration_bq_per_ml
         assert (row["misalignment"] or None) == point.misalignment
+        assert (row["alignment_not_assessable"] or None) == point.alignment_not_assessable
         assert row["fit_model"] == organ_dose.fit_model and row["fit_selection"] == organ_dose.fit_selection
         lines = row["fit_parameters"].splitlines()
         assert lines == [format_fit_parameter(p) for p in organ_dose.fit_parameters]

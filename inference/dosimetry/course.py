@@ -324,6 +324,7 @@ def _read_point(index: int | None, point: CoursePoint, settings: DosimetrySettin
                 ct_volume_ml=activity.ct_volume_ml,
                 mask_extension_sigma_mm=sigma,
                 misalignment=organ.reason or None,
+                alignment_not_assessable=organ.not_assessable or None,
             )
             for activity, organ, sigma in zip(
                 activities[:reported], alignment.organs[:reported], weights.sigma_mm[:reported], strict=True
@@ -370,6 +371,7 @@ def _organ_dose(
             activity_mbq=organ.activity_mbq,
             mean_concentration_bq_per_ml=organ.mean_concentration_bq_per_ml,
             misalignment=organ.misalignment,
+            alignment_not_assessable=organ.alignment_not_assessable,
         )
         for reading, organ in zip(readings, organs, strict=True)
     )

@@ -184,7 +184,7 @@ def _reading_json(reading: PointReading) -> dict[str, object]:
             {"structure": organ.structure.name, "activity_mbq": organ.activity_mbq,
              "mean_concentration_bq_per_ml": organ.mean_concentration_bq_per_ml,
              "ct_volume_ml": organ.ct_volume_ml, "sigma_mm": organ.mask_extension_sigma_mm,
-             "misalignment": organ.misalignment}
+             "misalignment": organ.misalignment, "not_assessable": organ.alignment_not_assessable}
             for organ in reading.organs
         ],
     }
@@ -215,6 +215,7 @@ def _reading_from_json(value: dict) -> PointReading:
                 ct_volume_ml=organ["ct_volume_ml"],
                 mask_extension_sigma_mm=organ["sigma_mm"],
                 misalignment=organ["misalignment"],
+                alignment_not_assessable=organ["not_assessable"],
             )
             for organ in value["organs"]
         ),
