@@ -319,7 +319,7 @@ def test_the_example_file_is_edited_without_losing_a_comment(tmp_path):
     for section in ("pipelines", "routes"):
         save_change(path, edit_section(read_config_text(path), section, value[section], source=str(path)))
     assert comment_lines(path.read_text()) == comment_lines(EXAMPLE)
-    assert [route.name for route in load_config(path).routes] == ["ct-organs", "lungs"]
+    assert [route.name for route in load_config(path).routes] == ["ct-organs", "lu177-dosimetry", "lungs"]
 
     # Emptied, a section keeps the heading of the next one, which ruamel.yaml files under its last item.
     save_change(path, edit_section(read_config_text(path), "peers", [], source=str(path)))

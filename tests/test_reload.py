@@ -77,12 +77,10 @@ def test_a_worker_applies_an_edited_pipeline_but_keeps_its_store(tmp_path):
     edited = copy.deepcopy(config)
     edited["node"]["storage_dir"] = str(tmp_path / "elsewhere")
     edited["node"]["port"] += 1
-    (pipeline,) = edited["pipelines"].values()
-    pipeline["device"] = "cpu"
+    edited["pipelines"]["organs"]["device"] = "cpu"
     config_path.write_text(yaml.safe_dump(edited))
     worker._reload_if_changed()
-    (applied,) = worker.config.pipelines.values()
-    assert applied.device == "cpu"
+    assert worker.config.pipelines["organs"].device == "cpu"
     assert worker.config.node.storage_dir == tmp_path / "store"
     assert worker.config.node.port == config["node"]["port"]
 
