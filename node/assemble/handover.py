@@ -91,7 +91,7 @@ class Handover:
         """A PET series that completes after its study's CT was measured
         without it: queue the CT's finished jobs again, now with PET (the
         objects get new UIDs, their inputs having changed)."""
-        for job in self._queue.segmentations_in_study(study_instance_uid):
+        for job in self._queue.jobs_in_study(study_instance_uid, JobKind.SEGMENT):
             if job.state == JobState.DONE and isinstance(job.result, SegmentResult) and not job.result.pet:
                 try:
                     self._queue.retry(job.id)
