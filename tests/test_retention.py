@@ -28,7 +28,7 @@ from node.retention.policy import RemovalKind, RemovalReason, plan
 from node.retention.removal import RemovalStore
 from node.send.outbox import OutboxStore, RetryPolicy
 from node.send.sender import Outcome, SendResult
-from node.work.worker import results_dir
+from node.work.preparation import results_dir
 from tests.test_jobs import complete_quiet
 
 HOUR = 3600.0

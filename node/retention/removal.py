@@ -49,7 +49,7 @@ from node.retention.policy import (
     still_allowed,
 )
 from node.send.outbox import JobDeliveries, OutboxStore
-from node.work.worker import results_dir
+from node.work.preparation import results_dir
 
 LOG = logging.getLogger(__name__)
 

@@ -28,8 +28,6 @@ from dicomio.sr import write_measurement_report
 from inference.qa import reference_agreement
 from inference.quantify import DEFAULT_DENSITIES, quantify
 from inference.segmenter import Segmentation
-from node.queue.job_state import JobState
-from node.queue.jobs import Job
 from node.queue.results import Agreement, ComparisonResult, SegmentResult
 from node.work.pipeline import PipelineError, Stopwatch
 
@@ -58,28 +56,15 @@ def _algorithm(seg: pydicom.Dataset) -> AlgorithmIdentity:
 
 def compare_with_reference(
     reference_path: Path,
-    ours: Sequence[Job],
+    result: SegmentResult,
     ct_files: Sequence[Path],
     pipeline: Pipeline,
     device_uid: str,
     created: datetime,
     out_dir: Path,
 ) -> QaReport:
-    """Compare our finished segmentation of a series with a reference SEG of
-    it and write the QA report to ``out_dir/qa-sr.dcm``.
-
-    Raises
-    ------
-    PipelineError
-        If our segmentation of the series is not finished (the job waits
-        for it by retrying).
-    """
-    done = [job.result for job in ours
-            if job.state == JobState.DONE and isinstance(job.result, SegmentResult)]
-    if not done:
-        states = ", ".join(job.state.value for job in ours) or "none"
-        raise PipelineError(f"our segmentation of the series is not finished (jobs: {states})")
-    result = done[-1]
+    """Compare our finished segmentation of a series (`result`) with a
+    reference SEG of it and write the QA report to ``out_dir/qa-sr.dcm``."""
     clock = Stopwatch()
     volume = clock.run("load", lambda: load_series(ct_files).volume)
     reference = clock.run("read_reference", lambda: read_reference_seg(reference_path, volume))

@@ -17,45 +17,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
-import pydicom
-
-from config import (
-    ConfigError,
-    ResearchKeyError,
-    file_signature,
-    load_config,
-    read_for_reload,
-    read_research_key,
-    reloaded,
-)
-from dicomio.deidentify import Deidentifier, NotExportable
-from dicomio.seg_reference import reference_subjects
-from inference.model_store import ModelStore
-from inference.segmenter import Segmenter
-from inference.segmenters import open_segmenter
+from config import ConfigError, file_signature, load_config, read_for_reload, reloaded
 from node.queue.courses import CourseStore
-from node.queue.jobs import Job, JobKind, JobQueue, LeaseLostError
-from node.queue.results import ComparisonResult, DosimetryResult, SegmentResult
+from node.queue.jobs import Job, JobQueue, LeaseLostError
 from node.receive.index import InstanceIndex
-from node.receive.series_state import SeriesState
 from node.receive.storage import installation_uid
 from node.send.outbox import OutboxStore
-from node.work.comparison import compare_with_reference
-from node.work.dosimetry import (
-    TimePointSources,
-    dosimetry_settings,
-    load_spect,
-    read_time_point,
-    report_course,
-)
-from node.work.outputs import OutputObject, OutputPlan, SegFormat
-from node.work.pipeline import PipelineError, PipelineInputs, run_pipeline
-from node.work.research import export_for_research, research_profile
-from node.work.stopwatch import Stopwatch
+from node.work.execution import Executor
+from node.work.pipeline import PipelineError
+from node.work.preparation import prepare
+from node.work.recording import record
 
 LOG = logging.getLogger("segnode.worker")
 
@@ -66,11 +39,6 @@ _IDLE_POLL_SECONDS = 0.25
 
 class _Stopping(Exception):
     """SIGTERM arrived: give the job back and exit."""
-
-
-def results_dir(storage_dir: Path, job: Job) -> Path:
-    """Where a job's outputs are kept (and sent from)."""
-    return Path(storage_dir) / "results" / job.series_instance_uid / f"{job.kind.value}-{job.route}"
 
 
 class Worker:
@@ -90,7 +58,7 @@ class Worker:
         self.outbox = OutboxStore(storage)
         self.courses = CourseStore(storage)
         self.device_uid = installation_uid(storage)
-        self._segmenters: dict[tuple[str, str], Segmenter] = {}
+        self.executor = Executor(device, self.device_uid)
         self._parent = os.getppid()
         self._running: Job | None = None
         self._stopping = False
@@ -118,9 +86,9 @@ class Worker:
         self._running = job
         start = time.monotonic()
         try:
-            kinds = {JobKind.SEGMENT: self._segment, JobKind.QA: self._compare,
-                     JobKind.DOSIMETRY: self._dosimetry}
-            result = kinds[job.kind](job)
+            spec = prepare(job, self.config, self.index, self.queue)
+            outcome = self.executor.execute(spec, self.config)
+            result = record(job, outcome, self.config, self.outbox, self.courses, self.device_uid)
             self._running = None
             self.queue.succeed(job.id, self.owner, result)
             LOG.info("job %d done in %.1f s: %s", job.id, time.monotonic() - start, result.seconds)
@@ -142,173 +110,6 @@ class Worker:
                          self.config.jobs.max_attempts)
             except LeaseLostError:
                 LOG.warning("job %d was taken back meanwhile", job.id)
-
-    def _segment(self, job: Job) -> SegmentResult:
-        pipeline = self._pipeline(job)
-        ct_files = self._stored_files(job.series_instance_uid)
-        pet_files = self._pet_files(job, ct_files[0])
-        segmenter = self._segmenter(pipeline.model, pipeline.device)
-        out_dir = results_dir(self.config.node.storage_dir, job)
-        series = self.index.series(job.series_instance_uid)
-        notes = () if series is None or series.completion_note is None else (series.completion_note,)
-        inputs = PipelineInputs(
-            ct_files=ct_files, pet_files=pet_files, pipeline_name=job.pipeline, settings=pipeline,
-            created=datetime.fromtimestamp(job.queued_at, timezone.utc), device_uid=self.device_uid,
-            notes=notes, reports=self.config.reports,
-        )
-        destinations = [self.config.destinations[name] for name in job.destinations
-                        if name in self.config.destinations]
-        result = run_pipeline(inputs, segmenter, out_dir, OutputPlan.for_destinations(destinations))
-        for warning in (*notes, *result.warnings):
-            LOG.warning("job %d: %s", job.id, warning)
-        self._send(job, result.objects)
-        # The BINARY SEGs and their SR, as the research destination reads them with the series.
-        records = tuple(o.path for o in result.objects
-                        if o.kind in ("seg", "sr") and o.seg_format is SegFormat.BINARY)
-        self._export_for_research(job, (*ct_files, *records), out_dir)
-        return SegmentResult(
-            seg=result.seg, sr=result.sr, csv=result.csv, labels=result.labels,
-            model=f"{segmenter.algorithm.name} {segmenter.algorithm.version}",
-            structures=len(result.measurements), pet=bool(pet_files), seconds=result.seconds,
-            notes=notes, objects=tuple(item.path for item in result.objects), warnings=result.warnings,
-        )
-
-    def _compare(self, job: Job) -> ComparisonResult:
-        pipeline = self._pipeline(job)
-        reference = self._stored_files(job.series_instance_uid)[0]
-        ours = [j for j in self.queue.segmentations_of(job.subject) if j.route == job.route]
-        ct_files = tuple(i.path for i in self.index.instances_of(job.subject))
-        out_dir = results_dir(self.config.node.storage_dir, job)
-        report = compare_with_reference(reference, ours, ct_files, pipeline, self.device_uid,
-                                        datetime.fromtimestamp(job.queued_at, timezone.utc), out_dir)
-        self._send(job, (OutputObject("sr", report.result.sr, report.sr_uid),))
-        return report.result
-
-    def _dosimetry(self, job: Job) -> DosimetryResult:
-        pipeline = self._pipeline(job)
-        settings = dosimetry_settings(job.pipeline, pipeline)
-        clock = Stopwatch()
-        spect_files = self._stored_files(job.series_instance_uid)
-        spect = clock.run("load", lambda: load_spect(spect_files))
-        ct_files = self._ct_files(job, spect.volume.frame_of_reference_uid)
-        sources = TimePointSources(spect, spect_files, ct_files, self._reference_seg(job, ct_files[0]))
-        out_dir = results_dir(self.config.node.storage_dir, job)
-        reading = clock.run("read", lambda: read_time_point(
-            sources, settings, lambda: self._segmenter(pipeline.model, pipeline.device), out_dir / "headers"))
-        course = self.courses.record(job.route, reading, job.id, out_dir / "headers")
-        warnings = tuple(f"{organ.structure.name} at {reading.hours_after_administration:.1f} h: "
-                         f"{organ.misalignment}" for organ in reading.organs if organ.misalignment)
-        needed = pipeline.dosimetry.time_points
-        if len(course.points) < needed:
-            LOG.info("job %d: time point %d of course %d read (%s); it is evaluated at %d", job.id,
-                     len(course.points), course.id, reading.segmentation, needed)
-            return DosimetryResult(course.id, len(course.points), needed, clock.seconds, warnings=warnings)
-        report = clock.run("report", lambda: report_course(
-            course, settings, out_dir / "course", device_uid=self.device_uid,
-            disclaimer=self.config.reports.disclaimer))
-        self._send(job, report.objects)
-        doses = {organ.structure.name: organ.absorbed_dose_gy for organ in report.doses.organs}
-        LOG.info("job %d: course %d evaluated on %d time points: %s", job.id, course.id, len(course.points),
-                 ", ".join(f"{name} {gy:.2f} Gy" for name, gy in doses.items()))
-        return DosimetryResult(course.id, len(course.points), needed, clock.seconds,
-                               objects=tuple(item.path for item in report.objects), csv=report.csv,
-                               doses_gy=doses, warnings=warnings)
-
-    def _ct_files(self, job: Job, frame_of_reference_uid: str) -> tuple[Path, ...]:
-        """The newest complete CT of the job's study in the SPECT's Frame of Reference."""
-        for files in self._complete_series(job.study_instance_uid, "CT"):
-            if _frame_of_reference(files[0]) == frame_of_reference_uid:
-                return files
-        raise PipelineError(
-            f"study {job.study_instance_uid} has no complete CT in the SPECT's Frame of Reference "
-            f"{frame_of_reference_uid}: the time point is read when one arrives"
-        )
-
-    def _reference_seg(self, job: Job, ct_file: Path) -> Path | None:
-        """The newest SEG of the time point's CT that someone else sent (a physician's)."""
-        ct = pydicom.dcmread(ct_file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        for files in self._complete_series(job.study_instance_uid, "SEG"):
-            if ct.SeriesInstanceUID in reference_subjects(pydicom.dcmread(files[0], stop_before_pixels=True)):
-                return files[0]
-        return None
-
-    def _complete_series(self, study_instance_uid: str, modality: str) -> Iterator[tuple[Path, ...]]:
-        """The stored files of each complete series of `modality` in the study, newest first."""
-        for series in reversed(self.index.series_of_study(study_instance_uid)):
-            complete = series.state in (SeriesState.COMPLETE, SeriesState.DISPATCHED)
-            files = tuple(i.path for i in self.index.instances_of(series.series_instance_uid))
-            if series.modality == modality and complete and files:  # not arriving, nor removed by retention
-                yield files
-
-    def _stored_files(self, series_instance_uid: str) -> tuple[Path, ...]:
-        """A job's input series; a job retried after the retention policy removed
-        it (node/retention/policy.py) finds none and fails saying so."""
-        files = tuple(i.path for i in self.index.instances_of(series_instance_uid))
-        if not files:
-            raise PipelineError(f"series {series_instance_uid} has no stored instances (removed by the "
-                                "retention policy?); it must be sent again")
-        return files
-
-    def _send(self, job: Job, objects: Sequence[OutputObject]) -> None:
-        """Queue the objects written for the node's outbox to send, to each of
-        the job's destinations that takes them, each under its SOP Instance
-        UID: a rerun that wrote the same objects queues nothing new, one whose
-        inputs changed (new UIDs) sends its objects again. A destination no
-        longer configured gets everything queued, and the outbox says why it
-        cannot be sent."""
-        for name in job.destinations:
-            destination = self.config.destinations.get(name)
-            for item in objects:
-                if destination is None or item.wanted_by(destination):
-                    self.outbox.enqueue(f"{job.id}/{item.sop_instance_uid}", name, [item.path], time.time())
-
-    def _export_for_research(self, job: Job, sources: tuple[Path, ...], out_dir: Path) -> None:
-        """Queue a de-identified copy of `sources` for the route's research
-        destination, if the route has one (node/work/research.py), under keys
-        of their new UIDs, as :meth:`_send` does. A series that must not leave
-        is logged and not exported; the job's clinical results stand."""
-        route = next((r for r in self.config.routes if r.name == job.route), None)
-        if route is None or route.research is None or self.config.research is None:
-            return
-        try:
-            # Read at each export, so that a reload that names another file applies.
-            secret = read_research_key(self.config.research.key_file)
-        except ResearchKeyError as exc:
-            raise PipelineError(f"research.key_file: {exc}") from None
-        deidentifier = Deidentifier(secret, research_profile(route.research))
-        try:
-            exported = export_for_research(sources, deidentifier, out_dir)
-        except NotExportable as exc:
-            LOG.warning("job %d: not exported for research: %s", job.id, exc)  # names the series
-            return
-        for item in exported:
-            self.outbox.enqueue(f"{job.id}/research/{item.sop_instance_uid}", route.research.destination,
-                                [item.path], time.time())
-        LOG.info("job %d: %d de-identified instance(s) queued for %s", job.id, len(exported),
-                 route.research.destination)
-
-    def _pipeline(self, job: Job):
-        pipeline = self.config.pipelines.get(job.pipeline)
-        if pipeline is None:
-            raise PipelineError(f"pipeline {job.pipeline!r} is no longer configured")
-        return pipeline
-
-    def _pet_files(self, job: Job, ct_file: Path) -> tuple[Path, ...]:
-        """The newest complete PET series of the job's study in the CT's frame of reference."""
-        frame = _frame_of_reference(ct_file)
-        return next((files for files in self._complete_series(job.study_instance_uid, "PT")
-                     if _frame_of_reference(files[0]) == frame), ())
-
-    def _segmenter(self, model: str, device: str) -> Segmenter:
-        device = self.device if device == "auto" else device
-        key = (model, device)
-        if key not in self._segmenters:
-            # models_dir is read at each load: a reload that changes it applies to
-            # the models loaded after it, and those loaded already stay warm.
-            store = ModelStore(self.config.node.models_dir)
-            self._segmenters[key] = open_segmenter(model, store, device)
-            LOG.info("%s: model %s loaded on %s", self.owner, model, device)
-        return self._segmenters[key]
 
     def _reload_if_changed(self) -> None:
         """Apply an edited configuration as the node does (its store stays where it is),
@@ -336,11 +137,6 @@ class Worker:
                     self.queue.renew(job.id, self.owner, LEASE_SECONDS)
                 except LeaseLostError as exc:
                     LOG.warning("%s", exc)
-
-
-def _frame_of_reference(path: Path) -> str | None:
-    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
-    return header.get("FrameOfReferenceUID")
 
 
 def main(argv: list[str] | None = None) -> int:
