@@ -8,6 +8,12 @@ reload is refused when the file sets no key at all, or when it would empty
 ``peers``, ``destinations`` or ``routes`` without writing the key (``peers:
 []``): a section left out is not the same as a section written empty.
 
+A file that changes how jobs run (``jobs.backend``, ``jobs.celery``) is refused
+too: the node chose its worker pool or its Celery dispatcher, and the broker
+and queue it sends to, when it started; jobs it has sent are polled where it
+sent them. Only the names of the changed settings are given, never their
+values (a broker URL may hold a password).
+
 The node (node/service.py) and its workers (node/work/worker.py) both reload the
 file; both go through :func:`read_for_reload`, so that a worker never routes
 jobs with a file the node refused.
@@ -26,6 +32,9 @@ from config.schema import SegnodeConfig
 GUARDED: Final = ("peers", "destinations", "routes")
 
 _EXPLICITLY_EMPTY: Final = {"peers": "peers: []", "destinations": "destinations: {}", "routes": "routes: []"}
+
+#: The job settings bound to what the node started (its workers or its Celery dispatcher).
+JOBS_RESTART_ONLY: Final = ("backend", "celery")
 
 
 def sets_nothing(config: SegnodeConfig) -> bool:
@@ -50,7 +59,24 @@ def reload_refusals(new: SegnodeConfig, running: SegnodeConfig) -> tuple[str, ..
                 f"{key}: left out of the file, which would remove the {len(in_force)} in force; "
                 f"write '{_EXPLICITLY_EMPTY[key]}' to remove them on purpose"
             )
+    reasons.extend(_jobs_changes(new, running))
     return tuple(reasons)
+
+
+def _jobs_changes(new: SegnodeConfig, running: SegnodeConfig) -> list[str]:
+    """Why `new` changes how jobs run, which only a restart does: a node that
+    switched its backend on a reload would strand the jobs the old one runs."""
+    reasons = []
+    if new.jobs.backend != running.jobs.backend:
+        reasons.append(f"jobs.backend: {running.jobs.backend} in force, {new.jobs.backend} in the file; "
+                       "a change of backend takes a restart of segnode")
+    in_force, in_file = running.jobs.celery, new.jobs.celery
+    changed = [field for field in type(in_force).model_fields
+               if getattr(in_force, field) != getattr(in_file, field)]
+    if changed:
+        reasons.append(f"jobs.celery: {', '.join(f'jobs.celery.{field}' for field in changed)} changed in "
+                       "the file; the Celery settings take a restart of segnode")
+    return reasons
 
 
 def read_for_reload(path: Path, running: SegnodeConfig, *, check_files: bool = True) -> ConfigFile:

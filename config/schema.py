@@ -554,12 +554,67 @@ class Pipeline(_Strict):
     dosimetry: PipelineDosimetry | None = None
 
 
+def _broker_url(url: str) -> str:
+    if not re.fullmatch(r"(redis|rediss|amqp|amqps|pyamqp)://[^\s\x00-\x1f\x7f]+", url):
+        raise PydanticCustomError(
+            "broker_url", "not a redis://, rediss://, amqp:// or amqps:// URL without spaces or control "
+            "characters"
+        )
+    return url
+
+
+BrokerUrl = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_broker_url)]
+
+
+class CelerySettings(_Strict):
+    """Jobs through Celery (``jobs.backend: celery``), for workers on other hosts.
+
+    ``broker_url`` is the broker's (Redis; RabbitMQ by an amqp:// URL), and
+    ``result_backend`` where workers leave what they made (the broker's URL
+    when it is Redis). A job's message stays unacknowledged until its job is
+    done (late acknowledgement): a worker that dies leaves it to another,
+    the broker redelivering it after ``visibility_timeout_seconds``, which
+    must exceed the longest job. ``queue`` is the queue the node sends to
+    and its workers take from.
+    """
+
+    broker_url: BrokerUrl = "redis://127.0.0.1:6379/0"
+    result_backend: BrokerUrl | None = None
+    queue: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "segnode"
+    visibility_timeout_seconds: float = Field(7200.0, gt=0)
+
+
 class JobSettings(_Strict):
-    """Retries of failed jobs: waits double from the base up to the maximum."""
+    """How jobs run, and retries of failed jobs: waits double from the base up
+    to the maximum. ``backend`` is ``embedded`` (the node's own worker
+    processes, jobs in its SQLite index) or ``celery`` (workers anywhere,
+    ``segnode worker`` on each host; the index stays the jobs' record)."""
 
     max_attempts: int = Field(3, ge=1)
     retry_base_seconds: float = Field(30.0, gt=0)
     retry_max_seconds: float = Field(1800.0, gt=0)
+    backend: Literal["embedded", "celery"] = "embedded"
+    celery: CelerySettings = CelerySettings()
+
+    @model_validator(mode="after")
+    def _results_somewhere(self) -> JobSettings:
+        celery = self.celery
+        if celery.result_backend is None and not celery.broker_url.startswith(("redis", "rediss")):
+            raise PydanticCustomError("result_backend",
+                                      "celery.result_backend must be set for an amqp broker")
+        return self
+
+
+class WorkerSettings(_Strict):
+    """A worker host's own (``segnode worker``): where its health and metrics
+    are served, and on which devices it runs one worker process each
+    ("auto": each GPU PyTorch sees, else one on the CPU)."""
+
+    metrics_host: HostName = "127.0.0.1"
+    metrics_port: Port = 9110
+    devices: Literal["auto"] | list[Annotated[str, StringConstraints(pattern=r"^(cpu|cuda:[0-9]{1,2})$")]] = (
+        "auto"
+    )
 
 
 class SendingSettings(_Strict):
@@ -648,6 +703,7 @@ class SegnodeConfig(_Strict):
     pipelines: dict[str, Pipeline] = {}
     routes: list[Route] = []
     jobs: JobSettings = JobSettings()
+    worker: WorkerSettings = WorkerSettings()
     sending: SendingSettings = SendingSettings()
     storage: StorageSettings = StorageSettings()
     research: ResearchSettings | None = None

@@ -1,4 +1,4 @@
-"""The ``segnode`` command line: serve, check-config, status, jobs, storage, pet-suv, models, segment,
+"""The ``segnode`` command line: serve, worker, check-config, status, jobs, storage, pet-suv, models, segment,
 run-series, demo, console."""
 
 from __future__ import annotations
@@ -124,9 +124,11 @@ def _status(args: argparse.Namespace) -> int:
     outbox, failed = _outbox_status(storage_dir)
     configuration = _config_status(storage_dir)
     certificates = _certificate_status(storage_dir)
+    celery = _celery_status(storage_dir)
     if args.json:
         print(json.dumps({"configuration": configuration, "certificates": certificates, "series": rows,
-                          "jobs": jobs, "outbox": outbox, "outbox_failed": failed}, indent=2))
+                          "jobs": jobs, "outbox": outbox, "outbox_failed": failed, "celery": celery},
+                         indent=2))
         return 0
     if configuration is not None:
         in_force = configuration["in_force"]
@@ -147,6 +149,8 @@ def _status(args: argparse.Namespace) -> int:
             state = (f"{certificate['days_left']:.0f} days left, until {certificate['not_valid_after']} "
                      f"({certificate['path']})")
         print(f"certificate {certificate['field']}: {state}")
+    if celery is not None:
+        _print_celery_status(celery)
     if not rows:
         print("no series received yet")
         return 0
@@ -251,6 +255,42 @@ def _outbox_status(storage_dir: Path) -> tuple[list[dict], list[dict]]:
     finally:
         store.close()
     return backlog, failed
+
+
+def _celery_status(storage_dir: Path) -> dict | None:
+    """In celery mode (of the configuration in force), the broker as the node sees it:
+    whether it answers, the messages waiting in the queue and the workers that answer.
+    None in embedded mode, where Celery is not even imported."""
+    path = in_force_path(storage_dir)
+    config = _load_or_report(path) if path.exists() else None
+    if config is None or config.jobs.backend != "celery":
+        return None
+    from node.queue.broker import BrokerUnavailable, celery_app, queue_depth, redacted, workers_seen
+
+    settings = config.jobs.celery
+    app = celery_app(settings)
+    status: dict = {"broker": redacted(settings.broker_url), "queue": settings.queue, "answers": False,
+                    "queue_depth": None, "workers": [], "error": None}
+    try:
+        status["queue_depth"] = queue_depth(app, settings.queue)
+        status["answers"] = True
+        status["workers"] = [dataclasses.asdict(worker) for worker in workers_seen(app, timeout=1.0)]
+    except BrokerUnavailable as exc:
+        status["error"] = str(exc)
+    finally:
+        app.close()
+    return status
+
+
+def _print_celery_status(celery: dict) -> None:
+    if not celery["answers"]:
+        print(f"jobs through Celery: broker {celery['broker']} does NOT answer: {celery['error']}")
+        return
+    print(f"jobs through Celery: broker {celery['broker']} answers; queue {celery['queue']}: "
+          f"{celery['queue_depth']} message(s) waiting; {len(celery['workers'])} worker(s) answer")
+    for worker in celery["workers"]:
+        print(f"  worker {worker['name']} on {worker['host']}, device {worker['device']}: "
+              f"{worker['active']} job(s) running")
 
 
 def _job_row(job: Job) -> dict:
@@ -666,6 +706,12 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.config)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from node.work.celery_worker import run_worker_host
+
+    return run_worker_host(args.config, args.host)
+
+
 def _console_add_user(args: argparse.Namespace) -> int:
     """Checks the name and the file before asking for the password, which is
     then typed for nothing less often."""
@@ -749,6 +795,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the DICOM node in the foreground")
     serve.add_argument("--config", type=Path, required=True, help="YAML configuration file")
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run the node's jobs on this host's devices through Celery (jobs.backend: celery)"
+    )
+    worker.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+    worker.add_argument("--host", metavar="NAME",
+                        help="the name after @ in segnode-<device>@NAME (default: this machine's hostname)")
+    worker.set_defaults(run=_worker)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)

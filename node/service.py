@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config import (
     ConfigError,
@@ -37,11 +38,14 @@ from node.queue.job_metrics import JobCollector
 from node.queue.jobs import JobQueue
 from node.receive.index import InstanceIndex
 from node.receive.scp import StorageSCP
-from node.receive.storage import InstanceStore
+from node.receive.storage import InstanceStore, installation_uid
 from node.retention.keeper import StorageKeeper
 from node.retention.removal import RemovalStore
 from node.send.outbox import Outbox, RetryPolicy
 from node.work.worker_pool import WorkerPool, worker_devices
+
+if TYPE_CHECKING:
+    from node.work.dispatch import CeleryDispatcher
 
 LOG = logging.getLogger(__name__)
 
@@ -82,9 +86,7 @@ class Node:
         policy = RetryPolicy(sending.retry_base_seconds, sending.retry_max_seconds, sending.max_refusals)
         self.outbox = Outbox(config.node.storage_dir, config, self.metrics, policy=policy,
                              timeout=sending.timeout_seconds)
-        # Workers run the node's copy of the configuration in force, never a file it refused.
-        self.workers = WorkerPool(in_force_path(config.node.storage_dir), self.queue,
-                                  lambda: self.config.jobs, worker_devices())
+        self.workers = self._workers(config)
         removals = RemovalStore(config.node.storage_dir)
         removals.finish_interrupted()  # before a worker could write a folder being removed
         self.keeper = StorageKeeper(removals, self.disk_space, self.metrics, lambda: self.config.storage)
@@ -101,6 +103,23 @@ class Node:
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
+
+    def _workers(self, config: SegnodeConfig) -> WorkerPool | CeleryDispatcher:
+        """The node's own worker processes, or a dispatcher to Celery workers anywhere
+        (``jobs.backend``, which a reload does not change: config/reload_guard.py)."""
+        if config.jobs.backend == "celery":
+            from node.queue.broker import celery_app  # Celery's import is paid by celery nodes alone
+            from node.work.dispatch import CeleryDispatcher
+
+            settings = config.jobs.celery
+            return CeleryDispatcher(
+                lambda: self.config, self.queue, self.index, self.outbox.store, self.courses,
+                installation_uid(config.node.storage_dir), celery_app(settings), settings,
+                self.metrics.registry,
+            )
+        # Workers run the node's copy of the configuration in force, never a file it refused.
+        return WorkerPool(in_force_path(config.node.storage_dir), self.queue, lambda: self.config.jobs,
+                          worker_devices())
 
     def start(self) -> None:
         self.metrics.serve(self.config.node.host, self.config.node.metrics_port)

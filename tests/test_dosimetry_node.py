@@ -26,6 +26,7 @@ from phantom.spect_course import CourseTruth, TimePoint, write_course
 from tests.conftest import NodeProcess, StoreSCP, dcmtk, dcmtk_env
 from tests.synthetic import STORESCU_FLAGS
 from tests.test_e2e import wait_for
+from tests.test_seg import dciodvfy
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +138,10 @@ def test_the_fourth_time_point_reports_the_course_and_a_fifth_updates_it(
     doses, points = doses_and_points(sr)
     assert points == 4
     assert_within_two_percent(doses, course, 4)
-    assert wait_for(lambda: received(destination, "DOC"), 30, "the course's PDF")
+    (document,) = wait_for(lambda: received(destination, "DOC"), 30, "the course's PDF")
+    # Both as the destination stored them, valid to the letter of their IODs.
+    dciodvfy(sr)
+    dciodvfy(document)
 
     send_point(node, fifth)
     wait_for(lambda: jobs_done(node, 5), 120, "the fifth time point read")

@@ -79,7 +79,7 @@ def test_a_worker_applies_an_edited_pipeline_but_keeps_its_store(tmp_path):
     edited["node"]["port"] += 1
     edited["pipelines"]["organs"]["device"] = "cpu"
     config_path.write_text(yaml.safe_dump(edited))
-    worker._reload_if_changed()
+    worker.followed.current()
     assert worker.config.pipelines["organs"].device == "cpu"
     assert worker.config.node.storage_dir == tmp_path / "store"
     assert worker.config.node.port == config["node"]["port"]
@@ -213,11 +213,11 @@ def test_a_worker_refuses_what_the_node_refuses(tmp_path):
     worker = Worker(config_path, "worker-test", "cpu")
     in_force = worker.config
     config_path.write_text("")
-    worker._reload_if_changed()
+    worker.followed.current()
     assert worker.config is in_force
     config_path.write_text(yaml.safe_dump({key: value for key, value in config.items() if key != "routes"}))
-    worker._reload_if_changed()
+    worker.followed.current()
     assert worker.config is in_force
     config_path.write_text(yaml.safe_dump({**config, "routes": []}))
-    worker._reload_if_changed()
+    worker.followed.current()
     assert worker.config.routes == [] and worker.config.pipelines == in_force.pipelines

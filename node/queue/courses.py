@@ -114,7 +114,7 @@ class CourseStore:
                     (route, reading.patient_id, administration.radionuclide,
                      administration.start.isoformat(), now),
                 ).lastrowid
-            stored = json.dumps(_reading_json(reading))
+            stored = json.dumps(reading_to_json(reading))
             # Read again with the same outcome (a retry): the point is as it was,
             # and the course's reports keep their UIDs (node/work/dosimetry.py).
             kept = self._db.execute(
@@ -158,12 +158,13 @@ class CourseStore:
             (course,),
         ).fetchall()
         return Course(course, route, tuple(
-            CoursePointRecord(_reading_from_json(json.loads(reading)), job, read_at, Path(sources))
+            CoursePointRecord(reading_from_json(json.loads(reading)), job, read_at, Path(sources))
             for reading, job, read_at, sources in rows
         ))
 
 
-def _reading_json(reading: PointReading) -> dict[str, object]:
+def reading_to_json(reading: PointReading) -> dict[str, object]:
+    """`reading` as JSON: how a course keeps it, and how a worker on another host returns it."""
     administration = reading.administration
     return {
         "spect": reading.spect_series_instance_uid,
@@ -190,7 +191,7 @@ def _reading_json(reading: PointReading) -> dict[str, object]:
     }
 
 
-def _reading_from_json(value: dict) -> PointReading:
+def reading_from_json(value: dict) -> PointReading:
     administration = value["administration"]
     return PointReading(
         spect_series_instance_uid=value["spect"],

@@ -19,7 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from config import ConfigError, file_signature, load_config, read_for_reload, reloaded
+from config import SegnodeConfig
+from config.following import FollowedConfig
 from node.queue.courses import CourseStore
 from node.queue.jobs import Job, JobQueue, LeaseLostError
 from node.receive.index import InstanceIndex
@@ -48,10 +49,7 @@ class Worker:
         self.config_path = Path(config_path)
         self.owner = f"{name}:{os.getpid()}"
         self.device = device
-        # The node's copy, checked by the node: a certificate that expired since
-        # must not keep a restarted worker from its jobs.
-        self.config = load_config(self.config_path, check_files=False)
-        self._config_signature = file_signature(self.config_path)
+        self.followed = FollowedConfig(self.config_path)
         storage = self.config.node.storage_dir
         self.queue = JobQueue(storage)
         self.index = InstanceIndex(storage)
@@ -63,11 +61,16 @@ class Worker:
         self._running: Job | None = None
         self._stopping = False
 
+    @property
+    def config(self) -> SegnodeConfig:
+        """The configuration in force: the file's, as last read (:meth:`FollowedConfig.current`)."""
+        return self.followed.config
+
     def run(self) -> None:
         threading.Thread(target=self._keep_lease, name="lease", daemon=True).start()
         LOG.info("%s ready on %s", self.owner, self.device)
         while not self._stopping:
-            self._reload_if_changed()
+            self.followed.current()
             job = self.queue.claim(self.owner, LEASE_SECONDS)
             if job is None:
                 time.sleep(_IDLE_POLL_SECONDS)
@@ -110,19 +113,6 @@ class Worker:
                          self.config.jobs.max_attempts)
             except LeaseLostError:
                 LOG.warning("job %d was taken back meanwhile", job.id)
-
-    def _reload_if_changed(self) -> None:
-        """Apply an edited configuration as the node does (its store stays where it is),
-        refusing what the node refuses: the same rule, config/reload_guard.py."""
-        signature = file_signature(self.config_path)
-        if signature is None or signature == self._config_signature:
-            return
-        self._config_signature = signature
-        try:
-            loaded = read_for_reload(self.config_path, self.config, check_files=False)
-            self.config = reloaded(loaded.config, self.config)
-        except ConfigError as exc:
-            LOG.error("keeping the configuration in force: %s", exc)
 
     def _keep_lease(self) -> None:
         """Renew the running job's lease; end the process when the node is gone."""

@@ -37,7 +37,7 @@ _STOP_GRACE_SECONDS = 20.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with(node_pid: int) -> Callable[[], None]:
+def die_with(node_pid: int) -> Callable[[], None]:
     """Run in the child before exec: have Linux SIGKILL the worker when the
     node dies (kill -9 included), so that no orphan keeps a job or a GPU;
     the next node queues the job again. Set before exec, it also covers a
@@ -119,7 +119,7 @@ class WorkerPool:
         slot.process = subprocess.Popen([
             sys.executable, "-m", "node.work.worker", "--config", str(self._config_path),
             "--name", slot.name, "--device", slot.device,
-        ], preexec_fn=_die_with(os.getpid()))
+        ], preexec_fn=die_with(os.getpid()))
         slot.started_at = time.monotonic()
         LOG.info("started %s on %s", slot.owner, slot.device)
 
