@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, evt
 from pynetdicom.pdu import A_ASSOCIATE_RJ
@@ -262,19 +263,22 @@ class StoreSCP:
 
     def received(self) -> dict[str, Path]:
         """SOP Instance UID -> the file storescp wrote for it."""
-        return {
-            str(read_file_meta_info(path).MediaStorageSOPInstanceUID): path
-            for path in self.out.iterdir()
-            if path.is_file()
-        }
+        return {uid: path for uid, path in self._written()}
 
     def received_counts(self) -> Counter:
         """How many files arrived per SOP Instance UID (storescp +uf keeps every copy)."""
-        return Counter(
-            str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
-            for path in self.out.iterdir()
-            if path.is_file()
-        )
+        return Counter(uid for uid, _ in self._written())
+
+    def _written(self) -> Iterator[tuple[str, Path]]:
+        """Each file storescp has finished writing, with its SOP Instance UID: one it
+        is still writing has no whole file meta yet and is left for the next look."""
+        for path in self.out.iterdir():
+            if not path.is_file():
+                continue
+            try:
+                yield str(read_file_meta_info(path).MediaStorageSOPInstanceUID), path
+            except (InvalidDicomError, EOFError):
+                continue
 
     def stop(self) -> None:
         if self.proc.poll() is None:
