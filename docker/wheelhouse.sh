@@ -34,4 +34,8 @@ mkdir -p "$dest"
 "$python" -m pip download -q --only-binary=:all: -d "$dest" "$torch" "${build_requires[@]}" .
 # As in the Dockerfile, without its requirements (timm, and with it torchvision).
 "$python" -m pip download -q --no-deps -d "$dest" "$architectures"
+# What the image's Python (bookworm's 3.11.2) needs and this machine's newer 3.11
+# may not: pip's --python-version does not evaluate environment markers, so the
+# requirements under a python_full_version marker are named here (redis-py's).
+"$python" -m pip download -q --only-binary=:all: -d "$dest" "async-timeout>=4.0.3"
 echo "wheelhouse: $(find "$dest" -type f | wc -l) files, $(du -sh "$dest" | cut -f1) in $dest"
