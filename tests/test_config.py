@@ -194,3 +194,31 @@ def test_dosimetry_settings_are_checked_naming_the_field():
         parse_config("pipelines: {lu177: {dosimetry: {neighbours: [kidney_right]}}}\n")
     assert caught.value.errors == [
         "pipelines.lu177.dosimetry: kidney_right named twice among organs and neighbours"]
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("jobs: {celery: {broker_url: 'http://redis:6379/0'}}", "jobs.celery.broker_url"),
+    ("jobs: {celery: {broker_url: \"redis://h:6379/0\\nroutes: []\"}}", "jobs.celery.broker_url"),
+    ("jobs: {celery: {broker_url: 'redis://h/0 $(id)'}}", "jobs.celery.broker_url"),
+    ("jobs: {celery: {broker_url: " + "'redis://" + "h" * 1000 + "/0'}}", "jobs.celery.broker_url"),
+    ("jobs: {celery: {broker_url: 'amqp://rabbit:5672//'}}", "jobs"),
+    ("jobs: {celery: {queue: '<script>'}}", "jobs.celery.queue"),
+    ("jobs: {celery: {visibility_timeout_seconds: 0}}", "jobs.celery.visibility_timeout_seconds"),
+    ("jobs: {backend: kubernetes}", "jobs.backend"),
+    ("worker: {devices: ['gpu0']}", "worker.devices"),
+    ("worker: {metrics_port: 70000}", "worker.metrics_port"),
+    ("worker: {metrics_host: 'host; rm -rf /'}", "worker.metrics_host"),
+])
+def test_hostile_celery_and_worker_settings_are_refused_naming_the_field(text, field):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text + "\n")
+    assert any(error.startswith(f"{field}") for error in caught.value.errors), caught.value.errors
+
+
+def test_celery_settings_a_site_writes_are_taken():
+    config = parse_config("jobs: {backend: celery, celery: {broker_url: 'rediss://:secret@redis:6380/2', "
+                          "queue: ct.gpu, visibility_timeout_seconds: 14400}}\n"
+                          "worker: {devices: [cuda:0, cuda:1], metrics_host: 0.0.0.0}\n")
+    assert config.jobs.celery.queue == "ct.gpu" and config.worker.devices == ["cuda:0", "cuda:1"]
+    amqp = parse_config("jobs: {celery: {broker_url: 'amqp://rabbit:5672//', result_backend: 'redis://r/1'}}\n")
+    assert amqp.jobs.celery.result_backend == "redis://r/1"
