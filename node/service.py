@@ -42,7 +42,8 @@ from node.receive.storage import InstanceStore, installation_uid
 from node.retention.keeper import StorageKeeper
 from node.retention.removal import RemovalStore
 from node.send.outbox import Outbox, RetryPolicy
-from node.work.worker_pool import WorkerPool, worker_devices
+from node.work.supervisor import worker_devices
+from node.work.worker_pool import WorkerPool
 
 if TYPE_CHECKING:
     from node.work.dispatch import CeleryDispatcher

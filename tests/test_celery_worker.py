@@ -170,6 +170,11 @@ def mid_job(app, task_id: str, hosts: list[WorkerHostProcess], every: float) -> 
     return wait_for(started, 30, f"task {task_id} running", every=every)
 
 
+def running_on_cpu(jobs: int) -> str:
+    """The line of /metrics that counts the jobs running now."""
+    return f'segnode_worker_jobs_running{{device="cpu"}} {jobs}.0'
+
+
 def output_hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.iterdir()) if p.is_file()}
@@ -209,6 +214,7 @@ def test_jobs_run_fail_with_their_reason_and_are_counted(app, workers, storage: 
     assert 'segnode_worker_jobs_total{kind="segment",outcome="success"} 1.0' in metrics, metrics
     assert 'segnode_worker_jobs_total{kind="segment",outcome="failure"} 1.0' in metrics, metrics
     assert 'segnode_worker_stage_seconds_total{kind="segment",stage="segment"}' in metrics, metrics
+    assert running_on_cpu(0) in metrics, metrics
     assert host.get("/nothing")[0] == 404
 
 
@@ -224,8 +230,11 @@ def test_a_killed_pool_child_leaves_the_job_to_run_again_with_the_same_files(app
 
     again = publish(app, spec, storage)
     _, pid = mid_job(app, again.id, [host], every=0.05)
+    assert running_on_cpu(1) in host.get("/metrics")[1]
     os.kill(pid, signal.SIGKILL)
     assert finished(again, 90).state == "SUCCESS", again.traceback
+    # The killed child's job no longer counts as running, nor does the one run again.
+    assert running_on_cpu(0) in host.get("/metrics")[1]
     assert again.get()["objects"] == first.get()["objects"]  # the same paths and SOP Instance UIDs
     assert output_hashes(spec.results) == expected
     log = host.log()

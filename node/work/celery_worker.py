@@ -14,6 +14,8 @@ Metrics: the pool children count jobs in prometheus_client's multiprocess
 mode (a folder of memory-mapped files the supervisor reads). A pool child
 killed mid-job or replaced keeps what it counted, which reporting to the
 parent over a pipe would lose, and nothing is hand-written to merge them.
+The jobs running now are a gauge summed over live processes only: the
+supervisor tells prometheus_client which children died.
 
 Stopping (SIGTERM or SIGINT to ``segnode worker``): each Celery worker gets
 SIGQUIT, Celery's cold shutdown (celery/apps/worker.py ``on_cold_shutdown``,
@@ -46,7 +48,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -54,17 +55,13 @@ from celery.signals import worker_process_init
 
 from config import ConfigError, SegnodeConfig, load_config
 from config.following import FollowedConfig
-from node.backoff import doubling_delay
 from node.queue.broker import TASK_NAME, WORKER_PREFIX, JobFailed, celery_app, redacted, worker_tag
-from node.work.worker_pool import die_with, worker_devices
+from node.work.supervisor import CHECK_SECONDS, ChildSlot, ProcessSupervisor, die_with, worker_devices
 
 LOG = logging.getLogger("segnode.worker")
 
 #: prometheus_client reads this in every process that counts.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_CHECK_SECONDS = 0.5
-_RESTART_PAUSE_SECONDS = 1.0
-_RESTART_PAUSE_MAX_SECONDS = 60.0
 #: A cold shutdown ends the running task at once; this covers the broker round trips.
 _STOP_GRACE_SECONDS = 30.0
 
@@ -83,13 +80,18 @@ class JobRunner:
         self._metrics: _JobMetrics | None = None
 
     def run(self, task_id: str, spec_json: dict) -> dict:
-        """Run one job; any failure becomes :class:`JobFailed` with the node's reason."""
+        """Run one job, counted as running meanwhile; any failure becomes
+        :class:`JobFailed` with the node's reason."""
+        metrics = self._job_metrics()
+        with metrics.running.labels(self.device).track_inprogress():
+            return self._run(task_id, spec_json, metrics)
+
+    def _run(self, task_id: str, spec_json: dict, metrics: _JobMetrics) -> dict:
         from node.work.job_spec import outcome_to_json, spec_from_json
         from node.work.pipeline import PipelineError
 
         config = self.followed.current()
         storage = config.node.storage_dir
-        metrics = self._job_metrics()
         kind = str(spec_json.get("kind", "unknown")) if isinstance(spec_json, dict) else "unknown"
         start = time.monotonic()
         try:
@@ -142,6 +144,10 @@ class _JobMetrics:
         self.memory = Gauge("segnode_worker_gpu_memory_bytes",
                             "GPU memory PyTorch holds after the worker's latest job, by device.",
                             ["device"], multiprocess_mode="mostrecent")
+        # "livesum": the supervisor drops the files of a dead pool child
+        # (WorkerHost._forget_dead_children), and with them its job that stopped.
+        self.running = Gauge("segnode_worker_jobs_running", "Jobs a worker is running now, by device.",
+                             ["device"], multiprocess_mode="livesum")
 
     def finished(self, kind: str, outcome: str, seconds: dict[str, float]) -> None:
         self.jobs.labels(kind, outcome).inc()
@@ -206,15 +212,6 @@ def serve_device(config_path: Path, device: str, host: str) -> int:
 # The supervisor ---------------------------------------------------------------
 
 
-@dataclass
-class _Slot:
-    device: str
-    process: subprocess.Popen | None = None
-    restarts: int = 0
-    started_at: float = 0.0
-    start_after: float = 0.0
-
-
 class WorkerHost:
     """The Celery worker processes of one host, their health and their metrics."""
 
@@ -222,10 +219,12 @@ class WorkerHost:
         self.config_path = config_path
         self.config = config
         self.host = host
-        self.slots = [_Slot(device) for device in devices]
+        self.children = ProcessSupervisor(
+            [ChildSlot(f"{WORKER_PREFIX}{worker_tag(device)}@{host}", device) for device in devices],
+            self._spawn, signal.SIGQUIT, _STOP_GRACE_SECONDS,
+        )
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="segnode-worker-metrics-"))
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
     def run(self) -> int:
@@ -238,17 +237,16 @@ class WorkerHost:
             return 1
         threading.Thread(target=self._server.serve_forever, name="worker-health", daemon=True).start()
         try:
-            with self._lock:
-                for slot in self.slots:
-                    self._spawn(slot)
+            self.children.start()
             LOG.info("segnode worker ready: %s on %s, health and metrics on %s:%d",
-                     ", ".join(s.device for s in self.slots), self.host, settings.metrics_host,
+                     ", ".join(s.device for s in self.children.slots), self.host, settings.metrics_host,
                      settings.metrics_port)
-            while not self._stop.wait(_CHECK_SECONDS):
-                with self._lock:
-                    for slot in self.slots:
-                        self._check(slot)
-            self._stop_all()
+            while not self._stop.wait(CHECK_SECONDS):
+                self.children.check()
+                self._forget_dead_children()
+            # Cold shutdown of each worker: its running job goes back to the broker.
+            self.children.stop()
+            LOG.info("segnode worker stopped")
             return 0
         finally:
             self._server.shutdown()
@@ -258,52 +256,32 @@ class WorkerHost:
         """From the signal handler: the loop stops the workers."""
         self._stop.set()
 
-    def states(self) -> list[dict[str, object]]:
-        with self._lock:
-            return [{"name": f"{WORKER_PREFIX}{worker_tag(s.device)}@{self.host}", "device": s.device,
-                     "pid": None if s.process is None else s.process.pid,
-                     "running": s.process is not None and s.process.poll() is None,
-                     "restarts": s.restarts} for s in self.slots]
+    def _forget_dead_children(self) -> None:
+        """prometheus_client keeps a process's live gauges until told it died; a
+        pool child killed mid-job (or a worker restarted) would count its job
+        as running forever. Its files name its pid."""
+        from prometheus_client.multiprocess import mark_process_dead
 
-    def _spawn(self, slot: _Slot) -> None:
+        for path in self.metrics_dir.glob("gauge_live*_*.db"):
+            pid = int(path.stem.rsplit("_", 1)[1])
+            if not _running(pid):
+                mark_process_dead(pid, str(self.metrics_dir))
+
+    def _spawn(self, slot: ChildSlot) -> subprocess.Popen:
         env = {**os.environ, MULTIPROC_ENV: str(self.metrics_dir)}
-        slot.process = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "node.work.celery_worker", "--config", str(self.config_path),
              "--device", slot.device, "--host", self.host],
             env=env, preexec_fn=die_with(os.getpid()),
         )
-        slot.started_at = time.monotonic()
-        LOG.info("started the worker on %s (pid %d)", slot.device, slot.process.pid)
 
-    def _check(self, slot: _Slot) -> None:
-        if slot.process is not None:
-            code = slot.process.poll()
-            if code is None:
-                return
-            healthy = time.monotonic() - slot.started_at > _RESTART_PAUSE_MAX_SECONDS
-            slot.restarts = 1 if healthy else slot.restarts + 1
-            pause = doubling_delay(slot.restarts, _RESTART_PAUSE_SECONDS, _RESTART_PAUSE_MAX_SECONDS)
-            LOG.error("the worker on %s (pid %d) exited with %d; starting it again in %.0f s", slot.device,
-                      slot.process.pid, code, pause)
-            slot.process = None
-            slot.start_after = time.monotonic() + pause
-        elif time.monotonic() >= slot.start_after:
-            self._spawn(slot)
 
-    def _stop_all(self) -> None:
-        """Cold shutdown of each worker: its running job goes back to the broker."""
-        running = [s.process for s in self.slots if s.process is not None and s.process.poll() is None]
-        for process in running:
-            process.send_signal(signal.SIGQUIT)
-        deadline = time.monotonic() + _STOP_GRACE_SECONDS
-        for process in running:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                LOG.error("the worker pid %d did not stop; killing it", process.pid)
-                process.kill()
-                process.wait()
-        LOG.info("segnode worker stopped")
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or the pid is another user's now
+        return False
+    return True
 
 
 def _health_server(host: WorkerHost, address: str, port: int) -> ThreadingHTTPServer:
@@ -316,7 +294,7 @@ def _health_server(host: WorkerHost, address: str, port: int) -> ThreadingHTTPSe
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path == "/health":
-                workers = host.states()
+                workers = host.children.states()
                 ok = all(w["running"] for w in workers)
                 body = json.dumps({"status": "ok" if ok else "degraded", "host": host.host,
                                    "workers": workers}).encode()

@@ -5,7 +5,7 @@ whatever inference does to a process (a CUDA fault, running out of memory,
 a hung native library) leaves the node receiving. Each keeps the models it
 loaded warm for the next job. While it runs a job it renews the job's lease;
 when its node goes away it stops too, and the node that starts next queues
-the job again (node/work/worker_pool.py has the kernel kill it with its node).
+the job again (node/work/supervisor.py has the kernel kill it with its node).
 """
 
 from __future__ import annotations
