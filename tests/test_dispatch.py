@@ -275,3 +275,35 @@ def test_a_worker_host_killed_during_a_job_leaves_it_to_another_and_it_is_delive
     done = wait_for(lambda: job_is(node, "done"), 60, "the job to be done")
     assert done["attempts"] == 1  # the broker redelivered it; the node's record saw one attempt
     assert node.log().count("sent as task") == 1
+
+
+@pytest.fixture(scope="module")
+def long_series(tmp_path_factory) -> list[Path]:
+    """A series whose job lasts several seconds on the CPU: time to reopen it meanwhile."""
+    return write_ct_series(tmp_path_factory.mktemp("long"), slices=120, rows=512, columns=512,
+                           pixel_spacing=(0.8, 0.8), slice_thickness=2.0)
+
+
+@pytest.mark.slow
+def test_a_job_taken_back_while_its_task_runs_has_the_task_revoked_and_ended(
+    node_factory, redis_server, destination, workers, long_series  # noqa: F811
+):
+    """The series is sent again while its job runs on a worker: the job is queued
+    afresh, the running task is ended (not left to spend minutes on a result the node
+    would drop), and the job's new task delivers the results, once."""
+    node = celery_node(node_factory, redis_server, destination.port).start()
+    worker = workers(node)
+    storescu(node, long_series)
+    job = wait_for(lambda: running_job(node), 60, "the job to be sent")
+    first = job["owner"].removeprefix("celery:")
+    wait_for(lambda: f"task {first}: job" in worker.log(), 60, "the worker to start the task")
+    storescu(node, long_series[:1])  # sent again: the series reopens and its job is queued afresh
+    wait_for(lambda: f"job {job['id']}: task {first} revoked" in node.log(), 60, "the task to be revoked")
+    wait_for(lambda: f"Terminating {first}" in worker.log(), 30, "the worker to end the task")
+    uids = delivered_once(destination)
+    assert (len(uids["SEG"]), len(uids["SR"])) == (2, 1)
+    assert all(count == 1 for count in destination.received_counts().values())
+    done = wait_for(lambda: job_is(node, "done"), 60, "the job to be done")
+    assert done["attempts"] == 1 and node.log().count("sent as task") == 2
+    assert f"task {first}: job {job['id']} done" not in worker.log()
+    assert node.metrics()["segnode_celery_tasks_revoked_total"] == 1

@@ -17,6 +17,13 @@ What may be lost is the broker's, never the node's:
   again under a new task id.
 * The node itself (kill -9, a restart): the tasks it sent are in its record
   (their owners), so the next node polls them instead of sending them again.
+
+A job taken back while its task waits or runs (its series reopened by a late
+instance, or its message counted lost) has the task revoked: a worker drops
+its message if it comes, and ends it if it runs (Celery's ``revoke`` with
+``terminate``), rather than spend minutes on a result the node would drop.
+Revokes live in the workers' memory: a worker that starts later does not
+know of them, and the node drops that task's result as before.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ LOST_GRACE_SECONDS = 5.0
 #: Jobs sent and not finished at most; the rest wait in the node's record,
 #: where a broker restart cannot lose them.
 MAX_IN_FLIGHT = 64
+#: A revoke is a broadcast through the broker; one that does not answer is not waited for.
+REVOKE_TIMEOUT_SECONDS = 2.0
 _BACKOFF_BASE_SECONDS = 1.0
 _BACKOFF_MAX_SECONDS = 60.0
 # Celery's task states (celery.states), as the result backend reports them.
@@ -150,6 +159,8 @@ class DispatchMetrics:
         self.lost = Counter("segnode_celery_tasks_lost_total",
                             "Tasks whose message the broker lost; their jobs were sent again.",
                             registry=registry)
+        self.revoked = Counter("segnode_celery_tasks_revoked_total",
+                               "Tasks revoked because their job was taken back.", registry=registry)
         self.finished = Counter("segnode_celery_tasks_finished_total", "Tasks finished, by outcome.",
                                 ["outcome"], registry=registry)
         self.outages = Counter("segnode_celery_broker_outages_total",
@@ -404,6 +415,7 @@ class CeleryDispatcher:
                 continue
             self._in_flight.pop(flight.job.id, None)
             AsyncResult(flight.task_id, app=self._app).forget()
+            self._revoke(flight)  # should the message turn up after all
             try:
                 self._queue.release(flight.job.id, flight.owner)
             except LeaseLostError as exc:
@@ -414,19 +426,47 @@ class CeleryDispatcher:
                         "waiting); sending the job again", flight.job.id, flight.task_id,
                         self._settings.queue, self._broker, depth, len(waiting))
 
+    def _revoke(self, flight: _InFlight) -> None:
+        """Have the workers drop or end `flight`'s task. A broker that does not
+        answer is logged: the task then runs on, and its result is dropped."""
+        try:
+            with self._app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2,
+                                             interval_max=0.2, timeout=REVOKE_TIMEOUT_SECONDS)
+                self._app.control.revoke(flight.task_id, terminate=True, connection=connection)
+        except Exception as exc:  # kombu's OperationalError, the transport's connection errors
+            LOG.warning("job %d: could not revoke task %s at %s (%s: %s); it runs on and its result "
+                        "will be dropped", flight.job.id, flight.task_id, self._broker, type(exc).__name__, exc)
+            return
+        self.metrics.revoked.inc()
+        LOG.info("job %d: task %s revoked", flight.job.id, flight.task_id)
+
     # Leases ------------------------------------------------------------------
 
     def _renew(self) -> None:
+        """Renew the leases of the jobs sent, and revoke the tasks of jobs taken back
+        meanwhile (queued afresh: what the task makes would not be recorded). Owners are
+        read at every poll, a write only every few seconds, so that the task of a
+        reopened series ends within a poll or two."""
+        if not self._in_flight:
+            return
+        owners = {job.id: job.owner for job in self._queue.jobs(JobState.RUNNING)}
         now = time.monotonic()
         for flight in list(self._in_flight.values()):
-            if now - flight.renewed_at < _RENEW_AFTER_SECONDS:
+            if owners.get(flight.job.id) != flight.owner:
+                reason = f"job {flight.job.id} was taken back from {flight.owner}"
+            elif now - flight.renewed_at < _RENEW_AFTER_SECONDS:
                 continue
-            try:
-                self._queue.renew(flight.job.id, flight.owner, LEASE_SECONDS)
-                flight.renewed_at = now
-            except LeaseLostError as exc:  # queued afresh meanwhile: what the task makes is not recorded
-                LOG.warning("%s; task %s goes on, its result will be dropped", exc, flight.task_id)
-                self._in_flight.pop(flight.job.id, None)
+            else:
+                try:
+                    self._queue.renew(flight.job.id, flight.owner, LEASE_SECONDS)
+                    flight.renewed_at = now
+                    continue
+                except LeaseLostError as exc:
+                    reason = str(exc)
+            LOG.warning("%s; its task %s is revoked", reason, flight.task_id)
+            self._in_flight.pop(flight.job.id, None)
+            self._revoke(flight)
 
     def _recover(self) -> None:
         """Take back running jobs whose lease ran out (none of ours, which are renewed first)."""
