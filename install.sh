@@ -15,9 +15,9 @@ extras=""
 # renegotiates and updates keys, for the hostile-peer tests; poppler-utils:
 # pdftoppm and pdftotext, to look at the PDF report as a person would;
 # chromium and chromium-driver: the web console's browser test.
-# redis-server: the broker of the Celery backend's tests.
+# redis-server and rabbitmq-server: the brokers of the Celery backend's tests.
 packages="dcmtk dicom3tools libgl1 libglib2.0-0"
-[ -n "$extras" ] && packages="$packages orthanc openssl poppler-utils chromium chromium-driver redis-server"
+[ -n "$extras" ] && packages="$packages orthanc openssl poppler-utils chromium chromium-driver redis-server rabbitmq-server"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

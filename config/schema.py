@@ -574,7 +574,9 @@ class CelerySettings(_Strict):
     when it is Redis). A job's message stays unacknowledged until its job is
     done (late acknowledgement): a worker that dies leaves it to another,
     the broker redelivering it after ``visibility_timeout_seconds``, which
-    must exceed the longest job. ``queue`` is the queue the node sends to
+    must exceed the longest job (Redis's setting; RabbitMQ gives the message
+    back when the worker's connection closes, and its own ``consumer_timeout``
+    must exceed the longest job). ``queue`` is the queue the node sends to
     and its workers take from.
     """
 

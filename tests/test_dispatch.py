@@ -25,7 +25,7 @@ import pytest
 from config import SegnodeConfig
 from config.reload_guard import reload_refusals
 from tests.conftest import NodeProcess, StoreSCP, free_port
-from tests.redis_server import RedisServer, redis_server  # noqa: F401
+from tests.redis_server import redis_server  # noqa: F401
 from tests.synthetic import write_ct_series
 from tests.test_e2e import every_result, results, running_job, storescu, wait_for
 
@@ -89,7 +89,7 @@ def slow_series(tmp_path_factory) -> list[Path]:
                            pixel_spacing=(1.6, 1.6), slice_thickness=2.0)
 
 
-def celery_node(node_factory, redis: RedisServer, destination_port: int) -> NodeProcess:
+def celery_node(node_factory, broker_url: str, destination_port: int) -> NodeProcess:
     """A node (not started) that routes CT to a storescp through Celery workers on the CPU."""
     node = node_factory()
     node.config.update(
@@ -97,7 +97,7 @@ def celery_node(node_factory, redis: RedisServer, destination_port: int) -> Node
         pipelines={"organs": {"model": "builtin"}},
         routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "organs", "send_to": ["RESULTS"]}],
         jobs={"max_attempts": 3, "retry_base_seconds": 1, "retry_max_seconds": 2, "backend": "celery",
-              "celery": {"broker_url": redis.url, "visibility_timeout_seconds": 30}},
+              "celery": {"broker_url": broker_url, "visibility_timeout_seconds": 30}},
         worker={"devices": ["cpu"], "metrics_port": free_port()},
         sending={"retry_base_seconds": 0.5, "retry_max_seconds": 2},
     )
@@ -145,7 +145,7 @@ def test_a_reload_that_changes_how_jobs_run_is_refused():
 
 
 def test_status_names_the_broker_its_queue_and_whether_it_answers(node_factory, redis_server):  # noqa: F811
-    node = celery_node(node_factory, redis_server, free_port()).start()
+    node = celery_node(node_factory, redis_server.url, free_port()).start()
     seen = celery_status(node)
     assert seen == {"broker": redis_server.url, "queue": "segnode", "answers": True, "queue_depth": 0,
                     "workers": [], "error": None}
@@ -161,7 +161,7 @@ def test_status_names_the_broker_its_queue_and_whether_it_answers(node_factory, 
 def test_a_ct_comes_back_as_seg_and_sr_from_a_celery_worker(
     node_factory, redis_server, destination, workers, ct_series  # noqa: F811
 ):
-    node = celery_node(node_factory, redis_server, destination.port).start()
+    node = celery_node(node_factory, redis_server.url, destination.port).start()
     worker = workers(node)
     storescu(node, ct_series)
     uids = delivered_once(destination)
@@ -181,7 +181,7 @@ def test_a_ct_comes_back_as_seg_and_sr_from_a_celery_worker(
 def test_a_broker_that_is_down_stops_no_reception_and_the_job_runs_when_it_is_back(
     node_factory, redis_server, destination, workers, ct_series  # noqa: F811
 ):
-    node = celery_node(node_factory, redis_server, destination.port).start()
+    node = celery_node(node_factory, redis_server.url, destination.port).start()
     workers(node)
     redis_server.stop()
     storescu(node, ct_series)  # check=True: every C-STORE answered success
@@ -203,7 +203,7 @@ def test_a_broker_that_is_down_stops_no_reception_and_the_job_runs_when_it_is_ba
 def test_a_message_lost_by_a_broker_restart_is_sent_again_and_delivered_once(
     node_factory, redis_server, destination, workers, ct_series  # noqa: F811
 ):
-    node = celery_node(node_factory, redis_server, destination.port).start()
+    node = celery_node(node_factory, redis_server.url, destination.port).start()
     storescu(node, ct_series)  # no worker yet: the job's message waits in the broker
     first = wait_for(lambda: running_job(node), 60, "the job to be claimed")
     wait_for(lambda: celery_status(node)["queue_depth"] == 1, 30, "its message in the broker")
@@ -222,7 +222,7 @@ def test_a_message_lost_by_a_broker_restart_is_sent_again_and_delivered_once(
 def test_a_node_killed_during_a_job_polls_its_task_after_the_restart_and_runs_it_once(
     node_factory, redis_server, destination, workers, slow_series  # noqa: F811
 ):
-    node = celery_node(node_factory, redis_server, destination.port).start()
+    node = celery_node(node_factory, redis_server.url, destination.port).start()
     worker = workers(node)
     storescu(node, slow_series)
     job = wait_for(lambda: running_job(node), 60, "the job to be sent")
@@ -260,7 +260,7 @@ def test_a_worker_host_killed_during_a_job_leaves_it_to_another_and_it_is_delive
 ):
     """kill -9 of a whole worker host: its message, unacknowledged, comes back after the
     visibility timeout (30 s here) to the host left, which reads the storage at its own mount."""
-    node = celery_node(node_factory, redis_server, destination.port).start()
+    node = celery_node(node_factory, redis_server.url, destination.port).start()
     first = workers(node, host="host-a")
     storescu(node, slow_series)
     job = wait_for(lambda: running_job(node), 60, "the job to be sent")
@@ -291,7 +291,7 @@ def test_a_job_taken_back_while_its_task_runs_has_the_task_revoked_and_ended(
     """The series is sent again while its job runs on a worker: the job is queued
     afresh, the running task is ended (not left to spend minutes on a result the node
     would drop), and the job's new task delivers the results, once."""
-    node = celery_node(node_factory, redis_server, destination.port).start()
+    node = celery_node(node_factory, redis_server.url, destination.port).start()
     worker = workers(node)
     storescu(node, long_series)
     job = wait_for(lambda: running_job(node), 60, "the job to be sent")

@@ -62,6 +62,12 @@ def celery_app(settings: CelerySettings) -> Celery:
     """The app with segnode's configuration; it registers no task (the worker does)."""
     app = Celery("segnode", set_as_current=False)
     transport = {"visibility_timeout": settings.visibility_timeout_seconds}
+    broker_transport = dict(transport)
+    if settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # Publisher confirms: a task counts as sent once RabbitMQ has written it, so
+        # that one killed a moment after is not lost (the node would send it again,
+        # after the lost-message grace period).
+        broker_transport["confirm_publish"] = True
     backend = settings.result_backend or settings.broker_url
     app.conf.update(
         broker_url=settings.broker_url,
@@ -83,7 +89,7 @@ def celery_app(settings: CelerySettings) -> Celery:
         # exceed the longest job ("Visibility Timeout", docs.celeryq.dev
         # getting-started/backends-and-brokers/redis.html). The Redis result
         # backend takes the same transport options, per the same page's caveats.
-        broker_transport_options=transport,
+        broker_transport_options=broker_transport,
         task_default_queue=settings.queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -95,30 +101,67 @@ def celery_app(settings: CelerySettings) -> Celery:
     return app
 
 
-def queue_depth(app: Celery, queue: str) -> int:
-    """Messages waiting in `queue` (not those a worker holds unacknowledged).
+class QueueDepth:
+    """Asks how many messages wait in a queue (not those a worker holds
+    unacknowledged), on one connection kept open between asks.
+
+    The dispatcher asks at every poll while tasks wait: a connection an ask
+    would be a handshake a second, each one logged by RabbitMQ. A kept
+    connection that fails is dropped and a new one tried at once, so that a
+    broker restarted meanwhile is not taken for one that is down.
 
     A passive queue declare answers the count on Redis (kombu's virtual
     transport sums the priority lists) and on RabbitMQ alike. A queue that
-    does not exist holds nothing: Redis deletes an empty list, and the
-    declare then fails with a channel error.
+    does not exist holds nothing: Redis deletes an empty list, RabbitMQ has
+    not declared it yet, and the declare fails with a channel error.
     """
-    try:
-        with app.connection_for_read() as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2,
-                                         timeout=_CONNECT_TIMEOUT_SECONDS)
-            channel = connection.channel()
+
+    def __init__(self, app: Celery, queue: str):
+        self._app = app
+        self._queue = queue
+        self._connection = None
+        self._channel = None  # on Redis, a channel is a client of its own: kept too
+
+    def __call__(self) -> int:
+        if self._channel is not None:
             try:
-                _name, count, _consumers = channel.queue_declare(queue=queue, passive=True)
-                return int(count)
-            except connection.channel_errors:
-                return 0
-            finally:
-                _close_quietly(channel)
-    except BrokerUnavailable:
-        raise
-    except Exception as exc:  # kombu's OperationalError, the transport's connection errors
-        raise BrokerUnavailable(app.conf.broker_url, exc) from exc
+                return self._count()
+            except Exception:  # the kept connection broke: a new one says whether the broker is down
+                self.close()
+        try:
+            self._connection = self._app.connection_for_read()
+            self._connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2,
+                                               interval_max=0.2, timeout=_CONNECT_TIMEOUT_SECONDS)
+            self._channel = self._connection.channel()
+            return self._count()
+        except Exception as exc:  # kombu's OperationalError, the transport's connection errors
+            self.close()
+            raise BrokerUnavailable(self._app.conf.broker_url, exc) from exc
+
+    def close(self) -> None:
+        for closable in (self._channel, self._connection):
+            if closable is not None:
+                _close_quietly(closable)
+        self._channel = self._connection = None
+
+    def _count(self) -> int:
+        try:
+            _name, count, _consumers = self._channel.queue_declare(queue=self._queue, passive=True)
+            return int(count)
+        except self._connection.channel_errors:
+            # RabbitMQ closes a channel on the error: another for the next ask.
+            _close_quietly(self._channel)
+            self._channel = self._connection.channel()
+            return 0
+
+
+def queue_depth(app: Celery, queue: str) -> int:
+    """One ask of :class:`QueueDepth` (``segnode status``)."""
+    depth = QueueDepth(app, queue)
+    try:
+        return depth()
+    finally:
+        depth.close()
 
 
 def workers_seen(app: Celery, timeout: float = 1.0) -> tuple[WorkerSeen, ...]:
@@ -172,8 +215,9 @@ def _redact_one(url: str) -> str:
     return f"{scheme}://{user}:***@{hostport}{slash}{path}"
 
 
-def _close_quietly(channel) -> None:
+def _close_quietly(closable) -> None:
+    """A channel or connection closed for good; what it says while closing is of no use."""
     try:
-        channel.close()
+        closable.close()
     except Exception:
         pass

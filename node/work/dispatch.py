@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from config import SegnodeConfig
 from config.schema import CelerySettings
 from node.backoff import doubling_delay
-from node.queue.broker import TASK_NAME, BrokerUnavailable, JobFailed, queue_depth, redacted
+from node.queue.broker import TASK_NAME, BrokerUnavailable, JobFailed, QueueDepth, redacted
 from node.queue.courses import CourseStore
 from node.queue.job_state import JobState
 from node.queue.jobs import Job, JobQueue, LeaseLostError
@@ -191,6 +191,7 @@ class CeleryDispatcher:
         self._app = app
         self._settings = settings
         self._broker = redacted(settings.broker_url)
+        self._queue_depth = QueueDepth(app, settings.queue)
         self.metrics = DispatchMetrics(registry)
         self._in_flight: dict[int, _InFlight] = {}
         self._broker_outage = _Outage(f"the Celery broker {self._broker}")
@@ -228,6 +229,7 @@ class CeleryDispatcher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        self._queue_depth.close()
         self._app.close()
 
     def _run(self) -> None:
@@ -268,7 +270,7 @@ class CeleryDispatcher:
         retries, celery/backends/redis.py) before it fails; a passive declare
         (node/queue/broker.py) fails at once."""
         try:
-            queue_depth(self._app, self._settings.queue)
+            self._queue_depth()
         except BrokerUnavailable as exc:
             self._broker_down(exc)
             return False
@@ -397,7 +399,7 @@ class CeleryDispatcher:
         counts, for a worker may have just taken a message.
         """
         try:
-            depth = queue_depth(self._app, self._settings.queue)
+            depth = self._queue_depth()
         except BrokerUnavailable as exc:
             self._broker_down(exc)
             return
