@@ -438,7 +438,8 @@ class CeleryDispatcher:
                 self._app.control.revoke(flight.task_id, terminate=True, connection=connection)
         except Exception as exc:  # kombu's OperationalError, the transport's connection errors
             LOG.warning("job %d: could not revoke task %s at %s (%s: %s); it runs on and its result "
-                        "will be dropped", flight.job.id, flight.task_id, self._broker, type(exc).__name__, exc)
+                        "will be dropped", flight.job.id, flight.task_id, self._broker, type(exc).__name__,
+                        exc)
             return
         self.metrics.revoked.inc()
         LOG.info("job %d: task %s revoked", flight.job.id, flight.task_id)
