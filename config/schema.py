@@ -644,7 +644,9 @@ class RetentionSettings(_Strict):
     failed, ``failed_hours`` from that failure, so that ``segnode jobs
     retry`` still finds its inputs. A job's results are kept
     ``results_hours`` after the last of them was delivered (or given up on),
-    a failed job's ``failed_hours`` after the failure. Nothing that a queued
+    a failed job's ``failed_hours`` after the failure. An MPPS step goes
+    ``instances_hours`` after it ended, ``failed_hours`` after its last
+    update while in progress (node/retention/steps.py). Nothing that a queued
     or running job, or a result not yet delivered, needs is ever removed.
     """
 

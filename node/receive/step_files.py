@@ -5,10 +5,16 @@ then names it in the same transaction that records what the step promised,
 and only then is the old version removed. A crash at any point leaves the
 index naming a whole file: an N-SET that was not acknowledged and is sent
 again applies to the version it was meant for.
+
+A file the index does not name is garbage that a crash left: a version
+written but never named, one replaced but not yet removed, or that of a
+step whose rows the retention policy removed first (node/retention/removal.py).
+The retention pass removes such orphans once older than :data:`ORPHAN_SECONDS`.
 """
 
 from __future__ import annotations
 
+import os
 from io import BytesIO
 from pathlib import Path
 
@@ -20,6 +26,10 @@ from dicomio.files import write_atomically
 from node.receive.mpps import MPPS_SOP_CLASS
 
 FOLDER = "mpps"
+#: A version is written before the index names it, and naming it may wait
+#: for the database's write lock (node/database.py, 30 s): a file younger
+#: than this may be a version about to be named.
+ORPHAN_SECONDS = 3600.0
 
 
 def encoded(step: Dataset) -> bytes:
@@ -53,3 +63,18 @@ class StepFiles:
     @staticmethod
     def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
+
+    def orphans(self, named: set[str], now: float) -> list[Path]:
+        """The files of the folder (temporary ones of a write cut short
+        included) whose names are not in ``named``, older than :data:`ORPHAN_SECONDS`.
+        ``named`` must be read before this is called: a version named since
+        is then young, and spared."""
+        found = []
+        for entry in os.scandir(self.folder):
+            try:
+                old = entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < now - ORPHAN_SECONDS
+            except FileNotFoundError:
+                continue  # removed meanwhile (an N-SET replacing its version)
+            if old and entry.name not in named:
+                found.append(Path(entry.path))
+        return found

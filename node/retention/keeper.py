@@ -18,6 +18,7 @@ from node.disk_space import MEASURE_SECONDS, DiskSpace
 from node.metrics import NodeMetrics
 from node.retention.policy import Removal, RemovalKind, plan
 from node.retention.removal import RemovalStore
+from node.retention.steps import step_due
 
 LOG = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def pass_interval(retention: RetentionSettings) -> float:
 def purge(store: RemovalStore, disk: DiskSpace, retention: RetentionSettings) -> list[Removal]:
     """One pass: finish interrupted removals, then carry out what the policy
     allows now (early ones too while under the low watermark); returns what
-    was removed."""
+    was removed, MPPS steps aside (:func:`remove_steps`)."""
     store.finish_interrupted()
     now = time.time()
     removed = []
@@ -45,6 +46,26 @@ def purge(store: RemovalStore, disk: DiskSpace, retention: RetentionSettings) ->
                      removal.series_instance_uid, removal.study_instance_uid, removal.files, removal.bytes,
                      removal.reason.value)
             removed.append(removal)
+    remove_steps(store, retention, now)
+    return removed
+
+
+def remove_steps(store: RemovalStore, retention: RetentionSettings, now: float) -> int:
+    """Delete the step files a kill left, then remove the MPPS steps whose
+    time has come (node/retention/steps.py); returns how many steps went.
+    Early removal below the watermark leaves them: a step is at most a MB."""
+    orphans = store.remove_orphan_steps(now)
+    if orphans:
+        LOG.info("deleted %d MPPS step file(s) that no step names (left by a crash)", orphans)
+    removed = 0
+    for step in store.steps():
+        if not step_due(step, retention, now):
+            continue
+        freed = store.remove_step(step, retention, now)
+        if freed is not None:
+            LOG.info("removed MPPS step %s (%s, last updated %.1f h ago) with its promises: %d bytes",
+                     step.sop_instance_uid, step.status.value, (now - step.updated) / 3600, freed)
+            removed += 1
     return removed
 
 

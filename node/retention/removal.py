@@ -18,6 +18,14 @@ each pass) deletes again, skipping what is gone, and records.
 
 Emptied series and study folders are removed too; the instance store makes
 one again if an instance of the series comes later (node/receive/storage.py).
+
+An MPPS step (node/retention/steps.py) goes the way node/receive/step_files.py
+replaces its versions: its rows and promises leave the index in one
+transaction, judged again under the write lock, and then its file is
+deleted. A kill in between leaves a file that no row names, an orphan that
+the next pass deletes (:meth:`RemovalStore.remove_orphan_steps`); the index
+never names a missing file. Steps are no ``removals`` rows: a step is a few
+kB to a MB, not worth a ledger, and its removal is logged.
 """
 
 from __future__ import annotations
@@ -37,7 +45,9 @@ from dicomio.files import fsync_folder
 from node.database import open_database, transaction
 from node.queue.jobs import Job, JobQueue
 from node.receive.index import INDEX_FILENAME, InstanceIndex, SeriesRecord
+from node.receive.mpps import StepStatus
 from node.receive.series_state import SeriesEvent, SeriesState, next_state
+from node.receive.step_files import StepFiles
 from node.retention.policy import (
     JobActivity,
     Removal,
@@ -48,6 +58,7 @@ from node.retention.policy import (
     StudyActivity,
     still_allowed,
 )
+from node.retention.steps import StepActivity, step_due
 from node.send.outbox import JobDeliveries, OutboxStore
 from node.work.preparation import results_dir
 
@@ -72,6 +83,8 @@ CREATE INDEX IF NOT EXISTS removals_by_time ON removals(removed_at);
 -- (JobQueue.jobs_reading): 29 ms by a scan of 52,000 jobs, 1 ms by these.
 CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs(study_instance_uid);
 CREATE INDEX IF NOT EXISTS jobs_by_subject ON jobs(subject);
+-- A step's promises, looked up by the step at each pass.
+CREATE INDEX IF NOT EXISTS promised_series_by_step ON promised_series(step_uid);
 """
 
 _KEPT_STATES = (SeriesState.RECEIVING, SeriesState.COMPLETE, SeriesState.DISPATCHED, SeriesState.REMOVING)
@@ -140,6 +153,7 @@ class RemovalStore:
         self._index = InstanceIndex(self.storage_dir)
         self._queue = JobQueue(self.storage_dir)  # before _SCHEMA, which indexes its table
         self._outbox = OutboxStore(self.storage_dir)
+        self._steps = StepFiles(self.storage_dir)
         self._db = open_database(self.storage_dir / INDEX_FILENAME, _SCHEMA)
         # Re-entrant: a removal reads the study's activity inside its transaction.
         self._lock = threading.RLock()
@@ -323,3 +337,60 @@ class RemovalStore:
                 "UPDATE removals SET removed_at = ? WHERE id = ? AND removed_at IS NULL",
                 (time.time(), removal_id),
             ).rowcount == 1
+
+    # MPPS steps -----------------------------------------------------------------
+
+    def steps(self, sop_instance_uid: str | None = None) -> list[StepActivity]:
+        """Every stored step, or the one named."""
+        where, parameters = ("", ()) if sop_instance_uid is None else (
+            "WHERE st.sop_instance_uid = ?", (sop_instance_uid,))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT st.sop_instance_uid, st.status, st.path, st.updated, EXISTS (SELECT 1 "
+                " FROM promised_series p JOIN series s ON s.series_instance_uid = p.series_instance_uid"
+                " WHERE p.step_uid = st.sop_instance_uid AND s.state = ?) "
+                f"FROM steps st {where}",
+                (SeriesState.RECEIVING.value, *parameters),
+            ).fetchall()
+        return [StepActivity(uid, StepStatus(status), Path(path), updated, bool(awaited))
+                for uid, status, path, updated, awaited in rows]
+
+    def remove_step(self, step: StepActivity, settings: RetentionSettings, now: float) -> int | None:
+        """Remove ``step`` if the rule, judging it again under the write lock,
+        still allows it; the bytes freed, or None when it no longer applies
+        (an N-SET, a series it promised reopened, another process first)."""
+        path = self._forget_step(step.sop_instance_uid, settings, now)
+        if path is None:
+            return None
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        self._steps.remove(path)
+        return size
+
+    def _forget_step(self, sop_instance_uid: str, settings: RetentionSettings, now: float) -> Path | None:
+        """The first half of :meth:`remove_step`: the step's rows and promises
+        (those it still holds: a later step may have taken a series over);
+        the file to delete then."""
+        with self._lock, transaction(self._db):
+            fresh = self.steps(sop_instance_uid)
+            if not fresh or not step_due(fresh[0], settings, now):
+                return None
+            self._db.execute(
+                "DELETE FROM promised_instances WHERE series_instance_uid IN "
+                "(SELECT series_instance_uid FROM promised_series WHERE step_uid = ?)",
+                (sop_instance_uid,),
+            )
+            self._db.execute("DELETE FROM promised_series WHERE step_uid = ?", (sop_instance_uid,))
+            self._db.execute("DELETE FROM steps WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return fresh[0].path
+
+    def remove_orphan_steps(self, now: float) -> int:
+        """Delete the step files that no step row names (node/receive/step_files.py); how many."""
+        with self._lock:
+            named = {Path(path).name for (path,) in self._db.execute("SELECT path FROM steps").fetchall()}
+        orphans = self._steps.orphans(named, now)
+        for path in orphans:
+            self._steps.remove(path)
+        return len(orphans)
