@@ -367,6 +367,14 @@ def _size(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _file_size(path: Path) -> int:
+    """0 for a file gone meanwhile (a pass of the node's)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _duration(seconds: float) -> str:
     if seconds == float("inf"):
         return "never at this rate"
@@ -376,7 +384,7 @@ def _duration(seconds: float) -> str:
 def _storage(args: argparse.Namespace) -> int:
     """Usage and what the retention policy removes now; with purge --yes, remove it."""
     from node.disk_space import DiskSpace
-    from node.retention.keeper import purge
+    from node.retention.keeper import purge, steps_due
     from node.retention.policy import plan
     from node.retention.removal import RemovalStore
 
@@ -401,8 +409,13 @@ def _storage(args: argparse.Namespace) -> int:
         intake = index.bytes_received_since(now - 3600)  # per hour
         shortfall = disk.shortfall_bytes()
         removing = args.action == "purge" and args.yes
-        removals = purge(store, disk, settings.retention) if removing else plan(
-            store.activity(), settings.retention, now, shortfall)
+        if removing:
+            purged = purge(store, disk, settings.retention)
+            removals, steps, step_bytes = purged.removals, purged.steps, purged.step_bytes
+        else:
+            removals = plan(store.activity(), settings.retention, now, shortfall)
+            due = steps_due(store, settings.retention, now)
+            steps, step_bytes = len(due), sum(_file_size(step.path) for step in due)
         recent = store.removals(10)
     finally:
         index.close()
@@ -421,6 +434,8 @@ def _storage(args: argparse.Namespace) -> int:
     if args.json:
         recent_rows = [{**dataclasses.asdict(r), "path": str(r.path) if r.path else None} for r in recent]
         print(json.dumps({"usage": usage, "removed" if removing else "would_remove": rows,
+                          "mpps_steps_removed" if removing else "mpps_steps_due": {"steps": steps,
+                                                                                   "bytes": step_bytes},
                           "recent_removals": recent_rows}, indent=2))
         return 0
     print(f"storage {storage_dir}: instances {_size(stored.instances)}, results {_size(stored.results)}")
@@ -440,6 +455,8 @@ def _storage(args: argparse.Namespace) -> int:
             what = f"results of job {row['job_id']}" if row["kind"] == "results" else "instances"
             print(f"  {what} of series {row['series_instance_uid']} (study {row['study_instance_uid']}): "
                   f"{row['files']} files, {_size(row['bytes'])}, {row['reason']}, due {row['due_at']}")
+    if steps:
+        print(("removed" if removing else "would remove") + f" {steps} MPPS step(s), {_size(step_bytes)}")
     if args.action == "purge" and not removing:
         print("dry run: nothing was removed (--yes removes)")
     return 0

@@ -111,7 +111,7 @@ class NodeMetrics:
         )
         self.storage_freed_bytes = Counter(
             "segnode_storage_freed_bytes_total",
-            "Bytes removed by the retention policy, by kind (instances, results).",
+            "Bytes removed by the retention policy, by kind (instances, results, mpps: MPPS steps).",
             ["kind"],
             registry=r,
         )

@@ -135,7 +135,7 @@ def test_nothing_is_removed_while_a_job_is_pending_or_a_result_undelivered(stora
     storage.outbox.enqueue(f"{job_id}/2.25.1", "PACS", [folder / "seg.dcm"], T0)
     storage.queue.succeed(job_id, "w", segment_result(folder))
     assert storage.plan(forever, shortfall=10**12) == []  # its SEG waits in the outbox
-    assert purge(storage.removals, DiskSpace(storage.root, 1), RETENTION) == []
+    assert purge(storage.removals, DiskSpace(storage.root, 1), RETENTION).removals == []
     assert all(path.exists() for path in ct + pet)
 
     storage.deliver(Outcome.SUCCESS, at=T0 + 10)
@@ -167,7 +167,7 @@ def test_a_removal_deletes_the_files_and_the_index_records_it(storage):
     job_id, folder = storage.run_segmentation("1.1", at=T0)
     storage.deliver(Outcome.SUCCESS, at=T0)
     ledger = RetentionSettings(instances_hours=0, results_hours=0, failed_hours=0)
-    removed = purge(storage.removals, DiskSpace(storage.root, 1), ledger)
+    removed = purge(storage.removals, DiskSpace(storage.root, 1), ledger).removals
     assert sorted((r.kind.value, r.series_instance_uid, r.bytes) for r in removed) == [
         ("instances", "1.1", 3000), ("instances", "1.2", 2000), ("results", "1.1", 500)]
     assert not any(path.exists() for path in ct + pet) and not folder.exists()
@@ -181,7 +181,7 @@ def test_a_removal_deletes_the_files_and_the_index_records_it(storage):
         ("instances", "1.1", None, 3, 3000, "delivered"), ("instances", "1.2", None, 2, 2000, "delivered"),
         ("results", "1.1", job_id, 2, 500, "delivered")]
     assert all(r.removed_at is not None and r.removed_at >= r.decided_at for r in records)
-    assert purge(storage.removals, DiskSpace(storage.root, 1), ledger) == []  # nothing twice
+    assert purge(storage.removals, DiskSpace(storage.root, 1), ledger).removals == []  # nothing twice
     assert storage.removals.stored_bytes().instances == 0
 
     # A job whose inputs are gone is not queued again to fail.

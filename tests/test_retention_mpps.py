@@ -4,8 +4,11 @@ SCP for what a scanner is answered afterwards."""
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +34,7 @@ from node.receive.series_state import CompletionSignal, SeriesState
 from node.receive.step_files import ORPHAN_SECONDS, StepFiles, encoded
 from node.receive.storage import InstanceStore, StoredInstance
 from node.receive.validation import InstanceIdentity
-from node.retention.keeper import purge, remove_steps
+from node.retention.keeper import StorageKeeper, remove_steps
 from node.retention.removal import RemovalStore
 from tests.conftest import free_port
 from tests.test_jobs import complete_quiet
@@ -131,24 +134,44 @@ def test_an_ended_step_goes_instances_hours_after_it_ended_with_its_promises(ste
     assert steps.promises() == {"1.1": (ended.sop_instance_uid, 2), "1.2": (ended.sop_instance_uid, 2),
                                 "1.3": (later.sop_instance_uid, 1)}
 
-    assert remove_steps(steps.removals, RETENTION, T0 + 60 + HOUR - 1) == 0
+    assert remove_steps(steps.removals, RETENTION, T0 + 60 + HOUR - 1)[0] == 0
     assert steps.index.step(ended.sop_instance_uid) is not None and ended.path.exists()
-    assert remove_steps(steps.removals, RETENTION, T0 + 60 + HOUR) == 1
+    size = ended.path.stat().st_size
+    assert remove_steps(steps.removals, RETENTION, T0 + 60 + HOUR) == (1, size)
     assert steps.index.step(ended.sop_instance_uid) is None and not ended.path.exists()
     assert steps.promises() == {"1.3": (later.sop_instance_uid, 1)}  # the later step's own stay
     assert steps.kept() == {later.path.name}
     assert steps.index.step(later.sop_instance_uid).version == 2
-    assert remove_steps(steps.removals, RETENTION, T0 + 60 + HOUR) == 0  # nothing twice
+    assert remove_steps(steps.removals, RETENTION, T0 + 60 + HOUR)[0] == 0  # nothing twice
+
+
+def test_the_node_s_retention_pass_counts_the_bytes_of_the_steps_it_removes(steps):
+    ended = steps.end(steps.begin(T0 - 3 * HOUR), {"1.1": ["1.1.1"]}, at=T0 - 2 * HOUR)
+    size = ended.path.stat().st_size
+    registry = CollectorRegistry()
+    settings = parse_config("storage: {retention: {instances_hours: 1, results_hours: 2, failed_hours: 10}}",
+                            check_files=False).storage
+    keeper = StorageKeeper(steps.removals, DiskSpace(steps.root, 1), NodeMetrics(registry), lambda: settings)
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while ended.path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        keeper.stop()  # closes the store
+        steps.removals = RemovalStore(steps.root)
+    assert not ended.path.exists()
+    assert registry.get_sample_value("segnode_storage_freed_bytes_total", {"kind": "mpps"}) == size
 
 
 def test_a_step_never_ended_goes_failed_hours_after_its_last_update(steps):
     open_ = steps.begin(T0)
     discontinued = steps.end(steps.begin(T0), {"1.1": ["1.1.1"]}, at=T0, status="DISCONTINUED")
-    assert remove_steps(steps.removals, RETENTION, T0 + HOUR) == 1  # ended: instances_hours
+    assert remove_steps(steps.removals, RETENTION, T0 + HOUR)[0] == 1  # ended: instances_hours
     assert steps.index.step(discontinued.sop_instance_uid) is None and steps.promises() == {}
-    assert remove_steps(steps.removals, RETENTION, T0 + 10 * HOUR - 1) == 0
+    assert remove_steps(steps.removals, RETENTION, T0 + 10 * HOUR - 1)[0] == 0
     assert steps.kept() == {open_.path.name}
-    assert remove_steps(steps.removals, RETENTION, T0 + 10 * HOUR) == 1
+    assert remove_steps(steps.removals, RETENTION, T0 + 10 * HOUR)[0] == 1
     assert steps.index.step(open_.sop_instance_uid) is None and steps.kept() == set()
 
 
@@ -156,7 +179,7 @@ def test_a_step_whose_promise_decides_a_receiving_series_is_kept_until_it_comple
     steps.receive("1.1", ["1.1.1", "1.1.2"], at=T0)
     step = steps.end(steps.begin(T0), {"1.1": ["1.1.1", "1.1.2", "1.1.3"]}, at=T0)
     much_later = T0 + 100 * HOUR
-    assert remove_steps(steps.removals, RETENTION, much_later) == 0
+    assert remove_steps(steps.removals, RETENTION, much_later)[0] == 0
     (progress,) = steps.index.receiving()
     assert progress.promise is not None and progress.promise.step_uid == step.sop_instance_uid
 
@@ -164,7 +187,7 @@ def test_a_step_whose_promise_decides_a_receiving_series_is_kept_until_it_comple
     decided = completion(progress, much_later, Timing(stable_seconds=60, mpps_wait_seconds=60), held=False)
     assert decided.signal == CompletionSignal.MPPS_INCOMPLETE
     assert steps.index.complete(progress, decided).state == SeriesState.COMPLETE
-    assert remove_steps(steps.removals, RETENTION, much_later) == 1
+    assert remove_steps(steps.removals, RETENTION, much_later)[0] == 1
     assert steps.index.step(step.sop_instance_uid) is None and steps.kept() == set()
 
 
@@ -181,9 +204,9 @@ def test_a_removal_cut_short_leaves_an_orphan_that_the_next_pass_deletes(steps):
 
     # Files written in the last hour may be versions about to be named: spared.
     written = time.time()
-    assert remove_steps(steps.removals, RETENTION, written) == 0
+    assert remove_steps(steps.removals, RETENTION, written)[0] == 0
     assert steps.kept() == {step.path.name, open_.path.name, unnamed.name}
-    assert remove_steps(steps.removals, RETENTION, written + ORPHAN_SECONDS + 1) == 0
+    assert remove_steps(steps.removals, RETENTION, written + ORPHAN_SECONDS + 1)[0] == 0
     assert steps.kept() == {open_.path.name}  # the step in progress is not due
     assert steps.index.step(open_.sop_instance_uid).path == open_.path
 
@@ -246,13 +269,20 @@ def test_an_n_set_for_a_removed_step_is_answered_as_for_an_unknown_one(scp):
     assert n_set(port, ended, {"1.1": ["1.1.1"]}) == (0x0000, None)
     assert len(list((storage / "mpps").iterdir())) == 2
 
-    store = RemovalStore(storage)
-    try:
-        every_hour_spent = RetentionSettings(instances_hours=0, results_hours=0, failed_hours=0)
-        purge(store, DiskSpace(storage, 1), every_hour_spent)  # `segnode storage purge --yes` runs this pass
-        assert store.steps() == []
-    finally:
-        store.close()
+    config = storage.parent / "purge.yaml"
+    config.write_text(f"node: {{storage_dir: {storage}}}\n"
+                      "storage: {retention: {instances_hours: 0, results_hours: 0, failed_hours: 0}}\n")
+
+    def segnode_storage(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "node.cli", "storage", *args, "--json", "--config",
+                               str(config)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    files = sum(path.stat().st_size for path in (storage / "mpps").iterdir())
+    assert segnode_storage("purge")["mpps_steps_due"] == {"steps": 2, "bytes": files}  # a dry run
+    assert len(list((storage / "mpps").iterdir())) == 2
+    assert segnode_storage("purge", "--yes")["mpps_steps_removed"] == {"steps": 2, "bytes": files}
     assert list((storage / "mpps").iterdir()) == []
 
     unknown = n_set(port, generate_uid(), {"1.1": ["1.1.1"]})

@@ -12,13 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from config.schema import RetentionSettings, StorageSettings
 from node.disk_space import MEASURE_SECONDS, DiskSpace
 from node.metrics import NodeMetrics
 from node.retention.policy import Removal, RemovalKind, plan
 from node.retention.removal import RemovalStore
-from node.retention.steps import step_due
+from node.retention.steps import StepActivity, step_due
 
 LOG = logging.getLogger(__name__)
 
@@ -33,10 +34,20 @@ def pass_interval(retention: RetentionSettings) -> float:
     return max(_MIN_INTERVAL_SECONDS, min(_MAX_INTERVAL_SECONDS, shortest / 4))
 
 
-def purge(store: RemovalStore, disk: DiskSpace, retention: RetentionSettings) -> list[Removal]:
+@dataclass(frozen=True)
+class Purged:
+    """What one pass removed: instances and results (each a recorded
+    removal), and MPPS steps (logged, counted here)."""
+
+    removals: list[Removal]
+    steps: int
+    step_bytes: int
+
+
+def purge(store: RemovalStore, disk: DiskSpace, retention: RetentionSettings) -> Purged:
     """One pass: finish interrupted removals, then carry out what the policy
-    allows now (early ones too while under the low watermark); returns what
-    was removed, MPPS steps aside (:func:`remove_steps`)."""
+    allows now (early ones too while under the low watermark), MPPS steps
+    included; returns what was removed."""
     store.finish_interrupted()
     now = time.time()
     removed = []
@@ -46,27 +57,31 @@ def purge(store: RemovalStore, disk: DiskSpace, retention: RetentionSettings) ->
                      removal.series_instance_uid, removal.study_instance_uid, removal.files, removal.bytes,
                      removal.reason.value)
             removed.append(removal)
-    remove_steps(store, retention, now)
-    return removed
+    steps, step_bytes = remove_steps(store, retention, now)
+    return Purged(removed, steps, step_bytes)
 
 
-def remove_steps(store: RemovalStore, retention: RetentionSettings, now: float) -> int:
+def steps_due(store: RemovalStore, retention: RetentionSettings, now: float) -> list[StepActivity]:
+    """The MPPS steps whose time has come (node/retention/steps.py)."""
+    return [step for step in store.steps() if step_due(step, retention, now)]
+
+
+def remove_steps(store: RemovalStore, retention: RetentionSettings, now: float) -> tuple[int, int]:
     """Delete the step files a kill left, then remove the MPPS steps whose
-    time has come (node/retention/steps.py); returns how many steps went.
+    time has come; returns how many steps went and the bytes freed.
     Early removal below the watermark leaves them: a step is at most a MB."""
     orphans = store.remove_orphan_steps(now)
     if orphans:
         LOG.info("deleted %d MPPS step file(s) that no step names (left by a crash)", orphans)
-    removed = 0
-    for step in store.steps():
-        if not step_due(step, retention, now):
-            continue
+    removed = freed_total = 0
+    for step in steps_due(store, retention, now):
         freed = store.remove_step(step, retention, now)
         if freed is not None:
             LOG.info("removed MPPS step %s (%s, last updated %.1f h ago) with its promises: %d bytes",
                      step.sop_instance_uid, step.status.value, (now - step.updated) / 3600, freed)
             removed += 1
-    return removed
+            freed_total += freed
+    return removed, freed_total
 
 
 class StorageKeeper:
@@ -95,8 +110,10 @@ class StorageKeeper:
         while not self._stop.is_set():
             settings = self._settings()
             try:
-                for removal in purge(self._store, self._disk, settings.retention):
+                purged = purge(self._store, self._disk, settings.retention)
+                for removal in purged.removals:
                     self._metrics.storage_freed_bytes.labels(removal.kind.value).inc(removal.bytes)
+                self._metrics.storage_freed_bytes.labels("mpps").inc(purged.step_bytes)
                 self._update_gauges()
             except Exception:  # a dead keeper would let the disk fill, silently
                 LOG.exception("retention pass failed; trying again")
