@@ -180,25 +180,30 @@ class Case:
     def __init__(self, workdir: Path, workers: int):
         self.workdir = workdir
         self.workers = workers
-        workdir.mkdir()
         self.cores = ",".join(str(core) for core in range(workers))
-        self.redis = RedisServer(workdir / "redis").start()
-        self.storescp, destination_port = start_storescp(workdir)
+        self.redis = RedisServer(workdir / "redis")
+        self.storescp: subprocess.Popen | None = None
+        self.node: subprocess.Popen | None = None
+        self.worker_procs: list[subprocess.Popen] = []
+        self.results_dir = workdir / "storescp"
+        self.config_path = workdir / "segnode.yaml"
+        self.node_log = workdir / "segnode.log"
+
+    def start(self) -> None:
+        """Redis, storescp and the node, all on the case's cores."""
+        self.redis.start()
+        self.storescp, destination_port = start_storescp(self.workdir)
         for pid in (self.redis.proc.pid, self.storescp.pid):  # and each thread of theirs
             subprocess.run(["taskset", "-a", "-p", "-c", self.cores, str(pid)], check=True,
                            capture_output=True)
-        self.results_dir = workdir / "storescp"
-        self.config = node_config(workdir, destination_port)
+        self.config = node_config(self.workdir, destination_port)
         self.config["jobs"] = {"backend": "celery",
                                "celery": {"broker_url": self.redis.url, "visibility_timeout_seconds": 3600}}
-        self.config_path = workdir / "segnode.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config))
-        self.node_log = workdir / "segnode.log"
         with self.node_log.open("wb") as log:
             self.node = subprocess.Popen(
                 ["taskset", "-c", self.cores, sys.executable, "-m", "node.cli", "serve", "--config",
                  str(self.config_path)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        self.worker_procs: list[subprocess.Popen] = []
         self._wait(lambda: "segnode ready" in self.node_log.read_text(errors="replace"), "the node to start")
 
     def send(self, series: Sequence[Sequence[Path]]) -> None:
@@ -265,17 +270,20 @@ class Case:
             queue.close()
 
     def stop(self) -> None:
-        for proc in [*self.worker_procs, self.node]:
+        """Whatever was started, also by a start that failed half-way."""
+        started = [proc for proc in (*self.worker_procs, self.node) if proc is not None]
+        for proc in started:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in [*self.worker_procs, self.node]:
+        for proc in started:
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.storescp.terminate()
-        self.storescp.wait()
+        if self.storescp is not None:
+            self.storescp.terminate()
+            self.storescp.wait()
         self.redis.stop()
 
     def _wait(self, condition, what: str) -> None:
@@ -295,8 +303,10 @@ def _epoch(stamp: str) -> float:
 
 
 def run_case(workdir: Path, series: list[list[Path]], workers: int) -> CaseResult:
+    workdir.mkdir()
     case = Case(workdir, workers)
     try:
+        case.start()
         case.send(series)
         case.wait_for_tasks(len(series))
         before = case.cpu_beside()
