@@ -367,14 +367,6 @@ def _size(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _file_size(path: Path) -> int:
-    """0 for a file gone meanwhile (a pass of the node's)."""
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
 def _duration(seconds: float) -> str:
     if seconds == float("inf"):
         return "never at this rate"
@@ -384,6 +376,7 @@ def _duration(seconds: float) -> str:
 def _storage(args: argparse.Namespace) -> int:
     """Usage and what the retention policy removes now; with purge --yes, remove it."""
     from node.disk_space import DiskSpace
+    from node.receive.step_files import StepFiles
     from node.retention.keeper import purge, steps_due
     from node.retention.policy import plan
     from node.retention.removal import RemovalStore
@@ -415,7 +408,7 @@ def _storage(args: argparse.Namespace) -> int:
         else:
             removals = plan(store.activity(), settings.retention, now, shortfall)
             due = steps_due(store, settings.retention, now)
-            steps, step_bytes = len(due), sum(_file_size(step.path) for step in due)
+            steps, step_bytes = len(due), sum(StepFiles.size(step.path) for step in due)
         recent = store.removals(10)
     finally:
         index.close()

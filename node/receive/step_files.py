@@ -64,6 +64,14 @@ class StepFiles:
     def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
+    @staticmethod
+    def size(path: Path) -> int:
+        """Its bytes; 0 for a version gone meanwhile (an N-SET replaced it, a pass removed it)."""
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def orphans(self, named: set[str], now: float) -> list[Path]:
         """The files of the folder (temporary ones of a write cut short
         included) whose names are not in ``named``, older than :data:`ORPHAN_SECONDS`.

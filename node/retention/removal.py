@@ -362,10 +362,7 @@ class RemovalStore:
         path = self._forget_step(step.sop_instance_uid, settings, now)
         if path is None:
             return None
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return 0
+        size = StepFiles.size(path)
         self._steps.remove(path)
         return size
 
